@@ -1,0 +1,208 @@
+//! The [`LinkState`] trait: everything the SuperLink remembers about runs, nodes and tasks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRes};
+
+use crate::StateError;
+
+/// The SuperLink's state store (BEHAVIOR.md §4–§8, AUTH.md §7–§8).
+///
+/// Every method is synchronous and may block (the SQLite store does I/O): call it from
+/// `tokio::task::spawn_blocking` through an `Arc<dyn LinkState>`. Each call is atomic with
+/// respect to the others. "Now" always comes from the store's injected
+/// [`Clock`](crate::Clock); ISO-8601 timestamps use [`isoformat`](crate::isoformat).
+///
+/// Both stores implement the reference's *in-memory* semantics (BEHAVIOR.md §8.3, left
+/// column) minus its stale key→id bug, and never drop a task's `error`.
+pub trait LinkState: Send + Sync + fmt::Debug {
+    // ----- tasks -----
+
+    /// Validates and stores a TaskIns from the ServerApp; returns its new task id (UUID4,
+    /// canonical lowercase), or `Ok(None)` if it was rejected.
+    ///
+    /// The store overwrites `task.pushed_at` with now, then rejects when [§6.1
+    /// validation](crate::validate_task_ins) fails, the run does not exist, or the consumer
+    /// is a named node that is not registered (online or not). On success the stored TaskIns
+    /// carries the new `task_id`. Run guards (§5.3) and the `run_id` match are the handler's.
+    fn store_task_ins(&self, task_ins: TaskIns) -> Result<Option<String>, StateError>;
+
+    /// Up to `limit` undelivered, unexpired TaskIns for a consumer, oldest first; `None` asks
+    /// for TaskIns addressed to anonymous consumers.
+    ///
+    /// Returned TaskIns get `delivered_at = isoformat(now)` and are never returned again.
+    /// Expired means `created_at + ttl <= now`. No node-existence or liveness check.
+    fn task_ins_for_node(
+        &self,
+        node_id: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TaskIns>, StateError>;
+
+    /// Validates and stores a TaskRes from a SuperNode (BEHAVIOR.md §6.2 steps 1–6); returns
+    /// its new task id, or `Ok(None)` if it was rejected (the handler replies `"None"`).
+    ///
+    /// The store overwrites `task.pushed_at` with now before validating. A second reply to
+    /// the same TaskIns replaces the first.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::InvalidUuid`] if the TaskRes is valid but `ancestry[0]` is not a UUID
+    /// (the reference's `badly formed hexadecimal UUID string`).
+    fn store_task_res(&self, task_res: TaskRes) -> Result<Option<String>, StateError>;
+
+    /// The replies to the given TaskIns ids (BEHAVIOR.md §6.3), in request order; ids
+    /// without a reply yet are skipped. Duplicate ids count once.
+    ///
+    /// An unknown or expired TaskIns yields a synthetic [`message_unavailable_reply`]
+    /// (run id 0); an expired TaskRes is replaced by a [`reply_unavailable_reply`]. Every
+    /// TaskIns/TaskRes pair that produced a result is deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::InvalidUuid`] if any id is not a UUID; nothing is returned or deleted.
+    ///
+    /// [`message_unavailable_reply`]: crate::message_unavailable_reply
+    /// [`reply_unavailable_reply`]: crate::reply_unavailable_reply
+    fn task_res(&self, task_ids: &[String]) -> Result<Vec<TaskRes>, StateError>;
+
+    /// Deletes every TaskIns and TaskRes of a run (Exec `StopRun`). Unknown runs are a no-op.
+    fn delete_tasks_of_run(&self, run_id: u64) -> Result<(), StateError>;
+
+    /// How many TaskIns and TaskRes are stored (delivered or not); for tests and metrics.
+    fn task_counts(&self) -> Result<TaskCounts, StateError>;
+
+    // ----- nodes -----
+
+    /// Registers a node with a fresh random non-zero id, online until now + `ping_interval`,
+    /// optionally bound to a public key (PEM SPKI bytes).
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::PublicKeyInUse`] if the key is bound to another node (the auth layer
+    /// looks up [`node_id_for_public_key`](Self::node_id_for_public_key) first).
+    fn create_node(&self, ping_interval: f64, public_key: Option<&[u8]>)
+        -> Result<u64, StateError>;
+
+    /// Removes a node *and* its public-key binding, so that the next `CreateNode` with that
+    /// key gets a fresh id (AUTH.md §7.1; unlike the reference's in-memory store). Its queued
+    /// TaskIns stay and expire.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::NodeNotFound`]; the handler turns it into
+    /// `Exception calling application: Node <id> not found`.
+    fn delete_node(&self, node_id: u64) -> Result<(), StateError>;
+
+    /// The node id bound to a public key, if any.
+    fn node_id_for_public_key(&self, public_key: &[u8]) -> Result<Option<u64>, StateError>;
+
+    /// Refreshes a node's liveness: online until now + `ping_interval`. Returns `false` (and
+    /// changes nothing) for an unknown node.
+    fn acknowledge_ping(&self, node_id: u64, ping_interval: f64) -> Result<bool, StateError>;
+
+    /// Ids of all nodes online now (`online_until > now`), ascending. Not filtered by run:
+    /// the run only has to exist.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::RunNotFound`].
+    fn online_nodes(&self, run_id: u64) -> Result<Vec<u64>, StateError>;
+
+    // ----- node public keys (the auth allow-list) -----
+
+    /// Adds public keys (PEM SPKI bytes) to the allow-list; already present keys are ignored.
+    fn store_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError>;
+
+    /// The allow-listed public keys.
+    fn node_public_keys(&self) -> Result<BTreeSet<Vec<u8>>, StateError>;
+
+    /// Atomically replaces the allow-list (live reload). Nodes already bound to a removed key
+    /// keep their id; the auth layer refuses the key before it looks the node up.
+    fn replace_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError>;
+
+    /// Empties the allow-list (startup, AUTH.md §8). Node bindings are kept.
+    fn clear_node_public_keys(&self) -> Result<(), StateError>;
+
+    // ----- runs -----
+
+    /// Creates a run with a fresh random non-zero id, status `pending`, `pending_at = now`,
+    /// and no ServerApp context yet.
+    fn create_run(
+        &self,
+        fab_id: &str,
+        fab_version: &str,
+        fab_hash: &str,
+        override_config: HashMap<String, Scalar>,
+        federation_options: ConfigsRecord,
+    ) -> Result<u64, StateError>;
+
+    /// The full run (status and all timestamps; unreached ones are `""`), if it exists.
+    fn run(&self, run_id: u64) -> Result<Option<Run>, StateError>;
+
+    /// Every run, in creation order.
+    fn runs(&self) -> Result<Vec<Run>, StateError>;
+
+    /// The oldest run whose status is `pending` (a run stopped while pending is finished,
+    /// hence not reported).
+    fn pending_run_id(&self) -> Result<Option<u64>, StateError>;
+
+    /// Applies a status update if [`transition_allowed`](crate::transition_allowed); returns
+    /// whether it was applied. An accepted update replaces status, sub-status and details
+    /// and stamps `starting_at`/`running_at`/`finished_at` with now. Refused transitions
+    /// change nothing. pending → starting is atomic: of two concurrent callers one gets
+    /// `true`.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::RunNotFound`].
+    fn update_run_status(&self, run_id: u64, new_status: RunStatus) -> Result<bool, StateError>;
+
+    /// The federation options stored with a run, if the run exists.
+    fn federation_options(&self, run_id: u64) -> Result<Option<ConfigsRecord>, StateError>;
+
+    // ----- ServerApp context -----
+
+    /// Stores (replaces) the ServerApp context of a run.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::RunNotFound`].
+    fn set_serverapp_context(&self, run_id: u64, context: Context) -> Result<(), StateError>;
+
+    /// The ServerApp context of a run, if the run exists and one was stored.
+    fn serverapp_context(&self, run_id: u64) -> Result<Option<Context>, StateError>;
+
+    // ----- ServerApp logs -----
+
+    /// Appends a chunk of ServerApp output to a run's log, stamped with now.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::RunNotFound`]; the handler's text is `Run <id> not found`.
+    fn add_serverapp_log(&self, run_id: u64, log: &str) -> Result<(), StateError>;
+
+    /// The concatenation of every log chunk stamped later than `after_timestamp + 1e-6`, in
+    /// order, and the timestamp of the newest returned chunk (`0.0` if none).
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::RunNotFound`].
+    fn serverapp_logs_after(
+        &self,
+        run_id: u64,
+        after_timestamp: f64,
+    ) -> Result<(String, f64), StateError>;
+}
+
+/// How many tasks a store holds, see [`LinkState::task_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    /// Stored TaskIns, delivered or not.
+    pub task_ins: usize,
+    /// Stored TaskRes.
+    pub task_res: usize,
+}
+
+/// Log chunks must be newer than `after_timestamp` by more than this to be returned.
+pub const LOG_TIMESTAMP_EPSILON: f64 = 1e-6;
