@@ -51,6 +51,16 @@ fn ssh_keygen_fixtures_load_on_every_curve() {
 }
 
 #[test]
+fn minimal_mpint_scalars_from_ssh_keygen_load() {
+    // ssh-keygen dropped the scalar's leading zero bytes: the mpint is shorter than 66 bytes.
+    let private = PrivateKey::from_openssh(fixture("p521_short_mpint_key")).unwrap();
+    let public = PublicKey::from_openssh(fixture("p521_short_mpint_key.pub")).unwrap();
+    assert!(private.matches(&public));
+    assert_eq!(private.to_scalar_bytes()[0], 0);
+    assert_eq!(private.to_scalar_bytes().len(), 66);
+}
+
+#[test]
 fn private_key_rejections_are_typed() {
     let err = |name: &str| PrivateKey::from_openssh(fixture(name)).unwrap_err();
     assert!(
