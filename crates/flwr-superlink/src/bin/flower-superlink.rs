@@ -1,0 +1,55 @@
+//! `flower-superlink`: parse flags → validate into a [`Config`] → bind → serve until SIGINT or
+//! SIGTERM → exit 0. Bad configuration exits 64 (EX_USAGE), any other failure 1, each with one
+//! `error: …` line on stderr.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use flwr_superlink::{Args, Config, SuperLink};
+use tracing_subscriber::EnvFilter;
+
+/// `EX_USAGE` from sysexits.h: the command was used incorrectly.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = flwr_superlink::signal::shutdown_signal()
+            .context("installing SIGINT/SIGTERM handlers")?;
+        tracing::info!("Starting Flower SuperLink");
+        let superlink = SuperLink::bind(config).await?;
+        superlink
+            .run(async {
+                let signal = shutdown.await;
+                tracing::info!("received {signal}");
+            })
+            .await?;
+        Ok(())
+    })
+}

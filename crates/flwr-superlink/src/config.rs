@@ -1,0 +1,803 @@
+//! The `flower-superlink` command line ([`Args`], every flag of Flower 1.14.0) and the validated
+//! [`Config`] it turns into before anything is bound or started.
+//!
+//! Validation follows CLI.md §1.2 in order: addresses, TLS files, executor, then what this
+//! implementation does not support yet, the database and the node-auth flags. Each failure is
+//! one [`ConfigError`] whose message names the flag (and file), keeping the reference's wording
+//! where it has one.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+use crate::address::{Address, AddressError};
+
+/// Default `--database`: one in-process, in-memory LinkState.
+pub const IN_MEMORY_DATABASE: &str = ":flwr-in-memory-state:";
+/// The executor the deployment runtime uses (the only one supported here).
+pub const DEPLOYMENT_EXECUTOR: &str = "flwr.superexec.deployment:executor";
+/// The simulation executor of the reference (not supported here yet).
+pub const SIMULATION_EXECUTOR: &str = "flwr.superexec.simulation:executor";
+
+/// Start a Flower SuperLink
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flower-superlink", version)]
+pub struct Args {
+    /// Run the server without HTTPS, regardless of whether certificate paths are provided. By
+    /// default, the server runs with HTTPS enabled. Use this flag only if you understand the
+    /// risks.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// The path containing installed Flower Apps (not used by the SuperLink; a warning is
+    /// logged).
+    #[arg(long, value_name = "FLWR_DIR")]
+    pub flwr_dir: Option<PathBuf>,
+
+    /// Fleet API server SSL certificate file (as a path str) to create a secure connection.
+    #[arg(long, value_name = "SSL_CERTFILE")]
+    pub ssl_certfile: Option<PathBuf>,
+
+    /// Fleet API server SSL private key file (as a path str) to create a secure connection.
+    #[arg(long, value_name = "SSL_KEYFILE")]
+    pub ssl_keyfile: Option<PathBuf>,
+
+    /// Fleet API server SSL CA certificate file (as a path str) to create a secure connection.
+    #[arg(long, value_name = "SSL_CA_CERTFILE")]
+    pub ssl_ca_certfile: Option<PathBuf>,
+
+    /// Isolation mode when running a `ServerApp`. Use `subprocess` to configure SuperLink to run
+    /// a `ServerApp` in a subprocess. Use `process` to indicate that a separate independent
+    /// process gets created outside of SuperLink.
+    #[arg(long, value_enum, default_value_t = Isolation::Subprocess)]
+    pub isolation: Isolation,
+
+    /// A string representing the path to the database file that will be opened. Note that
+    /// passing ':memory:' will open a connection to a database that is in RAM, instead of on
+    /// disk. If nothing is provided, Flower will just create a state in memory.
+    #[arg(long, default_value = IN_MEMORY_DATABASE)]
+    pub database: String,
+
+    /// The base directory to store the objects for the Flower File System [default:
+    /// <flwr home>/superlink/ffs, where <flwr home> is $FLWR_HOME, else $XDG_DATA_HOME/.flwr,
+    /// else $HOME/.flwr].
+    #[arg(long, value_name = "STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
+
+    /// A CSV file (as a path str) containing a list of known public keys to enable
+    /// authentication.
+    #[arg(long, value_name = "AUTH_LIST_PUBLIC_KEYS")]
+    pub auth_list_public_keys: Option<PathBuf>,
+
+    /// The SuperLink's private key (as a path str) to enable authentication.
+    #[arg(long, value_name = "AUTH_SUPERLINK_PRIVATE_KEY")]
+    pub auth_superlink_private_key: Option<PathBuf>,
+
+    /// The SuperLink's public key (as a path str) to enable authentication.
+    #[arg(long, value_name = "AUTH_SUPERLINK_PUBLIC_KEY")]
+    pub auth_superlink_public_key: Option<PathBuf>,
+
+    /// ServerAppIo API (gRPC) server address (IPv4, IPv6, or a domain name). Always plaintext.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    pub serverappio_api_address: String,
+
+    /// Start a gRPC-rere or REST (experimental) Fleet API server.
+    #[arg(long, value_enum, default_value_t = FleetApiType::GrpcRere)]
+    pub fleet_api_type: FleetApiType,
+
+    /// Fleet API server address (IPv4, IPv6, or a domain name) [default: 0.0.0.0:9092 for
+    /// grpc-rere and grpc-adapter, 0.0.0.0:9095 for rest].
+    #[arg(long, value_name = "FLEET_API_ADDRESS")]
+    pub fleet_api_address: Option<String>,
+
+    /// Set the number of concurrent workers for the Fleet API server (only 1 is supported; other
+    /// values log a warning).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub fleet_api_num_workers: i64,
+
+    /// Exec API server address (IPv4, IPv6, or a domain name).
+    #[arg(long, default_value = "0.0.0.0:9093")]
+    pub exec_api_address: String,
+
+    /// For example: `deployment:exec` or `project.package.module:wrapper.exec`. Only the
+    /// deployment executor is supported.
+    #[arg(long, default_value = DEPLOYMENT_EXECUTOR)]
+    pub executor: String,
+
+    /// The directory for the executor.
+    #[arg(long, default_value = ".")]
+    pub executor_dir: PathBuf,
+
+    /// Key-value pairs for the executor config, separated by spaces. For example:
+    /// `--executor-config 'verbose=true root-certificates="certificates/superlink-ca.crt"'`
+    #[arg(long, value_name = "EXECUTOR_CONFIG")]
+    pub executor_config: Option<String>,
+
+    /// SimulationIo API (gRPC) server address (IPv4, IPv6, or a domain name) (simulation
+    /// executor only).
+    #[arg(long, default_value = "0.0.0.0:9096")]
+    pub simulationio_api_address: String,
+}
+
+/// How ServerApps are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Isolation {
+    /// An external `flwr-serverapp` connects to ServerAppIo; the SuperLink spawns nothing.
+    Process,
+    /// The SuperLink spawns `flwr-serverapp` for each pending run.
+    Subprocess,
+}
+
+/// The Fleet API transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FleetApiType {
+    /// Fleet tunnelled through `flwr.proto.GrpcAdapter` (not supported yet).
+    GrpcAdapter,
+    /// gRPC request/response, `flwr.proto.Fleet`.
+    GrpcRere,
+    /// HTTP with protobuf bodies (not supported yet).
+    Rest,
+}
+
+/// Where the LinkState lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The default in-memory state (`:flwr-in-memory-state:`).
+    InMemory,
+    /// A SQLite database file, created if missing.
+    Sqlite(PathBuf),
+    /// SQLite's `:memory:` database (one shared connection, lost on exit).
+    SqliteMemory,
+}
+
+/// PEM contents for the Fleet and Exec TLS servers, read at validation time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--ssl-ca-certfile` contents (loaded like the reference, but client certificates are not
+    /// requested).
+    pub ca_cert: Vec<u8>,
+    /// `--ssl-certfile` contents.
+    pub cert: Vec<u8>,
+    /// `--ssl-keyfile` contents.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    // The private key never goes to logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca_cert", &format_args!("{} bytes", self.ca_cert.len()))
+            .field("cert", &format_args!("{} bytes", self.cert.len()))
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The three node-authentication files (AUTH.md §1.1); their contents are checked when node
+/// authentication is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAuthFiles {
+    /// `--auth-list-public-keys`: CSV of allowed SuperNode public keys.
+    pub public_keys_csv: PathBuf,
+    /// `--auth-superlink-private-key`.
+    pub superlink_private_key: PathBuf,
+    /// `--auth-superlink-public-key`.
+    pub superlink_public_key: PathBuf,
+}
+
+/// A validated SuperLink configuration: everything [`crate::serve`] needs, nothing bound yet.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// ServerAppIo bind address (plaintext).
+    pub serverappio_address: Address,
+    /// Fleet API bind address.
+    pub fleet_address: Address,
+    /// Exec API bind address.
+    pub exec_address: Address,
+    /// TLS for Fleet and Exec; `None` with `--insecure`.
+    pub tls: Option<TlsFiles>,
+    /// How ServerApps are run.
+    pub isolation: Isolation,
+    /// The LinkState backend.
+    pub database: Database,
+    /// Directory of the FAB store.
+    pub storage_dir: PathBuf,
+    /// Node authentication, when all three flags were given.
+    pub node_auth: Option<NodeAuthFiles>,
+    /// Warnings the reference logs for accepted-but-ignored flags; logged at startup.
+    pub warnings: Vec<String>,
+}
+
+/// A flag combination or file that cannot be used. Every message names the flag.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An address flag does not parse.
+    #[error("--{flag}: {source}")]
+    Address {
+        /// The flag without dashes.
+        flag: &'static str,
+        /// The reference's message, quoting the address.
+        source: AddressError,
+    },
+    /// Node auth flags partly given (AUTH.md §1.1 step 2).
+    #[error(
+        "Authentication requires providing file paths for '--auth-list-public-keys', \
+         '--auth-superlink-private-key' and '--auth-superlink-public-key'. Provide all three to \
+         enable authentication."
+    )]
+    AuthIncomplete,
+    /// Node auth without TLS (AUTH.md §1.1 step 3).
+    #[error(
+        "Authentication requires secure connections. Please provide certificate paths to \
+         `--ssl-certfile`, `--ssl-keyfile`, and `--ssl-ca-certfile` and try again."
+    )]
+    AuthRequiresTls,
+    /// The CSV of known public keys does not exist (AUTH.md §1.1 step 4).
+    #[error(
+        "--auth-list-public-keys: The provided path to the known public keys CSV file does not \
+         exist: {}. Please provide the CSV file path containing known public keys to \
+         '--auth-list-public-keys'.", .0.display()
+    )]
+    AuthCsvMissing(PathBuf),
+    /// `--executor-config` does not parse.
+    #[error("--executor-config: {0}")]
+    ExecutorConfig(String),
+    /// `--executor` names something other than the deployment executor.
+    #[error("--executor: cannot load executor `{0}`: only `{DEPLOYMENT_EXECUTOR}` is available")]
+    ExecutorUnknown(String),
+    /// A file flag points to something that is not a readable file.
+    #[error("Path argument `--{flag}` does not point to a file: {}", .path.display())]
+    NotAFile {
+        /// The flag without dashes.
+        flag: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("--{flag}: {}: {reason}", .path.display())]
+    Pem {
+        /// The flag without dashes.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No certificates and no `--insecure`.
+    #[error(
+        "Certificates are required unless running in insecure mode. Please provide certificate \
+         paths to `--ssl-certfile`, `--ssl-keyfile`, and `--ssl-ca-certfile` or run the server \
+         in insecure mode using '--insecure' if you understand the risks."
+    )]
+    TlsRequired,
+    /// Only some of the three TLS files given.
+    #[error(
+        "You need to provide valid file paths to `--ssl-certfile`, `--ssl-keyfile`, and \
+         `--ssl-ca-certfile` to create a secure connection in Fleet API server (gRPC-rere)."
+    )]
+    TlsIncomplete,
+    /// A flag value the reference accepts but this implementation does not support yet.
+    #[error("{flag} {value}: not supported yet")]
+    Unsupported {
+        /// The flag with dashes.
+        flag: &'static str,
+        /// The refused value.
+        value: String,
+    },
+}
+
+impl Config {
+    /// Validates parsed flags (CLI.md §1.2 order). Reads the TLS files, touches nothing else.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, as a [`ConfigError`].
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
+        if args.flwr_dir.is_some() {
+            warnings.push(
+                "The `--flwr-dir` option is currently not in use and will be ignored.".to_owned(),
+            );
+        }
+
+        // 1. addresses
+        let serverappio_address =
+            address("serverappio-api-address", &args.serverappio_api_address)?;
+        let exec_address = address("exec-api-address", &args.exec_api_address)?;
+        address("simulationio-api-address", &args.simulationio_api_address)?;
+        let fleet_default = match args.fleet_api_type {
+            FleetApiType::GrpcAdapter | FleetApiType::GrpcRere => "0.0.0.0:9092",
+            FleetApiType::Rest => "0.0.0.0:9095",
+        };
+        let fleet_address = address(
+            "fleet-api-address",
+            args.fleet_api_address.as_deref().unwrap_or(fleet_default),
+        )?;
+
+        // 2. TLS
+        let tls = tls_files(&args, &mut warnings)?;
+
+        // 3. executor
+        if args.executor == SIMULATION_EXECUTOR {
+            return Err(ConfigError::Unsupported {
+                flag: "--executor",
+                value: args.executor,
+            });
+        }
+        if args.executor != DEPLOYMENT_EXECUTOR {
+            return Err(ConfigError::ExecutorUnknown(args.executor));
+        }
+        if let Some(text) = &args.executor_config {
+            check_executor_config(text)?;
+        }
+
+        // 4. what is not implemented (yet)
+        match args.fleet_api_type {
+            FleetApiType::GrpcRere => {}
+            FleetApiType::GrpcAdapter => {
+                return Err(ConfigError::Unsupported {
+                    flag: "--fleet-api-type",
+                    value: "grpc-adapter".to_owned(),
+                })
+            }
+            FleetApiType::Rest => {
+                return Err(ConfigError::Unsupported {
+                    flag: "--fleet-api-type",
+                    value: "rest".to_owned(),
+                })
+            }
+        }
+        if args.fleet_api_num_workers != 1 {
+            warnings.push(format!(
+                "The Fleet API currently supports only 1 worker. You have specified {} workers. \
+                 Support for multiple workers will be added in future releases. Proceeding with \
+                 a single worker.",
+                args.fleet_api_num_workers
+            ));
+        }
+
+        // 5. storage
+        let database = match args.database.as_str() {
+            IN_MEMORY_DATABASE => Database::InMemory,
+            ":memory:" => Database::SqliteMemory,
+            path => Database::Sqlite(PathBuf::from(path)),
+        };
+        // 6. node auth (AUTH.md §1.1 steps 1-4; key contents are checked when auth is set up)
+        let node_auth = node_auth_files(&args, tls.is_some())?;
+
+        let storage_dir = match args.storage_dir {
+            Some(dir) => dir,
+            None => flwr_home().join("superlink").join("ffs"),
+        };
+
+        Ok(Self {
+            serverappio_address,
+            fleet_address,
+            exec_address,
+            tls,
+            isolation: args.isolation,
+            database,
+            storage_dir,
+            node_auth,
+            warnings,
+        })
+    }
+}
+
+fn address(flag: &'static str, text: &str) -> Result<Address, ConfigError> {
+    text.parse()
+        .map_err(|source| ConfigError::Address { flag, source })
+}
+
+/// CLI.md §1.2 step 2 for `grpc-rere`: all three files or none; each must be a file (checked
+/// CA, cert, key) and hold PEM of the right kind.
+fn tls_files(args: &Args, warnings: &mut Vec<String>) -> Result<Option<TlsFiles>, ConfigError> {
+    if args.insecure {
+        warnings.push("Option `--insecure` was set. Starting insecure HTTP server.".to_owned());
+        return Ok(None);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (
+        args.ssl_ca_certfile.as_deref(),
+        args.ssl_certfile.as_deref(),
+        args.ssl_keyfile.as_deref(),
+    ) else {
+        if args.ssl_ca_certfile.is_some()
+            || args.ssl_certfile.is_some()
+            || args.ssl_keyfile.is_some()
+        {
+            return Err(ConfigError::TlsIncomplete);
+        }
+        return Err(ConfigError::TlsRequired);
+    };
+    for (flag, path) in [
+        ("ssl-ca-certfile", ca),
+        ("ssl-certfile", cert),
+        ("ssl-keyfile", key),
+    ] {
+        if !path.is_file() {
+            return Err(ConfigError::NotAFile {
+                flag,
+                path: path.to_owned(),
+            });
+        }
+    }
+    let files = TlsFiles {
+        ca_cert: read_certificates("ssl-ca-certfile", ca)?,
+        cert: read_certificates("ssl-certfile", cert)?,
+        key: read_private_key("ssl-keyfile", key)?,
+    };
+    Ok(Some(files))
+}
+
+fn read_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    fs::read(path).map_err(|e| ConfigError::Pem {
+        flag,
+        path: path.to_owned(),
+        reason: format!("cannot be read: {e}"),
+    })
+}
+
+/// Reads a PEM file that must hold at least one certificate.
+fn read_certificates(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = read_file(flag, path)?;
+    let pem_error = |reason: String| ConfigError::Pem {
+        flag,
+        path: path.to_owned(),
+        reason,
+    };
+    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(format!("malformed PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(pem_error("no PEM certificate found".to_owned()));
+    }
+    Ok(pem)
+}
+
+/// Reads a PEM file that must hold a private key (PKCS#1, PKCS#8 or SEC1, as openssl writes).
+fn read_private_key(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = read_file(flag, path)?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(_)) => Ok(pem),
+        Ok(None) => Err(ConfigError::Pem {
+            flag,
+            path: path.to_owned(),
+            reason: "no PEM private key found".to_owned(),
+        }),
+        Err(e) => Err(ConfigError::Pem {
+            flag,
+            path: path.to_owned(),
+            reason: format!("malformed PEM: {e}"),
+        }),
+    }
+}
+
+fn node_auth_files(args: &Args, tls: bool) -> Result<Option<NodeAuthFiles>, ConfigError> {
+    let (csv, private, public) = (
+        args.auth_list_public_keys.as_ref(),
+        args.auth_superlink_private_key.as_ref(),
+        args.auth_superlink_public_key.as_ref(),
+    );
+    if csv.is_none() && private.is_none() && public.is_none() {
+        return Ok(None);
+    }
+    let (Some(csv), Some(private), Some(public)) = (csv, private, public) else {
+        return Err(ConfigError::AuthIncomplete);
+    };
+    if !tls {
+        return Err(ConfigError::AuthRequiresTls);
+    }
+    if !csv.exists() {
+        return Err(ConfigError::AuthCsvMissing(csv.clone()));
+    }
+    Ok(Some(NodeAuthFiles {
+        public_keys_csv: csv.clone(),
+        superlink_private_key: private.clone(),
+        superlink_public_key: public.clone(),
+    }))
+}
+
+/// The Flower home directory (CLI.md §5): `$FLWR_HOME`, else `$XDG_DATA_HOME/.flwr`, else
+/// `$HOME/.flwr`.
+pub fn flwr_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("FLWR_HOME") {
+        return PathBuf::from(home);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .or_else(|| std::env::var_os("HOME"))
+        .unwrap_or_default();
+    PathBuf::from(base).join(".flwr")
+}
+
+/// Parses `--executor-config` (BEHAVIOR.md §11.1). The deployment executor's keys have no effect
+/// in 1.14.0, but `root-certificates` is read at startup, so a missing file is refused here.
+fn check_executor_config(text: &str) -> Result<(), ConfigError> {
+    let table: toml::Table = if text.ends_with(".toml") {
+        let content = fs::read_to_string(text)
+            .map_err(|e| ConfigError::ExecutorConfig(format!("{text}: {e}")))?;
+        content
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::ExecutorConfig(format!("{text}: {e}")))?
+    } else {
+        let lines: Vec<String> = key_value_pairs(text)
+            .into_iter()
+            .map(|(key, value)| format!("{key} = {value}"))
+            .collect();
+        lines.join("\n").parse().map_err(|e: toml::de::Error| {
+            ConfigError::ExecutorConfig(e.message().trim().to_owned())
+        })?
+    };
+    if let Some(value) = table.get("root-certificates") {
+        let Some(path) = value.as_str() else {
+            return Err(ConfigError::ExecutorConfig(
+                "The `root-certificates` value should be of type `str`.".to_owned(),
+            ));
+        };
+        if !path.is_empty() && !Path::new(path).is_file() {
+            return Err(ConfigError::ExecutorConfig(format!(
+                "root-certificates: {path} does not point to a file"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every non-overlapping match of `(\S+?)=('[^']*'|"[^"]*"|\S+)` in `text`, as (key, value):
+/// the tokenizer of the reference's `parse_config_args`.
+pub(crate) fn key_value_pairs(text: &str) -> Vec<(String, String)> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut pairs = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        match match_pair_at(&chars, start) {
+            Some((key_end, value_end)) => {
+                let key: String = chars[start..key_end].iter().collect();
+                let value: String = chars[key_end + 1..value_end].iter().collect();
+                pairs.push((key, value));
+                start = value_end;
+            }
+            None => start += 1,
+        }
+    }
+    pairs
+}
+
+/// Tries the pattern at `start`: returns (index of `=`, end of value).
+fn match_pair_at(chars: &[char], start: usize) -> Option<(usize, usize)> {
+    // `\S+?`: the key is a non-empty run of non-space characters, shortest first.
+    let mut equals = start + 1;
+    while equals < chars.len() && !chars[equals - 1].is_whitespace() {
+        if chars[equals] == '=' {
+            if let Some(end) = match_value_at(chars, equals + 1) {
+                return Some((equals, end));
+            }
+        }
+        if chars[equals].is_whitespace() {
+            break;
+        }
+        equals += 1;
+    }
+    None
+}
+
+/// `'[^']*'|"[^"]*"|\S+` at `at`: returns the end index.
+fn match_value_at(chars: &[char], at: usize) -> Option<usize> {
+    let first = *chars.get(at)?;
+    if first == '\'' || first == '"' {
+        if let Some(offset) = chars[at + 1..].iter().position(|c| *c == first) {
+            return Some(at + 1 + offset + 1);
+        }
+    }
+    if first.is_whitespace() {
+        return None;
+    }
+    let run = chars[at..]
+        .iter()
+        .take_while(|c| !c.is_whitespace())
+        .count();
+    Some(at + run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["flower-superlink"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let args = args(&[]);
+        assert!(!args.insecure);
+        assert_eq!(args.isolation, Isolation::Subprocess);
+        assert_eq!(args.database, ":flwr-in-memory-state:");
+        assert_eq!(args.serverappio_api_address, "0.0.0.0:9091");
+        assert_eq!(args.fleet_api_type, FleetApiType::GrpcRere);
+        assert_eq!(args.fleet_api_address, None);
+        assert_eq!(args.fleet_api_num_workers, 1);
+        assert_eq!(args.exec_api_address, "0.0.0.0:9093");
+        assert_eq!(args.executor, "flwr.superexec.deployment:executor");
+        assert_eq!(args.executor_dir, PathBuf::from("."));
+        assert_eq!(args.simulationio_api_address, "0.0.0.0:9096");
+    }
+
+    #[test]
+    fn insecure_defaults_validate() {
+        let config = Config::from_args(args(&["--insecure"])).expect("valid");
+        assert_eq!(config.fleet_address.to_string(), "0.0.0.0:9092");
+        assert_eq!(config.serverappio_address.to_string(), "0.0.0.0:9091");
+        assert_eq!(config.exec_address.to_string(), "0.0.0.0:9093");
+        assert_eq!(config.tls, None);
+        assert_eq!(config.database, Database::InMemory);
+        assert!(config.storage_dir.ends_with("superlink/ffs"));
+        assert_eq!(
+            config.warnings,
+            ["Option `--insecure` was set. Starting insecure HTTP server."]
+        );
+    }
+
+    #[test]
+    fn addresses_are_checked_in_reference_order() {
+        let error = Config::from_args(args(&[
+            "--insecure",
+            "--exec-api-address",
+            "bad",
+            "--serverappio-api-address",
+            "alsobad",
+        ]))
+        .expect_err("bad address");
+        assert_eq!(
+            error.to_string(),
+            "--serverappio-api-address: Address (alsobad) cannot be parsed (expected: URL or \
+             IPv4 or IPv6)."
+        );
+        let error = Config::from_args(args(&["--insecure", "--fleet-api-address", "x:0"]))
+            .expect_err("bad address");
+        assert!(error
+            .to_string()
+            .starts_with("--fleet-api-address: Address (x:0)"));
+    }
+
+    #[test]
+    fn tls_is_required_unless_insecure() {
+        let error = Config::from_args(args(&[])).expect_err("no TLS");
+        assert!(matches!(error, ConfigError::TlsRequired));
+        let error = Config::from_args(args(&["--ssl-certfile", "a.pem"])).expect_err("partial");
+        assert!(matches!(error, ConfigError::TlsIncomplete));
+    }
+
+    #[test]
+    fn insecure_ignores_tls_flags() {
+        let config = Config::from_args(args(&["--insecure", "--ssl-certfile", "/nonexistent"]))
+            .expect("insecure wins");
+        assert_eq!(config.tls, None);
+    }
+
+    #[test]
+    fn tls_files_are_checked_ca_cert_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().expect("utf-8");
+        let error = Config::from_args(args(&[
+            "--ssl-certfile",
+            missing,
+            "--ssl-keyfile",
+            missing,
+            "--ssl-ca-certfile",
+            missing,
+        ]))
+        .expect_err("missing files");
+        assert_eq!(
+            error.to_string(),
+            format!("Path argument `--ssl-ca-certfile` does not point to a file: {missing}")
+        );
+    }
+
+    #[test]
+    fn unsupported_modes_are_refused_in_one_line() {
+        for (flags, expected) in [
+            (
+                &["--insecure", "--fleet-api-type", "rest"][..],
+                "--fleet-api-type rest: not supported yet",
+            ),
+            (
+                &["--insecure", "--fleet-api-type", "grpc-adapter"][..],
+                "--fleet-api-type grpc-adapter: not supported yet",
+            ),
+            (
+                &[
+                    "--insecure",
+                    "--executor",
+                    "flwr.superexec.simulation:executor",
+                ][..],
+                "--executor flwr.superexec.simulation:executor: not supported yet",
+            ),
+        ] {
+            let error = Config::from_args(args(flags)).expect_err("unsupported");
+            assert_eq!(error.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn database_values() {
+        let database = |value: &str| {
+            Config::from_args(args(&["--insecure", "--database", value]))
+                .expect("valid")
+                .database
+        };
+        assert_eq!(database(":flwr-in-memory-state:"), Database::InMemory);
+        assert_eq!(database(":memory:"), Database::SqliteMemory);
+        assert_eq!(
+            database("state/link.db"),
+            Database::Sqlite(PathBuf::from("state/link.db"))
+        );
+    }
+
+    #[test]
+    fn node_auth_flags_all_or_none_and_need_tls() {
+        let error = Config::from_args(args(&["--insecure", "--auth-list-public-keys", "k.csv"]))
+            .expect_err("partial auth");
+        assert!(matches!(error, ConfigError::AuthIncomplete));
+        let error = Config::from_args(args(&[
+            "--insecure",
+            "--auth-list-public-keys",
+            "k.csv",
+            "--auth-superlink-private-key",
+            "k",
+            "--auth-superlink-public-key",
+            "k.pub",
+        ]))
+        .expect_err("auth without TLS");
+        assert!(matches!(error, ConfigError::AuthRequiresTls));
+    }
+
+    #[test]
+    fn ignored_flags_produce_the_reference_warnings() {
+        let config = Config::from_args(args(&[
+            "--insecure",
+            "--flwr-dir",
+            "/tmp",
+            "--fleet-api-num-workers",
+            "4",
+        ]))
+        .expect("valid");
+        assert!(config.warnings[0].contains("`--flwr-dir` option is currently not in use"));
+        assert!(config.warnings[2].contains("You have specified 4 workers"));
+    }
+
+    #[test]
+    fn key_value_tokenizer_matches_the_reference_regex() {
+        let pairs = |text: &str| key_value_pairs(text);
+        assert_eq!(
+            pairs("partition-id=0 num-partitions=2"),
+            [
+                ("partition-id".into(), "0".into()),
+                ("num-partitions".into(), "2".into())
+            ]
+        );
+        assert_eq!(
+            pairs(r#"name="with space" x=1"#),
+            [
+                ("name".into(), "\"with space\"".into()),
+                ("x".into(), "1".into())
+            ]
+        );
+        assert_eq!(pairs("x=\"a=b\""), [("x".into(), "\"a=b\"".into())]);
+        assert_eq!(pairs("k = 1"), Vec::<(String, String)>::new());
+        assert_eq!(pairs("k=1,j=2"), [("k".into(), "1,j=2".into())]);
+    }
+
+    #[test]
+    fn executor_config_is_parsed_and_root_certificates_checked() {
+        assert!(check_executor_config("verbose=true").is_ok());
+        assert!(check_executor_config("name=abc").is_err());
+        let error = check_executor_config("root-certificates=\"/nonexistent/ca.crt\"")
+            .expect_err("missing file");
+        assert!(error.to_string().contains("/nonexistent/ca.crt"));
+    }
+}

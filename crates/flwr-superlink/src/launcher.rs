@@ -1,0 +1,289 @@
+//! The ServerApp launcher of `--isolation subprocess` (BEHAVIOR.md §4.5): every 3 s, if a run is
+//! pending and no child is already handling it, spawn
+//! `flwr-serverapp --run-once --serverappio-api-address <addr> --insecure`.
+//!
+//! Unlike the reference scheduler, which spawns blindly every 3 s and forgets its children,
+//! each child here is supervised:
+//!
+//! - it runs in its own process group, is killed on drop, and is always reaped;
+//! - when it exits before its run finished, the run is marked `finished:failed` with the exit
+//!   status in `details` (a run still `pending` gets [`MAX_ATTEMPTS`] tries first), so a broken
+//!   app cannot make the SuperLink spawn forever;
+//! - `StopRun` ([`LauncherHandle::stop_run`]) and shutdown kill its process group (SIGTERM, then
+//!   SIGKILL after [`KILL_GRACE`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flwr_proto::RunStatus;
+use flwr_state::lifecycle::{FAILED, FINISHED, PENDING};
+use flwr_state::LinkState;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::address::Address;
+use crate::task::{self, TaskHandle};
+
+/// How often the launcher looks for a pending run (the reference's scheduler period).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(3);
+/// How many children may exit while their run is still `pending` before the run is failed.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// How long a child may take to exit after SIGTERM before its process group gets SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Bound of the command queue from the services to the launcher.
+const COMMAND_QUEUE: usize = 64;
+
+/// What the launcher spawns and where the child should connect.
+#[derive(Debug, Clone)]
+pub struct LauncherSettings {
+    /// The program, looked up on `PATH` unless it is a path (`flwr-serverapp`).
+    pub program: PathBuf,
+    /// The ServerAppIo address given to the child (bind address with `0.0.0.0` → `127.0.0.1`).
+    pub serverappio_address: Address,
+    /// Period of the pending-run check.
+    pub poll_interval: Duration,
+}
+
+/// Lets the services tell the launcher about runs; cheap to clone. A SuperLink without a
+/// launcher (`--isolation process`) uses [`LauncherHandle::disabled`].
+#[derive(Debug, Clone)]
+pub struct LauncherHandle {
+    commands: Option<mpsc::Sender<u64>>,
+}
+
+impl LauncherHandle {
+    /// A handle that goes nowhere.
+    pub fn disabled() -> Self {
+        Self { commands: None }
+    }
+
+    /// The run was stopped: kill the process group of its ServerApp, if one runs.
+    pub fn stop_run(&self, run_id: u64) {
+        let Some(commands) = &self.commands else {
+            return;
+        };
+        if commands.try_send(run_id).is_err() {
+            // Full queue or launcher gone: the child learns about the stop through
+            // PERMISSION_DENIED on its next call and exits by itself.
+            tracing::warn!(run_id, "could not ask the launcher to stop the ServerApp");
+        }
+    }
+}
+
+/// Starts the launcher task; it runs until `shutdown` is cancelled, then kills and reaps every
+/// child before its handle resolves.
+pub(crate) fn start(
+    state: Arc<dyn LinkState>,
+    settings: LauncherSettings,
+    shutdown: CancellationToken,
+) -> (LauncherHandle, TaskHandle<()>) {
+    let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
+    let launcher = Launcher {
+        state,
+        settings,
+        children: HashMap::new(),
+        attempts: HashMap::new(),
+    };
+    let handle = task::spawn("serverapp-launcher", launcher.run(receiver, shutdown));
+    (
+        LauncherHandle {
+            commands: Some(sender),
+        },
+        handle,
+    )
+}
+
+struct Launcher {
+    state: Arc<dyn LinkState>,
+    settings: LauncherSettings,
+    /// The supervised child per run id.
+    children: HashMap<u64, Supervised>,
+    /// Children started per run id, for runs that stay pending.
+    attempts: HashMap<u64, u32>,
+}
+
+/// A child's supervisor task and the token that makes it kill the child.
+struct Supervised {
+    kill: CancellationToken,
+    task: TaskHandle<()>,
+}
+
+impl Launcher {
+    async fn run(mut self, mut commands: mpsc::Receiver<u64>, shutdown: CancellationToken) {
+        tracing::debug!("started flwr-serverapp launcher");
+        let first = tokio::time::Instant::now() + self.settings.poll_interval;
+        let mut ticks = tokio::time::interval_at(first, self.settings.poll_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(run_id) = commands.recv() => {
+                    if let Some(child) = self.children.get(&run_id) {
+                        child.kill.cancel();
+                    }
+                }
+                _ = ticks.tick() => self.launch_if_pending().await,
+            }
+        }
+        // Shutdown: kill every child and wait until each supervisor has reaped its child.
+        for child in self.children.values() {
+            child.kill.cancel();
+        }
+        for (_, child) in self.children.drain() {
+            let _ = child.task.await;
+        }
+    }
+
+    async fn launch_if_pending(&mut self) {
+        self.children.retain(|_, child| !child.task.is_finished());
+        let state = Arc::clone(&self.state);
+        let pending = match tokio::task::spawn_blocking(move || state.pending_run_id()).await {
+            Ok(Ok(pending)) => pending,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "could not look for pending runs");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "pending-run lookup panicked");
+                return;
+            }
+        };
+        let Some(run_id) = pending else {
+            return;
+        };
+        if self.children.contains_key(&run_id) {
+            return;
+        }
+        let attempt = self.attempts.entry(run_id).or_insert(0);
+        *attempt += 1;
+        let attempt = *attempt;
+
+        tracing::info!(
+            "Launching {} subprocess. Connects to SuperLink on {}",
+            self.settings.program.display(),
+            self.settings.serverappio_address
+        );
+        let child = Command::new(&self.settings.program)
+            .arg("--run-once")
+            .arg("--serverappio-api-address")
+            .arg(self.settings.serverappio_address.to_string())
+            .arg("--insecure")
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn();
+        let outcome = match child {
+            Ok(child) => {
+                let kill = CancellationToken::new();
+                let supervisor = supervise(
+                    child,
+                    run_id,
+                    attempt,
+                    Arc::clone(&self.state),
+                    kill.clone(),
+                );
+                let task = task::spawn("serverapp-child", supervisor);
+                self.children.insert(run_id, Supervised { kill, task });
+                return;
+            }
+            Err(error) => format!(
+                "could not start {}: {error}",
+                self.settings.program.display()
+            ),
+        };
+        tracing::error!(run_id, attempt, "{outcome}");
+        if attempt >= MAX_ATTEMPTS {
+            fail_run(&self.state, run_id, outcome).await;
+        }
+    }
+}
+
+/// Waits for the child (killing its process group when `kill` fires), then fails the run if
+/// the child left it unfinished.
+async fn supervise(
+    mut child: Child,
+    run_id: u64,
+    attempt: u32,
+    state: Arc<dyn LinkState>,
+    kill: CancellationToken,
+) {
+    let pid = child.id();
+    let (status, killed) = tokio::select! {
+        status = child.wait() => (status, false),
+        () = kill.cancelled() => (terminate(&mut child, pid).await, true),
+    };
+    let description = match &status {
+        Ok(status) => describe(*status),
+        Err(error) => format!("could not be waited for: {error}"),
+    };
+    tracing::info!(run_id, "flwr-serverapp {description}");
+
+    let state_for_lookup = Arc::clone(&state);
+    let run = tokio::task::spawn_blocking(move || state_for_lookup.run(run_id)).await;
+    let Ok(Ok(Some(run))) = run else {
+        return;
+    };
+    let current = run.status.unwrap_or_default();
+    if current.status == FINISHED {
+        return;
+    }
+    if current.status == PENDING && !killed && attempt < MAX_ATTEMPTS {
+        // The child died before taking the run; the next poll tries again.
+        return;
+    }
+    let details = if killed {
+        format!("flwr-serverapp was stopped because the SuperLink shut down ({description})")
+    } else {
+        format!("flwr-serverapp {description} before the run finished")
+    };
+    fail_run(&state, run_id, details).await;
+}
+
+/// SIGTERM to the child's process group, SIGKILL after [`KILL_GRACE`], then reap.
+async fn terminate(child: &mut Child, pid: Option<u32>) -> std::io::Result<ExitStatus> {
+    // `pid` is the process-group id (the child called setpgid(0, 0)); the child is not reaped
+    // yet, so the group id cannot have been reused.
+    let group = pid
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(Pid::from_raw);
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGTERM);
+    }
+    if let Ok(status) = tokio::time::timeout(KILL_GRACE, child.wait()).await {
+        return status;
+    }
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    child.wait().await
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => format!("exited ({status})"),
+    }
+}
+
+async fn fail_run(state: &Arc<dyn LinkState>, run_id: u64, details: String) {
+    tracing::warn!(run_id, "run failed: {details}");
+    let state = Arc::clone(state);
+    let status = RunStatus {
+        status: FINISHED.to_owned(),
+        sub_status: FAILED.to_owned(),
+        details,
+    };
+    match tokio::task::spawn_blocking(move || state.update_run_status(run_id, status)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::error!(run_id, %error, "could not mark the run failed"),
+        Err(error) => tracing::error!(run_id, %error, "marking the run failed panicked"),
+    }
+}

@@ -1,0 +1,34 @@
+//! The Flower 1.14 SuperLink: the Fleet, ServerAppIo and Exec gRPC services over a shared
+//! LinkState, the launcher that runs `flwr-serverapp` for pending runs, and the configuration of
+//! the `flower-superlink` binary.
+//!
+//! # Layout
+//!
+//! - [`config`]: every `flower-superlink` flag ([`Args`], clap) and the validated [`Config`]
+//!   (CLI.md §1), built before anything is bound.
+//! - [`address`]: `host:port` parsing as the reference does it (PROTOCOL.md §2.2).
+//! - [`fab`]: reading `fab_id`/`fab_version` from a FAB's `pyproject.toml` (BEHAVIOR.md §10).
+//! - [`service`]: one module per gRPC service — [`service::fleet`] (with the seam for node
+//!   authentication), [`service::serverappio`], [`service::exec`] — plus the shared [`Stores`](service::Stores).
+//! - [`error`]: the services' domain [`Error`] and its single conversion to `tonic::Status`.
+//! - [`launcher`]: supervised `flwr-serverapp` children for `--isolation subprocess`.
+//! - [`server`]: [`SuperLink::bind`] (stores + ports) and [`SuperLink::run`] (serve, drain),
+//!   and [`serve`] which does both; tests pass a oneshot as the shutdown future, the binary
+//!   passes [`signal::shutdown_signal`].
+//! - [`signal`](crate::signal): SIGINT and SIGTERM.
+
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod config;
+pub mod error;
+pub mod fab;
+pub mod launcher;
+pub mod server;
+pub mod service;
+pub mod signal;
+mod task;
+
+pub use config::{Args, Config, ConfigError};
+pub use error::Error;
+pub use server::{serve, StartError, SuperLink};

@@ -1,0 +1,381 @@
+//! Building and running the SuperLink: [`SuperLink::bind`] opens the stores and binds every
+//! port (nothing serves yet, so a failure leaves nothing half-started), [`SuperLink::run`]
+//! serves until the shutdown future resolves, then drains.
+//!
+//! Transport settings follow PROTOCOL.md §2.1: 512 MiB messages both ways, 1000 concurrent
+//! streams, HTTP/2 keep-alive pings after 210 s; TLS (rustls, ALPN `h2`) on Fleet and Exec unless
+//! `--insecure`; ServerAppIo always plaintext.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flwr_proto::exec_server::ExecServer;
+use flwr_proto::fleet_server::FleetServer;
+use flwr_proto::server_app_io_server::ServerAppIoServer;
+use flwr_proto::MAX_MESSAGE_SIZE;
+use flwr_state::{Ffs, InMemoryLinkState, LinkState, SystemClock};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::address::Address;
+use crate::config::{Config, Database, Isolation, TlsFiles};
+use crate::launcher::{self, LauncherHandle, LauncherSettings};
+use crate::service::exec::ExecService;
+use crate::service::fleet::{FleetHandler, FleetService};
+use crate::service::serverappio::ServerAppIoService;
+use crate::service::Stores;
+use crate::task::{self, TaskHandle};
+
+/// How long in-flight calls may take to finish after shutdown starts (the reference's 1 s
+/// `grpc_server.stop(grace=1)`).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Server-initiated HTTP/2 PING after this much idle time (`grpc.keepalive_time_ms`).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(210);
+/// `grpc.max_concurrent_streams` and `maximum_concurrent_rpcs` of the reference.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
+
+/// Why the SuperLink could not start or stopped with an error. Messages name the flag.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound for another reason than the port being taken.
+    #[error("--{flag}: cannot listen on {address}: {source}")]
+    Bind {
+        /// The address flag without dashes.
+        flag: &'static str,
+        /// The address.
+        address: Address,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The LinkState could not be opened.
+    #[error("--database {database}: {reason}")]
+    Database {
+        /// The flag value.
+        database: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Node authentication was configured; it is not implemented yet.
+    #[error("--auth-list-public-keys: node authentication is not supported yet")]
+    NodeAuthUnsupported,
+    /// The port is taken (the reference's message).
+    #[error("--{flag}: Port in server address {address} is already in use.")]
+    PortInUse {
+        /// The address flag without dashes.
+        flag: &'static str,
+        /// The address.
+        address: Address,
+    },
+    /// A gRPC server failed while running.
+    #[error("{api} API server failed: {source}")]
+    Serve {
+        /// `Exec`, `ServerAppIo` or `Fleet`.
+        api: &'static str,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+    /// The storage directory cannot be created.
+    #[error("--storage-dir {}: {source}", .path.display())]
+    StorageDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The certificate or key was refused by the TLS stack.
+    #[error("--ssl-certfile/--ssl-keyfile: unusable TLS identity: {0}")]
+    Tls(#[source] tonic::transport::Error),
+}
+
+/// A SuperLink with its stores open and its ports bound, not serving yet.
+#[derive(Debug)]
+pub struct SuperLink {
+    config: Config,
+    stores: Stores,
+    serverappio: TcpListener,
+    fleet: TcpListener,
+    exec: TcpListener,
+    serverapp_program: std::path::PathBuf,
+}
+
+impl SuperLink {
+    /// Binds the Exec, ServerAppIo and Fleet ports and opens the LinkState and FAB storage.
+    ///
+    /// # Errors
+    ///
+    /// See [`StartError`]; on error every port bound so far is released.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        if config.node_auth.is_some() {
+            return Err(StartError::NodeAuthUnsupported);
+        }
+        // Validate the TLS identity with the TLS stack before binding anything.
+        if let Some(tls) = &config.tls {
+            Server::builder()
+                .tls_config(tls_config(tls))
+                .map_err(StartError::Tls)?;
+        }
+        let exec = listen("exec-api-address", &config.exec_address).await?;
+        let serverappio = listen("serverappio-api-address", &config.serverappio_address).await?;
+        let fleet = listen("fleet-api-address", &config.fleet_address).await?;
+        std::fs::create_dir_all(&config.storage_dir).map_err(|source| StartError::StorageDir {
+            path: config.storage_dir.clone(),
+            source,
+        })?;
+        let stores = Stores {
+            state: open_state(&config.database)?,
+            ffs: Arc::new(Ffs::new(config.storage_dir.clone())),
+        };
+        Ok(Self {
+            config,
+            stores,
+            serverappio,
+            fleet,
+            exec,
+            serverapp_program: "flwr-serverapp".into(),
+        })
+    }
+
+    /// Uses `program` instead of `flwr-serverapp` (looked up on `PATH`) for launched
+    /// ServerApps.
+    pub fn with_serverapp_program(mut self, program: impl Into<std::path::PathBuf>) -> Self {
+        self.serverapp_program = program.into();
+        self
+    }
+
+    /// The bound Fleet API address.
+    ///
+    /// # Errors
+    ///
+    /// The OS cannot report the socket address.
+    pub fn fleet_address(&self) -> io::Result<SocketAddr> {
+        self.fleet.local_addr()
+    }
+
+    /// The bound ServerAppIo API address.
+    ///
+    /// # Errors
+    ///
+    /// The OS cannot report the socket address.
+    pub fn serverappio_address(&self) -> io::Result<SocketAddr> {
+        self.serverappio.local_addr()
+    }
+
+    /// The bound Exec API address.
+    ///
+    /// # Errors
+    ///
+    /// The OS cannot report the socket address.
+    pub fn exec_address(&self) -> io::Result<SocketAddr> {
+        self.exec.local_addr()
+    }
+
+    /// The stores the services use (for tests and embedding).
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// Serves Exec, ServerAppIo and Fleet (and launches ServerApps with `--isolation
+    /// subprocess`) until `shutdown` resolves; then stops accepting, lets in-flight calls finish
+    /// for [`SHUTDOWN_GRACE`], kills launched ServerApps and returns.
+    ///
+    /// # Errors
+    ///
+    /// A server failed while running ([`StartError::Serve`]).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        for warning in &self.config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let stop = CancellationToken::new();
+        let (launcher, launcher_task) = match self.config.isolation {
+            Isolation::Subprocess => {
+                let settings = LauncherSettings {
+                    program: self.serverapp_program.clone(),
+                    serverappio_address: self.config.serverappio_address.for_local_client(),
+                    poll_interval: launcher::POLL_INTERVAL,
+                };
+                let (handle, task) =
+                    launcher::start(Arc::clone(&self.stores.state), settings, stop.child_token());
+                (handle, Some(task))
+            }
+            Isolation::Process => (LauncherHandle::disabled(), None),
+        };
+
+        let exec = ExecServer::new(ExecService::new(self.stores.clone(), launcher))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let serverappio = ServerAppIoServer::new(ServerAppIoService::new(self.stores.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let fleet_handler = Arc::new(FleetHandler::new(self.stores.clone()));
+        let fleet = FleetServer::new(FleetService::new(fleet_handler))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+
+        let tls = self.config.tls.as_ref();
+        let mut servers: Vec<(
+            &'static str,
+            TaskHandle<Result<(), tonic::transport::Error>>,
+        )> = Vec::with_capacity(3);
+        let exec_router = builder(tls)?.add_service(exec);
+        tracing::info!(
+            "Flower Deployment Engine: Starting Exec API on {}",
+            self.config.exec_address
+        );
+        servers.push((
+            "Exec",
+            task::spawn(
+                "exec-api",
+                exec_router.serve_with_incoming_shutdown(
+                    TcpListenerStream::new(self.exec),
+                    stop.clone().cancelled_owned(),
+                ),
+            ),
+        ));
+        let serverappio_router = builder(None)?.add_service(serverappio);
+        tracing::info!(
+            "Flower ECE: Starting ServerAppIo API (gRPC-rere) on {}",
+            self.config.serverappio_address
+        );
+        servers.push((
+            "ServerAppIo",
+            task::spawn(
+                "serverappio-api",
+                serverappio_router.serve_with_incoming_shutdown(
+                    TcpListenerStream::new(self.serverappio),
+                    stop.clone().cancelled_owned(),
+                ),
+            ),
+        ));
+        let fleet_router = builder(tls)?.add_service(fleet);
+        tracing::info!(
+            "Flower ECE: Starting Fleet API (gRPC-rere) on {}",
+            self.config.fleet_address
+        );
+        servers.push((
+            "Fleet",
+            task::spawn(
+                "fleet-api",
+                fleet_router.serve_with_incoming_shutdown(
+                    TcpListenerStream::new(self.fleet),
+                    stop.clone().cancelled_owned(),
+                ),
+            ),
+        ));
+
+        // Serve until asked to stop or until a server dies.
+        let failure = {
+            let first_exit = futures::future::select_all(
+                servers
+                    .iter_mut()
+                    .map(|(api, handle)| Box::pin(async move { (*api, handle.await) })),
+            );
+            tokio::select! {
+                () = shutdown => None,
+                ((api, result), _, _) = first_exit => Some(match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(source)) => Some(StartError::Serve { api, source }),
+                    Err(join) => {
+                        tracing::error!(api, %join, "API server task ended abnormally");
+                        None
+                    }
+                }),
+            }
+        };
+
+        tracing::info!("SuperLink shutting down");
+        stop.cancel();
+        let drained = tokio::time::timeout(
+            SHUTDOWN_GRACE,
+            // A server that already ended was awaited above and must not be polled again.
+            futures::future::join_all(
+                servers
+                    .iter_mut()
+                    .filter(|(_, handle)| !handle.is_finished())
+                    .map(|(_, handle)| handle),
+            ),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "in-flight calls did not finish within {SHUTDOWN_GRACE:?}; closing them"
+            );
+        }
+        // Dropping the handles aborts whatever is still running.
+        drop(servers);
+        if let Some(launcher_task) = launcher_task {
+            let _ = launcher_task.await;
+        }
+        match failure {
+            Some(Some(error)) => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Binds and serves with `config` until `shutdown` resolves: [`SuperLink::bind`] then
+/// [`SuperLink::run`].
+///
+/// # Errors
+///
+/// See [`StartError`].
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    SuperLink::bind(config).await?.run(shutdown).await
+}
+
+/// A tonic server builder with the reference's transport settings, with TLS if given.
+fn builder(tls: Option<&TlsFiles>) -> Result<Server, StartError> {
+    let server = Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    match tls {
+        None => Ok(server),
+        Some(tls) => server.tls_config(tls_config(tls)).map_err(StartError::Tls),
+    }
+}
+
+/// Server identity from `--ssl-certfile`/`--ssl-keyfile`. The CA file is not used: like the
+/// reference (`require_client_auth=False`), the server does not ask for client certificates.
+/// tonic's rustls acceptor advertises ALPN `h2`, which gRPC-core clients require.
+fn tls_config(tls: &TlsFiles) -> ServerTlsConfig {
+    ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key))
+}
+
+async fn listen(flag: &'static str, address: &Address) -> Result<TcpListener, StartError> {
+    let bind_error = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            StartError::PortInUse {
+                flag,
+                address: address.clone(),
+            }
+        } else {
+            StartError::Bind {
+                flag,
+                address: address.clone(),
+                source,
+            }
+        }
+    };
+    let socket_address = address.to_socket_addr().map_err(bind_error)?;
+    TcpListener::bind(socket_address).await.map_err(bind_error)
+}
+
+fn open_state(database: &Database) -> Result<Arc<dyn LinkState>, StartError> {
+    match database {
+        Database::InMemory => Ok(Arc::new(InMemoryLinkState::new(Arc::new(SystemClock)))),
+        Database::Sqlite(path) => Err(StartError::Database {
+            database: path.display().to_string(),
+            reason: "SQLite state is not supported yet".to_owned(),
+        }),
+        Database::SqliteMemory => Err(StartError::Database {
+            database: ":memory:".to_owned(),
+            reason: "SQLite state is not supported yet".to_owned(),
+        }),
+    }
+}

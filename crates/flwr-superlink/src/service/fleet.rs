@@ -1,0 +1,311 @@
+//! The Fleet API (`flwr.proto.Fleet`, BEHAVIOR.md §4.2): how SuperNodes register, heartbeat,
+//! pull instructions and push results.
+//!
+//! # Where node authentication plugs in
+//!
+//! [`FleetHandler`] holds the behaviour as plain async fns over decoded requests plus an
+//! optional [`AuthenticatedNode`]; [`FleetService`] is a thin tonic adapter. Node auth (AUTH.md
+//! §7) must HMAC the canonical re-encoding of the *received bytes*, which only exist before
+//! tonic decodes them, so it belongs in a tower layer around [`FleetService`]'s
+//! `FleetServer` (`Server::builder().layer(..)` on the Fleet port): the layer buffers the
+//! body, verifies it with `flwr_proto::canonical`, answers `UNAUTHENTICATED` itself, and on
+//! success inserts an [`AuthenticatedNode`] into the request extensions, where the adapter picks
+//! it up. No handler changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flwr_proto::fleet_server::Fleet;
+use flwr_proto::{
+    CreateNodeRequest, CreateNodeResponse, DeleteNodeRequest, DeleteNodeResponse, Fab,
+    GetFabRequest, GetFabResponse, GetRunRequest, GetRunResponse, Node, PingRequest, PingResponse,
+    PullTaskInsRequest, PullTaskInsResponse, PushTaskResRequest, PushTaskResResponse, Reconnect,
+    Run,
+};
+use flwr_state::Guard;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::service::{fab_content, guarded_run, respond, Stores};
+
+/// `PushTaskResResponse.reconnect`: the reference always sends 5 (clients ignore it).
+const RECONNECT_SECONDS: u64 = 5;
+
+/// The identity node authentication established for a request, placed in the request's
+/// extensions by the auth layer. Absent when node authentication is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedNode {
+    /// The node's public key as the LinkState stores it.
+    pub public_key: Vec<u8>,
+}
+
+/// The Fleet behaviour, independent of the transport.
+#[derive(Debug, Clone)]
+pub struct FleetHandler {
+    stores: Stores,
+}
+
+impl FleetHandler {
+    /// A handler over the shared stores.
+    pub fn new(stores: Stores) -> Self {
+        Self { stores }
+    }
+
+    /// Registers a node (bound to its public key when authenticated).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn create_node(
+        &self,
+        request: CreateNodeRequest,
+        node: Option<AuthenticatedNode>,
+    ) -> Result<CreateNodeResponse, Error> {
+        let ping_interval = request.ping_interval;
+        let node_id = self
+            .stores
+            .call(move |state, _| {
+                let public_key = node.as_ref().map(|node| node.public_key.as_slice());
+                Ok(state.create_node(ping_interval, public_key)?)
+            })
+            .await?;
+        tracing::info!(node_id, ping_interval, "node created");
+        Ok(CreateNodeResponse {
+            node: Some(Node {
+                node_id,
+                anonymous: false,
+            }),
+        })
+    }
+
+    /// Unregisters a node; anonymous nodes and node id 0 are ignored.
+    ///
+    /// # Errors
+    ///
+    /// Unknown node id: `UNKNOWN` `Node <id> not found`.
+    pub async fn delete_node(
+        &self,
+        request: DeleteNodeRequest,
+        _node: Option<AuthenticatedNode>,
+    ) -> Result<DeleteNodeResponse, Error> {
+        let node = request.node.unwrap_or_default();
+        if node.anonymous || node.node_id == 0 {
+            return Ok(DeleteNodeResponse {});
+        }
+        let node_id = node.node_id;
+        self.stores
+            .call(move |state, _| Ok(state.delete_node(node_id)?))
+            .await?;
+        tracing::info!(node_id, "node deleted");
+        Ok(DeleteNodeResponse {})
+    }
+
+    /// Heartbeat: the node stays online for another `ping_interval` seconds; `success` is
+    /// `false` for an unknown node.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn ping(
+        &self,
+        request: PingRequest,
+        _node: Option<AuthenticatedNode>,
+    ) -> Result<PingResponse, Error> {
+        let node_id = request.node.unwrap_or_default().node_id;
+        let ping_interval = request.ping_interval;
+        let success = self
+            .stores
+            .call(move |state, _| Ok(state.acknowledge_ping(node_id, ping_interval)?))
+            .await?;
+        Ok(PingResponse { success })
+    }
+
+    /// At most one undelivered, unexpired TaskIns for the node (`task_ids` is ignored, as in
+    /// the reference).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn pull_task_ins(
+        &self,
+        request: PullTaskInsRequest,
+        _node: Option<AuthenticatedNode>,
+    ) -> Result<PullTaskInsResponse, Error> {
+        let node = request.node.unwrap_or_default();
+        let consumer = (!node.anonymous).then_some(node.node_id);
+        let task_ins_list = self
+            .stores
+            .call(move |state, _| Ok(state.task_ins_for_node(consumer, 1)?))
+            .await?;
+        Ok(PullTaskInsResponse {
+            reconnect: None,
+            task_ins_list,
+        })
+    }
+
+    /// Stores the first TaskRes of the request while its run is running. A TaskRes the store
+    /// rejects is answered with the result key `"None"`, not with an error.
+    ///
+    /// # Errors
+    ///
+    /// Empty list or unknown run: `UNKNOWN`; run not running: `PERMISSION_DENIED`; malformed
+    /// `ancestry[0]`: `UNKNOWN` `badly formed hexadecimal UUID string`.
+    pub async fn push_task_res(
+        &self,
+        request: PushTaskResRequest,
+        _node: Option<AuthenticatedNode>,
+    ) -> Result<PushTaskResResponse, Error> {
+        let Some(task_res) = request.task_res_list.into_iter().next() else {
+            return Err(Error::Unknown(
+                "`task_res_list` must not be empty".to_owned(),
+            ));
+        };
+        let task_id = self
+            .stores
+            .call(move |state, _| {
+                guarded_run(state, task_res.run_id, Guard::RequireRunning)?;
+                // The store stamps `pushed_at` itself before validating.
+                Ok(state.store_task_res(task_res)?)
+            })
+            .await?;
+        let key = task_id.unwrap_or_else(|| "None".to_owned());
+        Ok(PushTaskResResponse {
+            reconnect: Some(Reconnect {
+                reconnect: RECONNECT_SECONDS,
+            }),
+            results: HashMap::from([(key, 0)]),
+        })
+    }
+
+    /// The run's id, FAB id/version/hash and override config (no timestamps, no status); an
+    /// empty response for an unknown run.
+    ///
+    /// # Errors
+    ///
+    /// Run not running: `PERMISSION_DENIED`.
+    pub async fn get_run(
+        &self,
+        request: GetRunRequest,
+        _node: Option<AuthenticatedNode>,
+    ) -> Result<GetRunResponse, Error> {
+        let run_id = request.run_id;
+        let run = self
+            .stores
+            .call(move |state, _| {
+                if state.run(run_id)?.is_none() {
+                    return Ok(None);
+                }
+                guarded_run(state, run_id, Guard::RequireRunning).map(Some)
+            })
+            .await?;
+        Ok(GetRunResponse {
+            run: run.map(|run| Run {
+                run_id: run.run_id,
+                fab_id: run.fab_id,
+                fab_version: run.fab_version,
+                override_config: run.override_config,
+                fab_hash: run.fab_hash,
+                ..Run::default()
+            }),
+        })
+    }
+
+    /// The FAB with the requested hash, while the named run is running (the hash is not checked
+    /// against the run, as in the reference).
+    ///
+    /// # Errors
+    ///
+    /// Unknown run or FAB: `UNKNOWN`; run not running: `PERMISSION_DENIED`.
+    pub async fn get_fab(
+        &self,
+        request: GetFabRequest,
+        _node: Option<AuthenticatedNode>,
+    ) -> Result<GetFabResponse, Error> {
+        let hash_str = request.hash_str;
+        let run_id = request.run_id;
+        self.stores
+            .call(move |state, ffs| {
+                guarded_run(state, run_id, Guard::RequireRunning)?;
+                let content = fab_content(ffs, &hash_str)?;
+                Ok(GetFabResponse {
+                    fab: Some(Fab { hash_str, content }),
+                })
+            })
+            .await
+    }
+}
+
+/// The tonic adapter over a shared [`FleetHandler`].
+#[derive(Debug, Clone)]
+pub struct FleetService {
+    handler: Arc<FleetHandler>,
+}
+
+impl FleetService {
+    /// Serves `handler`.
+    pub fn new(handler: Arc<FleetHandler>) -> Self {
+        Self { handler }
+    }
+}
+
+/// Splits a tonic request into the message and the identity the auth layer attached, if any.
+fn split<T>(request: Request<T>) -> (T, Option<AuthenticatedNode>) {
+    let node = request.extensions().get::<AuthenticatedNode>().cloned();
+    (request.into_inner(), node)
+}
+
+#[tonic::async_trait]
+impl Fleet for FleetService {
+    async fn create_node(
+        &self,
+        request: Request<CreateNodeRequest>,
+    ) -> Result<Response<CreateNodeResponse>, Status> {
+        let (request, node) = split(request);
+        respond(self.handler.create_node(request, node).await)
+    }
+
+    async fn delete_node(
+        &self,
+        request: Request<DeleteNodeRequest>,
+    ) -> Result<Response<DeleteNodeResponse>, Status> {
+        let (request, node) = split(request);
+        respond(self.handler.delete_node(request, node).await)
+    }
+
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        let (request, node) = split(request);
+        respond(self.handler.ping(request, node).await)
+    }
+
+    async fn pull_task_ins(
+        &self,
+        request: Request<PullTaskInsRequest>,
+    ) -> Result<Response<PullTaskInsResponse>, Status> {
+        let (request, node) = split(request);
+        respond(self.handler.pull_task_ins(request, node).await)
+    }
+
+    async fn push_task_res(
+        &self,
+        request: Request<PushTaskResRequest>,
+    ) -> Result<Response<PushTaskResResponse>, Status> {
+        let (request, node) = split(request);
+        respond(self.handler.push_task_res(request, node).await)
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<GetRunRequest>,
+    ) -> Result<Response<GetRunResponse>, Status> {
+        let (request, node) = split(request);
+        respond(self.handler.get_run(request, node).await)
+    }
+
+    async fn get_fab(
+        &self,
+        request: Request<GetFabRequest>,
+    ) -> Result<Response<GetFabResponse>, Status> {
+        let (request, node) = split(request);
+        respond(self.handler.get_fab(request, node).await)
+    }
+}

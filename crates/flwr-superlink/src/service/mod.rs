@@ -1,0 +1,87 @@
+//! The three gRPC services of the SuperLink, one file each, and what they share.
+//!
+//! Every handler is an async fn returning a domain [`Result`](crate::error::Error); the tonic
+//! trait impls only unwrap the request and convert the error at the edge. LinkState and FAB
+//! storage calls may block (SQLite, files), so they run on the blocking pool through
+//! [`Stores::call`].
+
+pub mod exec;
+pub mod fleet;
+pub mod serverappio;
+
+use std::sync::Arc;
+
+use flwr_proto::{Run, RunStatus};
+use flwr_state::{guard_denial, Ffs, FfsError, Guard, LinkState};
+
+use crate::error::Error;
+
+/// The LinkState and the FAB storage, shared by all services.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Runs, nodes, tasks, contexts and logs.
+    pub state: Arc<dyn LinkState>,
+    /// FAB bytes by hash.
+    pub ffs: Arc<Ffs>,
+}
+
+impl Stores {
+    /// Runs `call` on the blocking thread pool with both stores.
+    pub(crate) async fn call<T, F>(&self, call: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn LinkState, &Ffs) -> Result<T, Error> + Send + 'static,
+    {
+        let stores = self.clone();
+        tokio::task::spawn_blocking(move || call(stores.state.as_ref(), stores.ffs.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("state call did not complete: {e}")))?
+    }
+}
+
+/// The run, if `guard` lets a call for it through (BEHAVIOR.md §5.3).
+///
+/// # Errors
+///
+/// Unknown run: `UNKNOWN` (the reference's escaped `KeyError`); refused status:
+/// `PERMISSION_DENIED` with the reference's details.
+pub(crate) fn guarded_run(state: &dyn LinkState, run_id: u64, guard: Guard) -> Result<Run, Error> {
+    let run = state
+        .run(run_id)?
+        .ok_or_else(|| Error::Unknown(format!("Run {run_id} not found")))?;
+    if let Some(details) = guard_denial(&status_of(&run), guard) {
+        return Err(Error::PermissionDenied(details));
+    }
+    Ok(run)
+}
+
+/// A run's status (the default, all-empty status if the store left it unset).
+pub(crate) fn status_of(run: &Run) -> RunStatus {
+    run.status.clone().unwrap_or_default()
+}
+
+/// The FAB with `hash`, or the reference's `Found no FAB with hash: <hash>` as `UNKNOWN`.
+pub(crate) fn fab_content(ffs: &Ffs, hash: &str) -> Result<Vec<u8>, Error> {
+    let missing = || Error::Unknown(format!("Found no FAB with hash: {hash}"));
+    match ffs.get(hash) {
+        Ok(Some(content)) => Ok(content),
+        Ok(None) | Err(FfsError::InvalidHash(_)) => Err(missing()),
+        Err(error) => Err(Error::Unknown(format!("FAB storage failed: {error}"))),
+    }
+}
+
+/// Converts a handler result into what tonic's service traits return: the one place where
+/// domain errors become statuses.
+#[allow(clippy::result_large_err)] // the size of `tonic::Status` is tonic's trait contract
+pub(crate) fn respond<T>(result: Result<T, Error>) -> Result<tonic::Response<T>, tonic::Status> {
+    result
+        .map(tonic::Response::new)
+        .map_err(tonic::Status::from)
+}
+
+/// Unix seconds now, as the reference's `time.time()`.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}

@@ -1,0 +1,387 @@
+//! The ServerAppIo API (`flwr.proto.ServerAppIo`, BEHAVIOR.md §4.3): how a ServerApp process
+//! (`flwr-serverapp`) takes a pending run, talks to the nodes through TaskIns/TaskRes, reports
+//! its status and uploads its logs. Always plaintext; never node-authenticated.
+
+use std::collections::HashMap;
+
+use flwr_proto::server_app_io_server::ServerAppIo;
+use flwr_proto::{
+    ConfigsRecord, CreateRunRequest, CreateRunResponse, Fab, GetFabRequest, GetFabResponse,
+    GetNodesRequest, GetNodesResponse, GetRunRequest, GetRunResponse, GetRunStatusRequest,
+    GetRunStatusResponse, Node, PullServerAppInputsRequest, PullServerAppInputsResponse,
+    PullTaskResRequest, PullTaskResResponse, PushLogsRequest, PushLogsResponse,
+    PushServerAppOutputsRequest, PushServerAppOutputsResponse, PushTaskInsRequest,
+    PushTaskInsResponse, RunStatus, UpdateRunStatusRequest, UpdateRunStatusResponse,
+};
+use flwr_state::lifecycle::{FINISHED, STARTING};
+use flwr_state::{validate_task_ins, Guard};
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::service::{fab_content, guarded_run, respond, status_of, unix_now, Stores};
+
+/// The ServerAppIo service.
+#[derive(Debug)]
+pub struct ServerAppIoService {
+    stores: Stores,
+    /// Serialises `PullServerAppInputs`, like the reference's lock, so two ServerApp processes
+    /// polling at once see a consistent "first pending run". (The store's pending → starting
+    /// transition is atomic on its own; the lock keeps the losing caller from reporting a
+    /// spurious "Failed to start run".) An async mutex: the guard is held across the store call.
+    pull_inputs: Mutex<()>,
+}
+
+impl ServerAppIoService {
+    /// A service over the shared stores.
+    pub fn new(stores: Stores) -> Self {
+        Self {
+            stores,
+            pull_inputs: Mutex::new(()),
+        }
+    }
+
+    async fn inner_get_nodes(&self, request: GetNodesRequest) -> Result<GetNodesResponse, Error> {
+        let run_id = request.run_id;
+        let node_ids = self
+            .stores
+            .call(move |state, _| {
+                guarded_run(state, run_id, Guard::RequireRunning)?;
+                Ok(state.online_nodes(run_id)?)
+            })
+            .await?;
+        let nodes = node_ids
+            .into_iter()
+            .map(|node_id| Node {
+                node_id,
+                anonymous: false,
+            })
+            .collect();
+        Ok(GetNodesResponse { nodes })
+    }
+
+    async fn inner_create_run(
+        &self,
+        request: CreateRunRequest,
+    ) -> Result<CreateRunResponse, Error> {
+        let run_id = self
+            .stores
+            .call(move |state, ffs| {
+                let fab_hash = match request.fab {
+                    None => String::new(),
+                    Some(fab) => {
+                        let hash = ffs
+                            .put(&fab.content)
+                            .map_err(|e| Error::Unknown(format!("FAB storage failed: {e}")))?;
+                        if hash != fab.hash_str {
+                            return Err(Error::Unknown(format!(
+                                "Malformed CreateRunRequest: FAB ({}) hash from request doesn't \
+                                 match contents",
+                                fab.hash_str
+                            )));
+                        }
+                        hash
+                    }
+                };
+                Ok(state.create_run(
+                    &request.fab_id,
+                    &request.fab_version,
+                    &fab_hash,
+                    request.override_config,
+                    ConfigsRecord::default(),
+                )?)
+            })
+            .await?;
+        tracing::info!(run_id, "run created through ServerAppIo");
+        Ok(CreateRunResponse { run_id })
+    }
+
+    async fn inner_push_task_ins(
+        &self,
+        request: PushTaskInsRequest,
+    ) -> Result<PushTaskInsResponse, Error> {
+        let malformed =
+            |detail: &str| Error::Unknown(format!("Malformed PushTaskInsRequest: {detail}"));
+        let run_id = request.run_id;
+        let mut task_ins_list = request.task_ins_list;
+        let task_ids = self
+            .stores
+            .call(move |state, _| {
+                guarded_run(state, run_id, Guard::RequireRunning)?;
+                let now = unix_now();
+                for task_ins in &mut task_ins_list {
+                    if let Some(task) = task_ins.task.as_mut() {
+                        task.pushed_at = now;
+                    }
+                }
+                if task_ins_list.is_empty() {
+                    return Err(malformed("`task_ins_list` must not be empty"));
+                }
+                for task_ins in &task_ins_list {
+                    let errors = validate_task_ins(task_ins, now);
+                    if !errors.is_empty() {
+                        return Err(malformed(&errors.join(", ")));
+                    }
+                    if task_ins.run_id != run_id {
+                        return Err(malformed("`task_ins` has mismatched `run_id`"));
+                    }
+                }
+                let mut task_ids = Vec::with_capacity(task_ins_list.len());
+                for task_ins in task_ins_list {
+                    task_ids.push(state.store_task_ins(task_ins)?.unwrap_or_default());
+                }
+                Ok(task_ids)
+            })
+            .await?;
+        Ok(PushTaskInsResponse { task_ids })
+    }
+
+    async fn inner_pull_task_res(
+        &self,
+        request: PullTaskResRequest,
+    ) -> Result<PullTaskResResponse, Error> {
+        let run_id = request.run_id;
+        let task_ids = request.task_ids;
+        let task_res_list = self
+            .stores
+            .call(move |state, _| {
+                guarded_run(state, run_id, Guard::RequireRunning)?;
+                // The store deletes every TaskIns/TaskRes pair it returns.
+                Ok(state.task_res(&task_ids)?)
+            })
+            .await?;
+        // As in the reference, this also refuses the synthetic "message unavailable" replies,
+        // which carry run id 0.
+        if task_res_list
+            .iter()
+            .any(|task_res| task_res.run_id != run_id)
+        {
+            return Err(Error::Unknown(
+                "Malformed PullTaskResRequest: `task_res` has mismatched `run_id`".to_owned(),
+            ));
+        }
+        Ok(PullTaskResResponse { task_res_list })
+    }
+
+    async fn inner_get_run(&self, request: GetRunRequest) -> Result<GetRunResponse, Error> {
+        let run_id = request.run_id;
+        let run = self
+            .stores
+            .call(move |state, _| Ok(state.run(run_id)?))
+            .await?;
+        Ok(GetRunResponse { run })
+    }
+
+    async fn inner_get_fab(&self, request: GetFabRequest) -> Result<GetFabResponse, Error> {
+        let hash_str = request.hash_str;
+        self.stores
+            .call(move |_, ffs| {
+                let content = fab_content(ffs, &hash_str)?;
+                Ok(GetFabResponse {
+                    fab: Some(Fab { hash_str, content }),
+                })
+            })
+            .await
+    }
+
+    async fn inner_pull_server_app_inputs(
+        &self,
+        _request: PullServerAppInputsRequest,
+    ) -> Result<PullServerAppInputsResponse, Error> {
+        let _serialised = self.pull_inputs.lock().await;
+        let response = self
+            .stores
+            .call(|state, ffs| {
+                let Some(run_id) = state.pending_run_id()? else {
+                    return Ok(PullServerAppInputsResponse::default());
+                };
+                let failed = || Error::Unknown(format!("Failed to start run {run_id}"));
+                let context = state.serverapp_context(run_id)?.ok_or_else(failed)?;
+                let run = state.run(run_id)?.ok_or_else(failed)?;
+                if run.fab_hash.is_empty() {
+                    return Err(failed());
+                }
+                let content = ffs.get(&run.fab_hash).ok().flatten().ok_or_else(failed)?;
+                let starting = RunStatus {
+                    status: STARTING.to_owned(),
+                    ..RunStatus::default()
+                };
+                if !state.update_run_status(run_id, starting)? {
+                    return Err(failed());
+                }
+                // Re-read so the ServerApp sees the run as it is now: `starting`.
+                let run = state.run(run_id)?.ok_or_else(failed)?;
+                Ok(PullServerAppInputsResponse {
+                    context: Some(context),
+                    fab: Some(Fab {
+                        hash_str: run.fab_hash.clone(),
+                        content,
+                    }),
+                    run: Some(run),
+                })
+            })
+            .await?;
+        if let Some(run) = &response.run {
+            tracing::info!(run_id = run.run_id, "Starting run {}", run.run_id);
+        }
+        Ok(response)
+    }
+
+    async fn inner_push_server_app_outputs(
+        &self,
+        request: PushServerAppOutputsRequest,
+    ) -> Result<PushServerAppOutputsResponse, Error> {
+        let run_id = request.run_id;
+        let context = request.context.unwrap_or_default();
+        self.stores
+            .call(move |state, _| {
+                guarded_run(state, run_id, Guard::RequireRunning)?;
+                Ok(state.set_serverapp_context(run_id, context)?)
+            })
+            .await?;
+        Ok(PushServerAppOutputsResponse {})
+    }
+
+    async fn inner_update_run_status(
+        &self,
+        request: UpdateRunStatusRequest,
+    ) -> Result<UpdateRunStatusResponse, Error> {
+        let run_id = request.run_id;
+        let new_status = request.run_status.unwrap_or_default();
+        let requested = new_status.clone();
+        let applied = self
+            .stores
+            .call(move |state, _| {
+                guarded_run(state, run_id, Guard::RejectFinished)?;
+                Ok(state.update_run_status(run_id, new_status)?)
+            })
+            .await?;
+        if !applied {
+            // The reference logs refused transitions and answers OK.
+            tracing::debug!(run_id, ?requested, "run status update refused");
+        } else if requested.status == FINISHED {
+            tracing::info!(
+                run_id,
+                sub_status = %requested.sub_status,
+                details = %requested.details,
+                "run finished"
+            );
+        }
+        Ok(UpdateRunStatusResponse {})
+    }
+
+    async fn inner_get_run_status(
+        &self,
+        request: GetRunStatusRequest,
+    ) -> Result<GetRunStatusResponse, Error> {
+        let run_ids = request.run_ids;
+        let run_status_dict = self
+            .stores
+            .call(move |state, _| {
+                let mut statuses = HashMap::new();
+                for run_id in run_ids {
+                    if let Some(run) = state.run(run_id)? {
+                        statuses.insert(run_id, status_of(&run));
+                    }
+                }
+                Ok(statuses)
+            })
+            .await?;
+        Ok(GetRunStatusResponse { run_status_dict })
+    }
+
+    async fn inner_push_logs(&self, request: PushLogsRequest) -> Result<PushLogsResponse, Error> {
+        let run_id = request.run_id;
+        let merged = request.logs.concat();
+        self.stores
+            .call(move |state, _| Ok(state.add_serverapp_log(run_id, &merged)?))
+            .await?;
+        Ok(PushLogsResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl ServerAppIo for ServerAppIoService {
+    async fn create_run(
+        &self,
+        request: Request<CreateRunRequest>,
+    ) -> Result<Response<CreateRunResponse>, Status> {
+        respond(self.inner_create_run(request.into_inner()).await)
+    }
+
+    async fn get_nodes(
+        &self,
+        request: Request<GetNodesRequest>,
+    ) -> Result<Response<GetNodesResponse>, Status> {
+        respond(self.inner_get_nodes(request.into_inner()).await)
+    }
+
+    async fn push_task_ins(
+        &self,
+        request: Request<PushTaskInsRequest>,
+    ) -> Result<Response<PushTaskInsResponse>, Status> {
+        respond(self.inner_push_task_ins(request.into_inner()).await)
+    }
+
+    async fn pull_task_res(
+        &self,
+        request: Request<PullTaskResRequest>,
+    ) -> Result<Response<PullTaskResResponse>, Status> {
+        respond(self.inner_pull_task_res(request.into_inner()).await)
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<GetRunRequest>,
+    ) -> Result<Response<GetRunResponse>, Status> {
+        respond(self.inner_get_run(request.into_inner()).await)
+    }
+
+    async fn get_fab(
+        &self,
+        request: Request<GetFabRequest>,
+    ) -> Result<Response<GetFabResponse>, Status> {
+        respond(self.inner_get_fab(request.into_inner()).await)
+    }
+
+    async fn pull_server_app_inputs(
+        &self,
+        request: Request<PullServerAppInputsRequest>,
+    ) -> Result<Response<PullServerAppInputsResponse>, Status> {
+        respond(
+            self.inner_pull_server_app_inputs(request.into_inner())
+                .await,
+        )
+    }
+
+    async fn push_server_app_outputs(
+        &self,
+        request: Request<PushServerAppOutputsRequest>,
+    ) -> Result<Response<PushServerAppOutputsResponse>, Status> {
+        respond(
+            self.inner_push_server_app_outputs(request.into_inner())
+                .await,
+        )
+    }
+
+    async fn update_run_status(
+        &self,
+        request: Request<UpdateRunStatusRequest>,
+    ) -> Result<Response<UpdateRunStatusResponse>, Status> {
+        respond(self.inner_update_run_status(request.into_inner()).await)
+    }
+
+    async fn get_run_status(
+        &self,
+        request: Request<GetRunStatusRequest>,
+    ) -> Result<Response<GetRunStatusResponse>, Status> {
+        respond(self.inner_get_run_status(request.into_inner()).await)
+    }
+
+    async fn push_logs(
+        &self,
+        request: Request<PushLogsRequest>,
+    ) -> Result<Response<PushLogsResponse>, Status> {
+        respond(self.inner_push_logs(request.into_inner()).await)
+    }
+}
