@@ -17,6 +17,8 @@
 //! - [`app`]: the NumPy app of `flwr new` with a federation pointing at a SuperLink
 //!   ([`NumpyApp`], [`Federation`]).
 //! - [`cli`]: the `flwr run/ls/log/stop` client ([`Flwr`], [`RunId`], [`RunInfo`]).
+//! - [`cluster`]: a whole federation where each process is the reference or ours
+//!   ([`cluster::Cluster`], [`cluster::Side`]), the flow every interoperability test shares.
 //!
 //! Every wait is bounded by a deadline *and* an iteration count, and every error carries enough
 //! context (command line, last log lines) to debug a failing test from its output alone.
@@ -52,6 +54,7 @@ use std::time::Duration;
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod pki;
 pub mod port;
 pub mod process;
