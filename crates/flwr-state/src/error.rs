@@ -31,4 +31,7 @@ pub enum StateError {
     /// The SQLite database failed.
     #[error("sqlite storage error")]
     Storage(#[from] rusqlite::Error),
+    /// The SQLite database was written by a newer schema version than this build knows.
+    #[error("database schema version {0} is newer than this build supports")]
+    UnsupportedSchema(i64),
 }

@@ -6,7 +6,7 @@
 //! - [`LinkState`]: the synchronous store trait the SuperLink services program against
 //!   (call it from `spawn_blocking`); [`StateError`] is its error type.
 //! - [`InMemoryLinkState`]: the default store, in process memory.
-//! - `SqliteLinkState`: a persistent store in one SQLite database (`--database <path>`
+//! - [`SqliteLinkState`]: a persistent store in one SQLite database (`--database <path>`
 //!   or `:memory:`), schema in `migrations/`.
 //! - [`lifecycle`]: the sans-IO run status machine: allowed transitions, run guards and their
 //!   `PERMISSION_DENIED` texts, status string constants.
@@ -27,6 +27,7 @@ pub mod ffs;
 pub mod lifecycle;
 mod link_state;
 mod memory;
+mod sqlite;
 pub mod task;
 
 pub use clock::{isoformat, Clock, ManualClock, SystemClock};
@@ -35,6 +36,7 @@ pub use ffs::{Ffs, FfsError};
 pub use lifecycle::{guard_denial, transition_allowed, Guard};
 pub use link_state::{LinkState, TaskCounts, LOG_TIMESTAMP_EPSILON};
 pub use memory::InMemoryLinkState;
+pub use sqlite::SqliteLinkState;
 pub use task::{
     message_unavailable_reply, parse_task_id, reply_unavailable_reply, validate_task_ins,
     validate_task_res,
@@ -44,10 +46,10 @@ pub use task::{
 const ID_ATTEMPTS: usize = 64;
 
 /// A random non-zero u64 for which `taken` is false (0 means "anonymous" on the wire).
-fn fresh_id(taken: impl Fn(u64) -> bool) -> Result<u64, StateError> {
+fn fresh_id(mut taken: impl FnMut(u64) -> Result<bool, StateError>) -> Result<u64, StateError> {
     for _ in 0..ID_ATTEMPTS {
         let id: u64 = rand::random();
-        if id != 0 && !taken(id) {
+        if id != 0 && !taken(id)? {
             return Ok(id);
         }
     }

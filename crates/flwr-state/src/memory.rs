@@ -281,7 +281,7 @@ impl LinkState for InMemoryLinkState {
                 return Err(StateError::PublicKeyInUse(existing));
             }
         }
-        let node_id = fresh_id(|id| inner.nodes.contains_key(&id))?;
+        let node_id = fresh_id(|id| Ok(inner.nodes.contains_key(&id)))?;
         inner.nodes.insert(
             node_id,
             NodeEntry {
@@ -366,7 +366,7 @@ impl LinkState for InMemoryLinkState {
     ) -> Result<u64, StateError> {
         let pending_at = isoformat(self.clock.now());
         let mut inner = self.lock();
-        let run_id = fresh_id(|id| inner.runs.contains_key(&id))?;
+        let run_id = fresh_id(|id| Ok(inner.runs.contains_key(&id)))?;
         let run = Run {
             run_id,
             fab_id: fab_id.to_owned(),

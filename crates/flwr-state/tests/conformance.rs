@@ -4,9 +4,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flwr_proto::{ConfigsRecord, Context, Node, RecordSet, RunStatus, Task, TaskIns, TaskRes};
+use flwr_proto::{
+    configs_record_value, scalar, ConfigsRecord, ConfigsRecordValue, Context, Error, Node,
+    RecordSet, RunStatus, Scalar, Task, TaskIns, TaskRes,
+};
 use flwr_state::lifecycle::{COMPLETED, FAILED, FINISHED, PENDING, RUNNING, STARTING, STOPPED};
-use flwr_state::{isoformat, InMemoryLinkState, LinkState, ManualClock, StateError};
+use flwr_state::task::{
+    MESSAGE_UNAVAILABLE, MESSAGE_UNAVAILABLE_REASON, REPLY_MESSAGE_UNAVAILABLE,
+    REPLY_MESSAGE_UNAVAILABLE_REASON,
+};
+use flwr_state::{
+    guard_denial, isoformat, Guard, InMemoryLinkState, LinkState, ManualClock, SqliteLinkState,
+    StateError, TaskCounts,
+};
 
 /// The injected clock the stories drive.
 type TestClock = ManualClock;
@@ -256,11 +266,656 @@ fn story_context(state: &dyn LinkState, _clock: &TestClock) {
     ));
 }
 
+fn story_invalid_sub_status_sticks(state: &dyn LinkState, _clock: &TestClock) {
+    // The new sub-status is not validated, but a run whose current sub-status is
+    // inconsistent accepts nothing further (BEHAVIOR.md §5.2 quirk).
+    let run_id = new_run(state);
+    let mut weird = status(STARTING, "weird");
+    weird.details = "d1".to_owned();
+    assert!(state.update_run_status(run_id, weird.clone()).unwrap());
+    assert_eq!(state.run(run_id).unwrap().unwrap().status, Some(weird));
+    assert!(!state
+        .update_run_status(run_id, status(RUNNING, ""))
+        .unwrap());
+    assert!(!state
+        .update_run_status(run_id, status(FINISHED, FAILED))
+        .unwrap());
+    // Details are overwritten on every accepted update.
+    let other = running_run(state);
+    let mut failed = status(FINISHED, FAILED);
+    failed.details = "boom".to_owned();
+    assert!(state.update_run_status(other, failed).unwrap());
+    let stored = state.run(other).unwrap().unwrap().status.unwrap();
+    assert_eq!(stored.details, "boom");
+}
+
+fn story_run_listing(state: &dyn LinkState, clock: &TestClock) {
+    let override_config = HashMap::from([
+        ("lr".to_owned(), scalar_double(0.1)),
+        ("name".to_owned(), scalar_string("x")),
+    ]);
+    let federation_options = ConfigsRecord {
+        data: HashMap::from([(
+            "num-supernodes".to_owned(),
+            ConfigsRecordValue {
+                value: Some(configs_record_value::Value::Sint64(10)),
+            },
+        )]),
+    };
+    let first = state
+        .create_run(
+            "flwr/first",
+            "2.0.0",
+            "hash1",
+            override_config.clone(),
+            federation_options.clone(),
+        )
+        .unwrap();
+    clock.advance(1.0);
+    let second = new_run(state);
+    clock.advance(1.0);
+    let third = new_run(state);
+    let ids: Vec<u64> = state.runs().unwrap().iter().map(|run| run.run_id).collect();
+    assert_eq!(ids, vec![first, second, third]);
+    let run = state.run(first).unwrap().unwrap();
+    assert_eq!(run.override_config, override_config);
+    assert_eq!(run.fab_id, "flwr/first");
+    assert_eq!(
+        state.federation_options(first).unwrap(),
+        Some(federation_options)
+    );
+    assert_eq!(
+        state.federation_options(second).unwrap(),
+        Some(ConfigsRecord::default())
+    );
+    assert_eq!(state.federation_options(12345).unwrap(), None);
+    // Oldest pending first; starting and stopped runs are not pending.
+    assert_eq!(state.pending_run_id().unwrap(), Some(first));
+    assert!(state
+        .update_run_status(first, status(STARTING, ""))
+        .unwrap());
+    assert_eq!(state.pending_run_id().unwrap(), Some(second));
+    assert!(state
+        .update_run_status(second, status(FINISHED, STOPPED))
+        .unwrap());
+    assert_eq!(state.pending_run_id().unwrap(), Some(third));
+    assert_eq!(
+        state.runs().unwrap()[1].status,
+        Some(status(FINISHED, STOPPED))
+    );
+}
+
+fn story_guards(state: &dyn LinkState, _clock: &TestClock) {
+    let run_id = new_run(state);
+    let current = || state.run(run_id).unwrap().unwrap().status.unwrap();
+    assert_eq!(
+        guard_denial(&current(), Guard::RequireRunning).as_deref(),
+        Some("Run is pending.")
+    );
+    assert_eq!(guard_denial(&current(), Guard::RejectFinished), None);
+    assert!(state
+        .update_run_status(run_id, status(STARTING, ""))
+        .unwrap());
+    assert_eq!(
+        guard_denial(&current(), Guard::RequireRunning).as_deref(),
+        Some("Run is starting.")
+    );
+    assert!(state
+        .update_run_status(run_id, status(RUNNING, ""))
+        .unwrap());
+    assert_eq!(guard_denial(&current(), Guard::RequireRunning), None);
+    assert!(state
+        .update_run_status(run_id, status(FINISHED, STOPPED))
+        .unwrap());
+    for guard in [Guard::RequireRunning, Guard::RejectFinished] {
+        assert_eq!(
+            guard_denial(&current(), guard).as_deref(),
+            Some("Run is finished. Stopped by user.")
+        );
+    }
+}
+
+fn story_concurrent_start(state: &dyn LinkState, _clock: &TestClock) {
+    // PullServerAppInputs relies on pending -> starting being won by exactly one caller.
+    let run_id = new_run(state);
+    let wins = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    state
+                        .update_run_status(run_id, status(STARTING, ""))
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .filter(|won| *won)
+            .count()
+    });
+    assert_eq!(wins, 1);
+}
+
+fn story_task_ins_validation(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let node_id = state.create_node(30.0, None).unwrap();
+    let valid = task_ins(run_id, node_id, T0, 60.0);
+    let reject = |mutate: &dyn Fn(&mut TaskIns)| {
+        let mut ins = valid.clone();
+        mutate(&mut ins);
+        assert_eq!(state.store_task_ins(ins.clone()).unwrap(), None, "{ins:?}");
+    };
+    reject(&|ins| ins.task_id = "already".to_owned());
+    reject(&|ins| ins.task = None);
+    reject(&|ins| task_mut(ins).created_at = 1_711_497_599.0);
+    reject(&|ins| task_mut(ins).delivered_at = isoformat(T0));
+    reject(&|ins| task_mut(ins).ttl = 0.0);
+    reject(&|ins| task_mut(ins).ttl = -1.0);
+    reject(&|ins| task_mut(ins).created_at = T0 - 60.0); // expires exactly now
+    reject(&|ins| task_mut(ins).task_type = String::new());
+    reject(&|ins| task_mut(ins).recordset = None);
+    reject(&|ins| task_mut(ins).error = Some(Error::default()));
+    reject(&|ins| task_mut(ins).consumer = None);
+    reject(&|ins| {
+        task_mut(ins).consumer = Some(Node {
+            node_id: 5,
+            anonymous: true,
+        });
+    });
+    reject(&|ins| {
+        task_mut(ins).consumer = Some(Node {
+            node_id: 0,
+            anonymous: false,
+        });
+    });
+    reject(&|ins| task_mut(ins).producer = None);
+    reject(&|ins| task_mut(ins).producer = node(node_id));
+    reject(&|ins| {
+        task_mut(ins).producer = Some(Node {
+            node_id: 0,
+            anonymous: false,
+        });
+    });
+    reject(&|ins| task_mut(ins).ancestry = vec!["x".to_owned()]);
+    // Store-level checks: unknown run, unknown named consumer.
+    reject(&|ins| ins.run_id = run_id.wrapping_add(1));
+    reject(&|ins| task_mut(ins).consumer = node(node_id.wrapping_add(1)));
+    assert_eq!(state.task_counts().unwrap(), TaskCounts::default());
+
+    // Valid ones: an error instead of a recordset, an anonymous consumer, an offline node.
+    let mut with_error = valid.clone();
+    task_mut(&mut with_error).recordset = None;
+    task_mut(&mut with_error).error = Some(Error {
+        code: 1,
+        reason: "r".to_owned(),
+    });
+    let error_id = state.store_task_ins(with_error).unwrap().unwrap();
+    assert!(state
+        .store_task_ins(task_ins(run_id, 0, T0, 60.0))
+        .unwrap()
+        .is_some());
+    clock.advance(31.0);
+    assert!(state.online_nodes(run_id).unwrap().is_empty());
+    let ok = state
+        .store_task_ins(task_ins(run_id, node_id, T0 + 31.0, 60.0))
+        .unwrap();
+    assert!(ok.is_some());
+    assert_eq!(state.task_counts().unwrap().task_ins, 3);
+    // The error survives storage (the reference's SQLite store dropped it).
+    let pulled = state.task_ins_for_node(Some(node_id), 10).unwrap();
+    let first = pulled.iter().find(|ins| ins.task_id == error_id).unwrap();
+    let task = first.task.as_ref().unwrap();
+    assert_eq!(task.error.as_ref().map(|error| error.code), Some(1));
+    assert_eq!(task.recordset, None);
+    assert_eq!(task.pushed_at, T0);
+    assert!(task.ancestry.is_empty());
+}
+
+fn story_task_ins_delivery(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let a = state.create_node(30.0, None).unwrap();
+    let b = state.create_node(30.0, None).unwrap();
+    let a1 = state
+        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    clock.advance(1.0);
+    let _short = state
+        .store_task_ins(task_ins(run_id, a, T0, 10.0))
+        .unwrap()
+        .unwrap();
+    let a3 = state
+        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    let b1 = state
+        .store_task_ins(task_ins(run_id, b, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    let anon = state
+        .store_task_ins(task_ins(run_id, 0, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    let ids = |tasks: Vec<TaskIns>| tasks.into_iter().map(|t| t.task_id).collect::<Vec<_>>();
+
+    // Oldest first, up to the limit; each is delivered once.
+    assert_eq!(ids(state.task_ins_for_node(Some(a), 1).unwrap()), vec![a1]);
+    // An expired TaskIns is skipped.
+    clock.set(T0 + 10.0);
+    assert_eq!(
+        ids(state.task_ins_for_node(Some(a), 5).unwrap()),
+        vec![a3.clone()]
+    );
+    assert!(state.task_ins_for_node(Some(a), 5).unwrap().is_empty());
+    assert_eq!(ids(state.task_ins_for_node(None, 5).unwrap()), vec![anon]);
+    assert!(state.task_ins_for_node(None, 5).unwrap().is_empty());
+    assert!(state.task_ins_for_node(Some(0), 5).unwrap().is_empty());
+    assert!(state.task_ins_for_node(Some(b), 0).unwrap().is_empty());
+    let got = state.task_ins_for_node(Some(b), 5).unwrap();
+    assert_eq!(got[0].task_id, b1);
+    assert_eq!(
+        got[0].task.as_ref().unwrap().delivered_at,
+        isoformat(T0 + 10.0)
+    );
+    // Delivered and expired TaskIns stay stored until their results are pulled.
+    assert_eq!(state.task_counts().unwrap().task_ins, 5);
+}
+
+fn story_task_res_validation(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let a = state.create_node(30.0, None).unwrap();
+    let b = state.create_node(30.0, None).unwrap();
+    let ins_id = state
+        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    clock.advance(10.0);
+    let now = T0 + 10.0;
+    let valid = task_res(run_id, a, &ins_id, now, 90.0);
+    let reject = |mutate: &dyn Fn(&mut TaskRes)| {
+        let mut res = valid.clone();
+        mutate(&mut res);
+        assert_eq!(state.store_task_res(res.clone()).unwrap(), None, "{res:?}");
+    };
+    // §6.1 validation.
+    reject(&|res| res.task_id = "x".to_owned());
+    reject(&|res| res.task = None);
+    reject(&|res| res_task_mut(res).ancestry.clear());
+    reject(&|res| res_task_mut(res).producer = None);
+    reject(&|res| {
+        res_task_mut(res).producer = Some(Node {
+            node_id: a,
+            anonymous: true,
+        });
+    });
+    reject(&|res| {
+        res_task_mut(res).producer = Some(Node {
+            node_id: 0,
+            anonymous: false,
+        });
+    });
+    reject(&|res| res_task_mut(res).ttl = 0.0);
+    reject(&|res| res_task_mut(res).task_type = String::new());
+    reject(&|res| res_task_mut(res).consumer = None);
+    // Step 3: unknown TaskIns, or a producer other than the TaskIns's consumer.
+    reject(&|res| res_task_mut(res).ancestry = vec![uuid_like(7)]);
+    reject(&|res| res_task_mut(res).producer = node(b));
+    // Step 5: the reply may outlive the instruction by at most 0.1 s.
+    reject(&|res| res_task_mut(res).ttl = 90.2);
+    // Step 6: the run must exist.
+    reject(&|res| res.run_id = run_id.wrapping_add(1));
+    // Step 2: a malformed ancestry id is an error, but only after validation passed.
+    let mut malformed = valid.clone();
+    res_task_mut(&mut malformed).ancestry = vec!["not-a-uuid".to_owned()];
+    let err = state.store_task_res(malformed.clone()).unwrap_err();
+    assert!(matches!(err, StateError::InvalidUuid(ref text) if text == "not-a-uuid"));
+    assert_eq!(err.to_string(), "badly formed hexadecimal UUID string");
+    res_task_mut(&mut malformed).ttl = 0.0;
+    assert_eq!(state.store_task_res(malformed).unwrap(), None);
+    assert_eq!(state.task_counts().unwrap().task_res, 0);
+
+    // Within tolerance, and with the TaskIns id in another accepted UUID spelling.
+    let mut ok = valid.clone();
+    res_task_mut(&mut ok).ttl = 90.05;
+    res_task_mut(&mut ok).ancestry = vec![ins_id.to_uppercase().replace('-', "")];
+    assert!(state.store_task_res(ok).unwrap().is_some());
+
+    // Step 4: an expired instruction accepts no reply.
+    clock.set(T0 + 100.0);
+    let late = task_res(run_id, a, &ins_id, T0 + 100.0, 1.0);
+    assert_eq!(state.store_task_res(late).unwrap(), None);
+}
+
+fn story_task_res_anonymous(state: &dyn LinkState, _clock: &TestClock) {
+    // A TaskIns for an anonymous consumer accepts a reply from any named node.
+    let run_id = running_run(state);
+    let ins_id = state
+        .store_task_ins(task_ins(run_id, 0, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    let res = task_res(run_id, 42, &ins_id, T0, 100.0);
+    assert!(state.store_task_res(res).unwrap().is_some());
+}
+
+fn story_task_res_replaces_duplicate(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let a = state.create_node(30.0, None).unwrap();
+    let ins_id = state
+        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    clock.advance(1.0);
+    let first = state
+        .store_task_res(task_res(run_id, a, &ins_id, T0 + 1.0, 99.0))
+        .unwrap()
+        .unwrap();
+    let second = state
+        .store_task_res(task_res(run_id, a, &ins_id, T0 + 1.0, 99.0))
+        .unwrap()
+        .unwrap();
+    assert_ne!(first, second);
+    assert_eq!(state.task_counts().unwrap().task_res, 1);
+    let replies = state.task_res(&[ins_id]).unwrap();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].task_id, second);
+    assert_eq!(
+        replies[0].task.as_ref().unwrap().delivered_at,
+        isoformat(T0 + 1.0)
+    );
+    assert_eq!(state.task_counts().unwrap(), TaskCounts::default());
+}
+
+fn story_task_res_synthetic_replies(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let a = state.create_node(30.0, None).unwrap();
+    let mut ins = task_ins(run_id, a, T0, 100.0);
+    ins.group_id = "round-3".to_owned();
+    let waiting = state.store_task_ins(ins.clone()).unwrap().unwrap();
+    let expiring_reply = state.store_task_ins(ins.clone()).unwrap().unwrap();
+    let mut short = ins.clone();
+    task_mut(&mut short).ttl = 5.0;
+    let short_id = state.store_task_ins(short).unwrap().unwrap();
+    clock.advance(1.0);
+    state
+        .store_task_res(task_res(run_id, a, &expiring_reply, T0 + 1.0, 2.0))
+        .unwrap()
+        .unwrap();
+
+    clock.set(T0 + 10.0);
+    let unknown = uuid_like(9);
+    let replies = state
+        .task_res(&[
+            waiting.clone(),
+            unknown.clone(),
+            expiring_reply.clone(),
+            short_id.clone(),
+            unknown.clone(),
+        ])
+        .unwrap();
+    assert_eq!(replies.len(), 3, "{replies:?}");
+
+    // Unknown TaskIns: "message unavailable", run id 0.
+    let missing = &replies[0];
+    assert_eq!(missing.run_id, 0);
+    assert_eq!(missing.group_id, "");
+    let task = missing.task.as_ref().unwrap();
+    assert_eq!(task.ancestry, vec![unknown.clone()]);
+    assert_eq!((task.created_at, task.ttl), (T0 + 10.0, 0.0));
+    assert_eq!(task.task_type, "");
+    let named_zero = Node {
+        node_id: 0,
+        anonymous: false,
+    };
+    assert_eq!(
+        (task.producer, task.consumer),
+        (Some(named_zero), Some(named_zero))
+    );
+    let error = task.error.as_ref().unwrap();
+    assert_eq!(
+        (error.code, &*error.reason),
+        (MESSAGE_UNAVAILABLE, MESSAGE_UNAVAILABLE_REASON)
+    );
+    assert!(uuid_like_ok(&missing.task_id));
+
+    // Expired reply: "reply message unavailable", carrying the TaskIns's fields.
+    let expired = &replies[1];
+    assert_eq!((expired.run_id, &*expired.group_id), (run_id, "round-3"));
+    let task = expired.task.as_ref().unwrap();
+    assert_eq!(task.ancestry, vec![expiring_reply.clone()]);
+    assert_eq!(task.task_type, "train");
+    assert_eq!(task.ttl, 90.0);
+    assert_eq!(task.producer.map(|node| node.node_id), Some(a));
+    let error = task.error.as_ref().unwrap();
+    assert_eq!(
+        (error.code, &*error.reason),
+        (REPLY_MESSAGE_UNAVAILABLE, REPLY_MESSAGE_UNAVAILABLE_REASON)
+    );
+
+    // Expired TaskIns: "message unavailable", and it is deleted.
+    assert_eq!(replies[2].run_id, 0);
+    assert_eq!(replies[2].task.as_ref().unwrap().ancestry, vec![short_id]);
+
+    // Only the TaskIns still waiting for its reply remains.
+    assert_eq!(
+        state.task_counts().unwrap(),
+        TaskCounts {
+            task_ins: 1,
+            task_res: 0
+        }
+    );
+    assert!(state
+        .task_res(std::slice::from_ref(&waiting))
+        .unwrap()
+        .is_empty());
+
+    // A malformed id fails the whole call and deletes nothing.
+    let err = state
+        .task_res(&[waiting.clone(), "zzz".to_owned()])
+        .unwrap_err();
+    assert!(matches!(err, StateError::InvalidUuid(_)));
+    assert_eq!(state.task_counts().unwrap().task_ins, 1);
+}
+
+fn story_error_reply_round_trip(state: &dyn LinkState, _clock: &TestClock) {
+    let run_id = running_run(state);
+    let a = state.create_node(30.0, None).unwrap();
+    let ins_id = state
+        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    let mut res = task_res(run_id, a, &ins_id, T0, 100.0);
+    res_task_mut(&mut res).recordset = None;
+    res_task_mut(&mut res).error = Some(Error {
+        code: 2,
+        reason: "client app failed".to_owned(),
+    });
+    let res_id = state.store_task_res(res.clone()).unwrap().unwrap();
+    let replies = state.task_res(&[ins_id]).unwrap();
+    let mut expected = res;
+    expected.task_id = res_id;
+    res_task_mut(&mut expected).pushed_at = T0;
+    res_task_mut(&mut expected).delivered_at = isoformat(T0);
+    assert_eq!(replies, vec![expected]);
+}
+
+fn story_delete_tasks_of_run(state: &dyn LinkState, _clock: &TestClock) {
+    let keep = running_run(state);
+    let stop = running_run(state);
+    let a = state.create_node(30.0, None).unwrap();
+    let kept = state
+        .store_task_ins(task_ins(keep, a, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    state
+        .store_task_res(task_res(keep, a, &kept, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    for _ in 0..3 {
+        let id = state
+            .store_task_ins(task_ins(stop, a, T0, 100.0))
+            .unwrap()
+            .unwrap();
+        state
+            .store_task_res(task_res(stop, a, &id, T0, 100.0))
+            .unwrap()
+            .unwrap();
+    }
+    state
+        .store_task_ins(task_ins(stop, 0, T0, 100.0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.task_counts().unwrap(),
+        TaskCounts {
+            task_ins: 5,
+            task_res: 4
+        }
+    );
+    state.delete_tasks_of_run(stop).unwrap();
+    assert_eq!(
+        state.task_counts().unwrap(),
+        TaskCounts {
+            task_ins: 1,
+            task_res: 1
+        }
+    );
+    state.delete_tasks_of_run(12345).unwrap();
+    assert_eq!(state.task_res(&[kept]).unwrap().len(), 1);
+}
+
+fn story_node_key_binding(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = new_run(state);
+    let key = b"-----BEGIN PUBLIC KEY-----\nA\n-----END PUBLIC KEY-----\n".to_vec();
+    assert_eq!(state.node_id_for_public_key(&key).unwrap(), None);
+    let first = state.create_node(30.0, Some(&key)).unwrap();
+    assert_eq!(state.node_id_for_public_key(&key).unwrap(), Some(first));
+    assert!(matches!(
+        state.create_node(30.0, Some(&key)),
+        Err(StateError::PublicKeyInUse(id)) if id == first
+    ));
+    // Re-registration with a live binding: the auth layer pings the existing id.
+    clock.advance(20.0);
+    assert!(state.acknowledge_ping(first, 30.0).unwrap());
+    clock.advance(20.0);
+    assert_eq!(state.online_nodes(run_id).unwrap(), vec![first]);
+
+    // DeleteNode removes the binding too (no stale id, AUTH.md §7.1).
+    state.delete_node(first).unwrap();
+    assert_eq!(state.node_id_for_public_key(&key).unwrap(), None);
+    let second = state.create_node(30.0, Some(&key)).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(state.node_id_for_public_key(&key).unwrap(), Some(second));
+    assert!(state.acknowledge_ping(second, 30.0).unwrap());
+    assert!(!state.acknowledge_ping(first, 30.0).unwrap());
+    assert_eq!(state.online_nodes(run_id).unwrap(), vec![second]);
+    state.delete_node(second).unwrap();
+    assert!(matches!(
+        state.delete_node(second),
+        Err(StateError::NodeNotFound(_))
+    ));
+}
+
+fn story_public_key_allow_list(state: &dyn LinkState, _clock: &TestClock) {
+    let (k1, k2, k3) = (b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec());
+    assert!(state.node_public_keys().unwrap().is_empty());
+    state
+        .store_node_public_keys(&[k1.clone(), k2.clone()])
+        .unwrap();
+    state
+        .store_node_public_keys(std::slice::from_ref(&k2))
+        .unwrap();
+    assert_eq!(
+        state.node_public_keys().unwrap(),
+        [k1.clone(), k2.clone()].into()
+    );
+    let node_id = state.create_node(30.0, Some(&k1)).unwrap();
+    state
+        .replace_node_public_keys(&[k2.clone(), k3.clone()])
+        .unwrap();
+    assert_eq!(state.node_public_keys().unwrap(), [k2, k3].into());
+    state.clear_node_public_keys().unwrap();
+    assert!(state.node_public_keys().unwrap().is_empty());
+    // Bindings are independent of the allow-list.
+    assert_eq!(state.node_id_for_public_key(&k1).unwrap(), Some(node_id));
+}
+
+fn story_log_epsilon(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = new_run(state);
+    state.add_serverapp_log(run_id, "x").unwrap();
+    // Within 1e-6 of the chunk's timestamp counts as already seen.
+    assert_eq!(state.serverapp_logs_after(run_id, T0 - 5e-7).unwrap().0, "");
+    assert_eq!(
+        state.serverapp_logs_after(run_id, T0 - 1e-5).unwrap().0,
+        "x"
+    );
+    clock.advance(0.25);
+    state.add_serverapp_log(run_id, "y\n").unwrap();
+    state.add_serverapp_log(run_id, "z").unwrap();
+    assert_eq!(
+        state.serverapp_logs_after(run_id, T0).unwrap(),
+        ("y\nz".to_owned(), T0 + 0.25)
+    );
+    assert!(matches!(
+        state.serverapp_logs_after(run_id.wrapping_add(1), 0.0),
+        Err(StateError::RunNotFound(_))
+    ));
+}
+
+// ----- more helpers -----
+
+fn task_mut(ins: &mut TaskIns) -> &mut Task {
+    ins.task.get_or_insert_with(Task::default)
+}
+
+fn res_task_mut(res: &mut TaskRes) -> &mut Task {
+    res.task.get_or_insert_with(Task::default)
+}
+
+/// A syntactically valid task id that no store generated.
+fn uuid_like(n: u8) -> String {
+    format!("00000000-0000-4000-8000-0000000000{n:02x}")
+}
+
+/// Whether `text` is a canonical lowercase hyphenated UUID.
+fn uuid_like_ok(text: &str) -> bool {
+    flwr_state::parse_task_id(text).is_ok_and(|id| id.hyphenated().to_string() == text)
+}
+
+fn scalar_double(value: f64) -> Scalar {
+    Scalar {
+        scalar: Some(scalar::Scalar::Double(value)),
+    }
+}
+
+fn scalar_string(value: &str) -> Scalar {
+    Scalar {
+        scalar: Some(scalar::Scalar::String(value.to_owned())),
+    }
+}
+
 // ----- backends -----
 
-fn with_memory(story: fn(&dyn LinkState, &TestClock)) {
+/// A story run against one store.
+type Story = fn(&dyn LinkState, &TestClock);
+
+fn with_memory(story: Story) {
     let clock = Arc::new(TestClock::new(T0));
     let state = InMemoryLinkState::new(clock.clone());
+    story(&state, &clock);
+}
+
+fn with_sqlite_file(story: Story) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock::new(T0));
+    let state = SqliteLinkState::open(dir.path().join("state.db"), clock.clone()).unwrap();
+    story(&state, &clock);
+}
+
+/// `:memory:` must behave like a file: one shared database for every call.
+fn with_sqlite_memory_path(story: Story) {
+    let clock = Arc::new(TestClock::new(T0));
+    let state = SqliteLinkState::open(":memory:", clock.clone()).unwrap();
     story(&state, &clock);
 }
 
@@ -270,14 +925,115 @@ macro_rules! conformance {
         mod in_memory {
             $(#[test] fn $story() { super::with_memory(super::$story) })*
         }
+        mod sqlite_file {
+            $(#[test] fn $story() { super::with_sqlite_file(super::$story) })*
+        }
+        mod sqlite_memory_path {
+            $(#[test] fn $story() { super::with_sqlite_memory_path(super::$story) })*
+        }
     };
 }
 
 conformance!(
     story_run_lifecycle,
     story_invalid_transitions,
+    story_invalid_sub_status_sticks,
+    story_run_listing,
+    story_guards,
+    story_concurrent_start,
     story_nodes_and_liveness,
+    story_node_key_binding,
+    story_public_key_allow_list,
     story_task_roundtrip,
+    story_task_ins_validation,
+    story_task_ins_delivery,
+    story_task_res_validation,
+    story_task_res_anonymous,
+    story_task_res_replaces_duplicate,
+    story_task_res_synthetic_replies,
+    story_error_reply_round_trip,
+    story_delete_tasks_of_run,
     story_logs,
+    story_log_epsilon,
     story_context,
 );
+
+// ----- SQLite only -----
+
+#[test]
+fn sqlite_restart_keeps_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let clock = Arc::new(TestClock::new(T0));
+    let key = b"node key".to_vec();
+    let (finished, pending, node_id, ins_id, runs_before) = {
+        let state = SqliteLinkState::open(&path, clock.clone()).unwrap();
+        let finished = running_run(&state);
+        let mut failed = status(FINISHED, FAILED);
+        failed.details = "boom".to_owned();
+        assert!(state.update_run_status(finished, failed).unwrap());
+        let context = Context {
+            run_id: finished,
+            node_id: 0,
+            ..Context::default()
+        };
+        state.set_serverapp_context(finished, context).unwrap();
+        state.add_serverapp_log(finished, "hello").unwrap();
+        let pending = new_run(&state);
+        let node_id = state.create_node(30.0, Some(&key)).unwrap();
+        state
+            .store_node_public_keys(std::slice::from_ref(&key))
+            .unwrap();
+        let live = running_run(&state);
+        let ins_id = state
+            .store_task_ins(task_ins(live, node_id, T0, 100.0))
+            .unwrap()
+            .unwrap();
+        (finished, pending, node_id, ins_id, state.runs().unwrap())
+    };
+
+    clock.advance(5.0);
+    let state = SqliteLinkState::open(&path, clock.clone()).unwrap();
+    assert_eq!(state.runs().unwrap(), runs_before);
+    let run = state.run(finished).unwrap().unwrap();
+    assert_eq!(run.status.as_ref().map(|s| &*s.details), Some("boom"));
+    assert_eq!(run.finished_at, isoformat(T0));
+    assert_eq!(
+        state.serverapp_context(finished).unwrap().map(|c| c.run_id),
+        Some(finished)
+    );
+    assert_eq!(
+        state.serverapp_logs_after(finished, 0.0).unwrap(),
+        ("hello".to_owned(), T0)
+    );
+    assert_eq!(state.pending_run_id().unwrap(), Some(pending));
+    assert_eq!(state.node_id_for_public_key(&key).unwrap(), Some(node_id));
+    assert_eq!(state.node_public_keys().unwrap(), [key].into());
+    assert_eq!(state.online_nodes(pending).unwrap(), vec![node_id]);
+    let pulled = state.task_ins_for_node(Some(node_id), 5).unwrap();
+    assert_eq!(pulled.len(), 1);
+    assert_eq!(pulled[0].task_id, ins_id);
+}
+
+#[test]
+fn sqlite_refuses_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let clock = Arc::new(TestClock::new(T0));
+    let err = SqliteLinkState::open(&path, clock).unwrap_err();
+    assert!(matches!(err, StateError::UnsupportedSchema(99)));
+}
+
+#[test]
+fn sqlite_separate_memory_databases_are_independent() {
+    let clock = Arc::new(TestClock::new(T0));
+    let one = SqliteLinkState::open_in_memory(clock.clone()).unwrap();
+    let two = SqliteLinkState::open(":memory:", clock).unwrap();
+    let run_id = new_run(&one);
+    assert!(one.run(run_id).unwrap().is_some());
+    assert!(two.runs().unwrap().is_empty());
+}

@@ -1,0 +1,707 @@
+//! [`SqliteLinkState`]: a [`LinkState`] persisted in one SQLite database.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRes};
+use prost::Message;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
+use crate::link_state::{TaskCounts, LOG_TIMESTAMP_EPSILON};
+use crate::task::{
+    expired_for_delivery, expired_for_results, message_unavailable_reply, parse_task_id,
+    reply_fits_instruction, reply_unavailable_reply, validate_task_ins, validate_task_res,
+};
+use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// How long a statement waits for another process's lock on the same file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Columns of `run`, in the order [`run_from_row`] reads them.
+const RUN_COLUMNS: &str = "run_id, fab_id, fab_version, fab_hash, override_config, pending_at, \
+     starting_at, running_at, finished_at, status, sub_status, details";
+
+/// A [`LinkState`] in a SQLite database file (`--database <path>`), or in a private in-memory
+/// database for `:memory:`.
+///
+/// One connection behind a mutex serves every call, so `:memory:` behaves like a file (the
+/// reference opened a fresh, empty in-memory database per call). The lock is held for one
+/// call's statements only; calls block on SQLite I/O, so run them in `spawn_blocking`.
+/// Files use WAL journaling and foreign keys are enforced.
+#[derive(Debug)]
+pub struct SqliteLinkState {
+    clock: Arc<dyn Clock>,
+    connection: Mutex<Connection>,
+}
+
+impl SqliteLinkState {
+    /// Opens (creating if missing) the database at `path`, or a fresh in-memory database for
+    /// `:memory:`, and applies pending schema migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Storage`] if the file cannot be opened or migrated;
+    /// [`StateError::UnsupportedSchema`] if it was written by a newer schema.
+    pub fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self, StateError> {
+        let connection = Connection::open(path)?;
+        Self::with_connection(connection, clock)
+    }
+
+    /// A store in a fresh private in-memory database.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Storage`] if SQLite fails to set it up.
+    pub fn open_in_memory(clock: Arc<dyn Clock>) -> Result<Self, StateError> {
+        Self::with_connection(Connection::open_in_memory()?, clock)
+    }
+
+    /// Configures the connection and migrates the schema.
+    fn with_connection(
+        mut connection: Connection,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StateError> {
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        // Returns the resulting mode: "wal" for files, "memory" for in-memory databases.
+        let _mode: String =
+            connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&mut connection)?;
+        Ok(Self {
+            clock,
+            connection: Mutex::new(connection),
+        })
+    }
+
+    /// Locks the connection. A panic mid-call rolls back its open transaction when the
+    /// `Transaction` drops, so a poisoned lock still guards a consistent database.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Applies every migration newer than the database's `user_version`.
+fn migrate(connection: &mut Connection) -> Result<(), StateError> {
+    let current: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let latest = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    if current > latest {
+        return Err(StateError::UnsupportedSchema(current));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+        let tx = connection.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A u64 id as the i64 with the same bit pattern (how ids are stored).
+fn sql_id(id: u64) -> i64 {
+    i64::from_ne_bytes(id.to_ne_bytes())
+}
+
+/// The u64 id stored as `value`.
+fn id_from_sql(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+/// Decodes a stored protobuf blob.
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StateError> {
+    Ok(M::decode(bytes)?)
+}
+
+/// Whether a run exists.
+fn run_exists(connection: &Connection, run_id: u64) -> Result<bool, StateError> {
+    let found = connection
+        .prepare_cached("SELECT 1 FROM run WHERE run_id = ?1")?
+        .exists([sql_id(run_id)])?;
+    Ok(found)
+}
+
+/// The raw columns of a `run` row (see [`RUN_COLUMNS`]); decoded by [`RunRow::into_run`].
+struct RunRow {
+    run_id: i64,
+    fab_id: String,
+    fab_version: String,
+    fab_hash: String,
+    override_config: Vec<u8>,
+    timestamps: [String; 4],
+    status: RunStatus,
+}
+
+/// Reads the [`RUN_COLUMNS`] of a row.
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        run_id: row.get(0)?,
+        fab_id: row.get(1)?,
+        fab_version: row.get(2)?,
+        fab_hash: row.get(3)?,
+        override_config: row.get(4)?,
+        timestamps: [row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?],
+        status: RunStatus {
+            status: row.get(9)?,
+            sub_status: row.get(10)?,
+            details: row.get(11)?,
+        },
+    })
+}
+
+impl RunRow {
+    /// The full `Run` this row stores.
+    fn into_run(self) -> Result<Run, StateError> {
+        let carrier: Run = decode(&self.override_config)?;
+        let [pending_at, starting_at, running_at, finished_at] = self.timestamps;
+        Ok(Run {
+            run_id: id_from_sql(self.run_id),
+            fab_id: self.fab_id,
+            fab_version: self.fab_version,
+            override_config: carrier.override_config,
+            fab_hash: self.fab_hash,
+            pending_at,
+            starting_at,
+            running_at,
+            finished_at,
+            status: Some(self.status),
+        })
+    }
+}
+
+/// Loads one run.
+fn load_run(connection: &Connection, run_id: u64) -> Result<Option<Run>, StateError> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM run WHERE run_id = ?1");
+    let row = connection
+        .prepare_cached(&sql)?
+        .query_row([sql_id(run_id)], run_from_row)
+        .optional()?;
+    row.map(RunRow::into_run).transpose()
+}
+
+/// Loads a TaskIns by its canonical id.
+fn load_task_ins(tx: &Transaction<'_>, task_id: &str) -> Result<Option<TaskIns>, StateError> {
+    let blob: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT task_ins FROM task_ins WHERE task_id = ?1")?
+        .query_row([task_id], |row| row.get(0))
+        .optional()?;
+    blob.map(|bytes| decode(&bytes)).transpose()
+}
+
+/// Deletes a TaskIns (by canonical id) and its reply, if any.
+fn delete_pair(tx: &Transaction<'_>, task_id: &str) -> Result<(), StateError> {
+    tx.prepare_cached("DELETE FROM task_res WHERE ins_id = ?1")?
+        .execute([task_id])?;
+    tx.prepare_cached("DELETE FROM task_ins WHERE task_id = ?1")?
+        .execute([task_id])?;
+    Ok(())
+}
+
+impl LinkState for SqliteLinkState {
+    fn store_task_ins(&self, mut task_ins: TaskIns) -> Result<Option<String>, StateError> {
+        let now = self.clock.now();
+        if let Some(task) = task_ins.task.as_mut() {
+            task.pushed_at = now;
+        }
+        if !validate_task_ins(&task_ins, now).is_empty() {
+            return Ok(None);
+        }
+        let Some(consumer) = task_ins.task.as_ref().and_then(|task| task.consumer) else {
+            return Ok(None);
+        };
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        if !run_exists(&tx, task_ins.run_id)? {
+            return Ok(None);
+        }
+        if !consumer.anonymous {
+            let known = tx
+                .prepare_cached("SELECT 1 FROM node WHERE node_id = ?1")?
+                .exists([sql_id(consumer.node_id)])?;
+            if !known {
+                return Ok(None);
+            }
+        }
+        let task_id = crate::task::new_task_id();
+        task_ins.task_id.clone_from(&task_id);
+        tx.prepare_cached(
+            "INSERT INTO task_ins (task_id, run_id, consumer_anonymous, consumer_node_id, \
+             task_ins) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            task_id,
+            sql_id(task_ins.run_id),
+            consumer.anonymous,
+            sql_id(consumer.node_id),
+            task_ins.encode_to_vec(),
+        ])?;
+        tx.commit()?;
+        Ok(Some(task_id))
+    }
+
+    fn task_ins_for_node(
+        &self,
+        node_id: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TaskIns>, StateError> {
+        let now = self.clock.now();
+        let delivered_at = isoformat(now);
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut statement = tx.prepare_cached(
+                "SELECT seq, task_ins FROM task_ins WHERE delivered = 0 \
+                 AND consumer_anonymous = ?1 AND (?1 OR consumer_node_id = ?2) ORDER BY seq",
+            )?;
+            let rows = statement.query_map(
+                params![node_id.is_none(), sql_id(node_id.unwrap_or(0))],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for (seq, blob) in rows {
+            if out.len() >= limit {
+                break;
+            }
+            let mut task_ins: TaskIns = decode(&blob)?;
+            let Some(task) = task_ins.task.as_mut() else {
+                continue;
+            };
+            if expired_for_delivery(task, now) {
+                continue;
+            }
+            delivered_at.clone_into(&mut task.delivered_at);
+            tx.prepare_cached("UPDATE task_ins SET delivered = 1, task_ins = ?1 WHERE seq = ?2")?
+                .execute(params![task_ins.encode_to_vec(), seq])?;
+            out.push(task_ins);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn store_task_res(&self, mut task_res: TaskRes) -> Result<Option<String>, StateError> {
+        let now = self.clock.now();
+        if let Some(task) = task_res.task.as_mut() {
+            task.pushed_at = now;
+        }
+        if !validate_task_res(&task_res, now).is_empty() {
+            return Ok(None);
+        }
+        let ancestor = task_res
+            .task
+            .as_ref()
+            .and_then(|task| task.ancestry.first())
+            .map_or("", String::as_str);
+        let ins_id = parse_task_id(ancestor)?.hyphenated().to_string();
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let Some(task_ins) = load_task_ins(&tx, &ins_id)? else {
+            return Ok(None);
+        };
+        if !reply_fits_instruction(&task_ins, &task_res, now) {
+            return Ok(None);
+        }
+        if !run_exists(&tx, task_res.run_id)? {
+            return Ok(None);
+        }
+        let task_id = crate::task::new_task_id();
+        task_res.task_id.clone_from(&task_id);
+        tx.prepare_cached("DELETE FROM task_res WHERE ins_id = ?1")?
+            .execute([&ins_id])?;
+        tx.prepare_cached(
+            "INSERT INTO task_res (task_id, ins_id, run_id, task_res) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            task_id,
+            ins_id,
+            sql_id(task_res.run_id),
+            task_res.encode_to_vec()
+        ])?;
+        tx.commit()?;
+        Ok(Some(task_id))
+    }
+
+    fn task_res(&self, task_ids: &[String]) -> Result<Vec<TaskRes>, StateError> {
+        let mut ids: Vec<String> = Vec::with_capacity(task_ids.len());
+        for text in task_ids {
+            let id = parse_task_id(text)?.hyphenated().to_string();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let now = self.clock.now();
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let mut out = Vec::new();
+        for id in ids {
+            let task_ins = load_task_ins(&tx, &id)?;
+            let Some(task_ins) = task_ins.filter(|ins| {
+                ins.task
+                    .as_ref()
+                    .is_some_and(|task| !expired_for_results(task, now))
+            }) else {
+                out.push(message_unavailable_reply(&id, now));
+                delete_pair(&tx, &id)?;
+                continue;
+            };
+            let blob: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT task_res FROM task_res WHERE ins_id = ?1")?
+                .query_row([&id], |row| row.get(0))
+                .optional()?;
+            let Some(blob) = blob else {
+                continue;
+            };
+            let mut reply: TaskRes = decode(&blob)?;
+            if reply
+                .task
+                .as_ref()
+                .is_none_or(|task| expired_for_results(task, now))
+            {
+                reply = reply_unavailable_reply(&task_ins, now);
+            } else if let Some(task) = reply.task.as_mut() {
+                task.delivered_at = isoformat(now);
+            }
+            out.push(reply);
+            delete_pair(&tx, &id)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn delete_tasks_of_run(&self, run_id: u64) -> Result<(), StateError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        tx.execute(
+            "DELETE FROM task_res WHERE run_id = ?1 \
+             OR ins_id IN (SELECT task_id FROM task_ins WHERE run_id = ?1)",
+            [sql_id(run_id)],
+        )?;
+        tx.execute("DELETE FROM task_ins WHERE run_id = ?1", [sql_id(run_id)])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn task_counts(&self) -> Result<TaskCounts, StateError> {
+        let connection = self.lock();
+        let count = |table: &str| -> Result<usize, StateError> {
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            let n: i64 = connection.query_row(&sql, [], |row| row.get(0))?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        };
+        Ok(TaskCounts {
+            task_ins: count("task_ins")?,
+            task_res: count("task_res")?,
+        })
+    }
+
+    fn create_node(
+        &self,
+        ping_interval: f64,
+        public_key: Option<&[u8]>,
+    ) -> Result<u64, StateError> {
+        let now = self.clock.now();
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        if let Some(key) = public_key {
+            let bound: Option<i64> = tx
+                .prepare_cached("SELECT node_id FROM node WHERE public_key = ?1")?
+                .query_row([key], |row| row.get(0))
+                .optional()?;
+            if let Some(existing) = bound {
+                return Err(StateError::PublicKeyInUse(id_from_sql(existing)));
+            }
+        }
+        let node_id = fresh_id(|id| {
+            let taken = tx
+                .prepare_cached("SELECT 1 FROM node WHERE node_id = ?1")?
+                .exists([sql_id(id)])?;
+            Ok(taken)
+        })?;
+        tx.prepare_cached(
+            "INSERT INTO node (node_id, online_until, ping_interval, public_key) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            sql_id(node_id),
+            now + ping_interval,
+            ping_interval,
+            public_key
+        ])?;
+        tx.commit()?;
+        Ok(node_id)
+    }
+
+    fn delete_node(&self, node_id: u64) -> Result<(), StateError> {
+        // The key binding lives in the node row, so it goes with it.
+        let deleted = self
+            .lock()
+            .execute("DELETE FROM node WHERE node_id = ?1", [sql_id(node_id)])?;
+        if deleted == 0 {
+            return Err(StateError::NodeNotFound(node_id));
+        }
+        Ok(())
+    }
+
+    fn node_id_for_public_key(&self, public_key: &[u8]) -> Result<Option<u64>, StateError> {
+        let connection = self.lock();
+        let id: Option<i64> = connection
+            .prepare_cached("SELECT node_id FROM node WHERE public_key = ?1")?
+            .query_row([public_key], |row| row.get(0))
+            .optional()?;
+        Ok(id.map(id_from_sql))
+    }
+
+    fn acknowledge_ping(&self, node_id: u64, ping_interval: f64) -> Result<bool, StateError> {
+        let now = self.clock.now();
+        let updated = self.lock().execute(
+            "UPDATE node SET online_until = ?1, ping_interval = ?2 WHERE node_id = ?3",
+            params![now + ping_interval, ping_interval, sql_id(node_id)],
+        )?;
+        Ok(updated > 0)
+    }
+
+    fn online_nodes(&self, run_id: u64) -> Result<Vec<u64>, StateError> {
+        let now = self.clock.now();
+        let connection = self.lock();
+        if !run_exists(&connection, run_id)? {
+            return Err(StateError::RunNotFound(run_id));
+        }
+        let mut statement =
+            connection.prepare_cached("SELECT node_id FROM node WHERE online_until > ?1")?;
+        let rows = statement.query_map([now], |row| row.get::<_, i64>(0))?;
+        let mut ids = rows
+            .map(|id| id.map(id_from_sql))
+            .collect::<Result<Vec<u64>, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn store_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        insert_public_keys(&tx, public_keys)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn node_public_keys(&self) -> Result<BTreeSet<Vec<u8>>, StateError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached("SELECT public_key FROM public_key")?;
+        let keys = statement
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(keys)
+    }
+
+    fn replace_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        tx.execute("DELETE FROM public_key", [])?;
+        insert_public_keys(&tx, public_keys)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn clear_node_public_keys(&self) -> Result<(), StateError> {
+        self.lock().execute("DELETE FROM public_key", [])?;
+        Ok(())
+    }
+
+    fn create_run(
+        &self,
+        fab_id: &str,
+        fab_version: &str,
+        fab_hash: &str,
+        override_config: HashMap<String, Scalar>,
+        federation_options: ConfigsRecord,
+    ) -> Result<u64, StateError> {
+        let pending_at = isoformat(self.clock.now());
+        let override_blob = Run {
+            override_config,
+            ..Run::default()
+        }
+        .encode_to_vec();
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let run_id = fresh_id(|id| run_exists(&tx, id))?;
+        tx.prepare_cached(
+            "INSERT INTO run (run_id, fab_id, fab_version, fab_hash, override_config, \
+             pending_at, status, federation_options) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            sql_id(run_id),
+            fab_id,
+            fab_version,
+            fab_hash,
+            override_blob,
+            pending_at,
+            pending_status().status,
+            federation_options.encode_to_vec(),
+        ])?;
+        tx.commit()?;
+        Ok(run_id)
+    }
+
+    fn run(&self, run_id: u64) -> Result<Option<Run>, StateError> {
+        load_run(&self.lock(), run_id)
+    }
+
+    fn runs(&self) -> Result<Vec<Run>, StateError> {
+        let connection = self.lock();
+        let sql = format!("SELECT {RUN_COLUMNS} FROM run ORDER BY seq");
+        let mut statement = connection.prepare_cached(&sql)?;
+        let rows = statement
+            .query_map([], run_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(RunRow::into_run).collect()
+    }
+
+    fn pending_run_id(&self) -> Result<Option<u64>, StateError> {
+        let connection = self.lock();
+        let id: Option<i64> = connection
+            .prepare_cached("SELECT run_id FROM run WHERE status = ?1 ORDER BY seq LIMIT 1")?
+            .query_row([PENDING], |row| row.get(0))
+            .optional()?;
+        Ok(id.map(id_from_sql))
+    }
+
+    fn update_run_status(&self, run_id: u64, new_status: RunStatus) -> Result<bool, StateError> {
+        let now_iso = isoformat(self.clock.now());
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let mut run = load_run(&tx, run_id)?.ok_or(StateError::RunNotFound(run_id))?;
+        let current = run.status.clone().unwrap_or_default();
+        if !transition_allowed(&current, &new_status) {
+            return Ok(false);
+        }
+        apply_transition(&mut run, new_status, &now_iso);
+        let status = run.status.unwrap_or_default();
+        tx.prepare_cached(
+            "UPDATE run SET starting_at = ?1, running_at = ?2, finished_at = ?3, status = ?4, \
+             sub_status = ?5, details = ?6 WHERE run_id = ?7",
+        )?
+        .execute(params![
+            run.starting_at,
+            run.running_at,
+            run.finished_at,
+            status.status,
+            status.sub_status,
+            status.details,
+            sql_id(run_id),
+        ])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn federation_options(&self, run_id: u64) -> Result<Option<ConfigsRecord>, StateError> {
+        let connection = self.lock();
+        let blob: Option<Vec<u8>> = connection
+            .prepare_cached("SELECT federation_options FROM run WHERE run_id = ?1")?
+            .query_row([sql_id(run_id)], |row| row.get(0))
+            .optional()?;
+        blob.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn set_serverapp_context(&self, run_id: u64, context: Context) -> Result<(), StateError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        if !run_exists(&tx, run_id)? {
+            return Err(StateError::RunNotFound(run_id));
+        }
+        tx.prepare_cached("INSERT OR REPLACE INTO context (run_id, context) VALUES (?1, ?2)")?
+            .execute(params![sql_id(run_id), context.encode_to_vec()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn serverapp_context(&self, run_id: u64) -> Result<Option<Context>, StateError> {
+        let connection = self.lock();
+        let blob: Option<Vec<u8>> = connection
+            .prepare_cached("SELECT context FROM context WHERE run_id = ?1")?
+            .query_row([sql_id(run_id)], |row| row.get(0))
+            .optional()?;
+        blob.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn add_serverapp_log(&self, run_id: u64, log: &str) -> Result<(), StateError> {
+        let now = self.clock.now();
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        if !run_exists(&tx, run_id)? {
+            return Err(StateError::RunNotFound(run_id));
+        }
+        tx.prepare_cached("INSERT INTO logs (run_id, timestamp, log) VALUES (?1, ?2, ?3)")?
+            .execute(params![sql_id(run_id), now, log])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn serverapp_logs_after(
+        &self,
+        run_id: u64,
+        after_timestamp: f64,
+    ) -> Result<(String, f64), StateError> {
+        let connection = self.lock();
+        if !run_exists(&connection, run_id)? {
+            return Err(StateError::RunNotFound(run_id));
+        }
+        let mut statement = connection.prepare_cached(
+            "SELECT timestamp, log FROM logs WHERE run_id = ?1 AND timestamp > ?2 ORDER BY seq",
+        )?;
+        let rows = statement.query_map(
+            params![sql_id(run_id), after_timestamp + LOG_TIMESTAMP_EPSILON],
+            |row| Ok((row.get::<_, f64>(0)?, row.get::<_, String>(1)?)),
+        )?;
+        let mut text = String::new();
+        let mut latest = 0.0;
+        for row in rows {
+            let (timestamp, chunk) = row?;
+            text.push_str(&chunk);
+            latest = timestamp;
+        }
+        Ok((text, latest))
+    }
+}
+
+/// Adds keys to the allow-list, ignoring ones already present.
+fn insert_public_keys(tx: &Transaction<'_>, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
+    let mut statement = tx.prepare_cached("INSERT OR IGNORE INTO public_key VALUES (?1)")?;
+    for key in public_keys {
+        statement.execute([key])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_keep_their_bit_pattern() {
+        for id in [0, 1, i64::MAX as u64, 1 << 63, u64::MAX] {
+            assert_eq!(id_from_sql(sql_id(id)), id);
+        }
+        assert_eq!(sql_id(u64::MAX), -1);
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        migrate(&mut connection).unwrap();
+        migrate(&mut connection).unwrap();
+        // Re-running the script itself is harmless too (`IF NOT EXISTS` everywhere).
+        connection.execute_batch(MIGRATIONS[0].1).unwrap();
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+    }
+}
