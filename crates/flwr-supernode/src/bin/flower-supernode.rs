@@ -1,0 +1,82 @@
+//! `flower-supernode`: parse flags → validate into a `Config` → run the node → exit code.
+//!
+//! Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 64 (EX_USAGE) for a bad command
+//! line, 1 when the node gives up on the SuperLink. Failures end with one `error: ...` line on
+//! stderr.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser as _;
+use flwr_supernode::shutdown::Signals;
+use flwr_supernode::signer::Unsigned;
+use flwr_supernode::Cli;
+
+/// sysexits.h `EX_USAGE`.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help / --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // clap renders "error: ..." followed by usage lines; keep the one that says what
+            // is wrong.
+            let rendered = error.render().to_string();
+            let line = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{line}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_logging();
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: flwr_supernode::Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let signals = Signals::install().context("installing SIGINT/SIGTERM handlers")?;
+        let shutdown = async move {
+            let signal = signals.recv().await;
+            tracing::info!("Received {signal}");
+        };
+        flwr_supernode::run(config, Arc::new(Unsigned), shutdown).await?;
+        Ok(())
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

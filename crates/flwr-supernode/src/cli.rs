@@ -1,0 +1,411 @@
+//! The `flower-supernode` command line (CLI.md §2) and its validation into a [`Config`].
+//!
+//! Flag names, value names and defaults are the reference's; help texts say the same in our own
+//! words. [`Cli::into_config`] reads and checks everything (certificate file, key files,
+//! `--node-config`, addresses) before any socket is opened; each failure names its flag.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgGroup, Parser, ValueEnum};
+use flwr_proto::Scalar;
+
+use crate::address::Address;
+use crate::backoff::RetryPolicy;
+pub use crate::fleet::Tls;
+use crate::node_config::{self, NodeConfigError};
+
+/// The reference's default for `--superlink` (and `--server`): literally `0.0.0.0:9092`.
+pub const DEFAULT_SUPERLINK: &str = "0.0.0.0:9092";
+
+/// Default ClientAppIo bind address.
+pub const DEFAULT_CLIENTAPPIO: &str = "0.0.0.0:9094";
+
+/// How ClientApps run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Isolation {
+    /// An external, long-running `flwr-clientapp` connects to the ClientAppIo API and asks for
+    /// work with `GetToken`.
+    Process,
+    /// The SuperNode starts `flwr-clientapp` (found on `PATH`) for every message.
+    Subprocess,
+}
+
+/// Start a Flower SuperNode (Rust implementation, wire-compatible with Flower 1.14).
+#[derive(Debug, Parser)]
+#[command(name = "flower-supernode", version)]
+#[command(group(ArgGroup::new("transport").args(["grpc_rere", "grpc_adapter", "rest"])))]
+pub struct Cli {
+    /// (REMOVED) The SuperNode takes its ClientApp from the SuperLink; passing an app directory
+    /// is an error.
+    #[arg(value_name = "APP", hide = true)]
+    pub app: Option<String>,
+
+    /// Use a plaintext (non-TLS) connection to the SuperLink. TLS is the default; only use this
+    /// flag if you understand the risks.
+    #[arg(long, conflicts_with = "root_certificates")]
+    pub insecure: bool,
+
+    /// Use gRPC request/response as transport to the SuperLink (the default).
+    #[arg(long)]
+    pub grpc_rere: bool,
+
+    /// Use the gRPC adapter transport (not supported yet by this implementation).
+    #[arg(long)]
+    pub grpc_adapter: bool,
+
+    /// Use the REST transport (not supported yet by this implementation).
+    #[arg(long)]
+    pub rest: bool,
+
+    /// Path of the PEM-encoded root certificate(s) to verify the SuperLink's TLS certificate
+    /// with. Without it (and without --insecure) the system's trust store is used.
+    #[arg(long, value_name = "ROOT_CERT")]
+    pub root_certificates: Option<PathBuf>,
+
+    /// Deprecated alias of --superlink.
+    #[arg(long, value_name = "SERVER", default_value = DEFAULT_SUPERLINK)]
+    pub server: String,
+
+    /// Address of the SuperLink's Fleet API (gRPC-rere): IPv4, IPv6 or a domain name, with port.
+    #[arg(long, value_name = "SUPERLINK", default_value = DEFAULT_SUPERLINK)]
+    pub superlink: String,
+
+    /// How many times to retry a request while the SuperLink is unreachable before giving up
+    /// (0 = a single attempt). Unlimited by default.
+    #[arg(long, value_name = "MAX_RETRIES", allow_negative_numbers = true)]
+    pub max_retries: Option<u32>,
+
+    /// How many seconds to keep retrying a request while the SuperLink is unreachable before
+    /// giving up. Unlimited by default.
+    #[arg(long, value_name = "MAX_WAIT_TIME", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub max_wait_time: Option<Duration>,
+
+    /// Path of the SuperNode's private key (OpenSSH EC format), to authenticate with the
+    /// SuperLink. Requires --auth-supernode-public-key.
+    #[arg(
+        long,
+        value_name = "AUTH_SUPERNODE_PRIVATE_KEY",
+        requires = "auth_supernode_public_key"
+    )]
+    pub auth_supernode_private_key: Option<PathBuf>,
+
+    /// Path of the SuperNode's public key (OpenSSH format), to authenticate with the SuperLink.
+    /// Requires --auth-supernode-private-key.
+    #[arg(
+        long,
+        value_name = "AUTH_SUPERNODE_PUBLIC_KEY",
+        requires = "auth_supernode_private_key"
+    )]
+    pub auth_supernode_public_key: Option<PathBuf>,
+
+    /// Space-separated `key=value` pairs (values typed as in TOML) configuring this node, or the
+    /// path of a .toml file. Example: --node-config 'key1="value1" partition-id=0
+    /// num-partitions=100'
+    #[arg(long, value_name = "NODE_CONFIG")]
+    pub node_config: Option<String>,
+
+    /// Directory where Flower Apps (FABs) are installed. Defaults to `$FLWR_HOME/` if set, else
+    /// `$XDG_DATA_HOME/.flwr/` if set, else `$HOME/.flwr/`.
+    #[arg(long, value_name = "FLWR_DIR")]
+    pub flwr_dir: Option<PathBuf>,
+
+    /// How ClientApps run: `subprocess` (the default) starts `flwr-clientapp` for every message;
+    /// `process` waits for a separately started `flwr-clientapp` to connect to the ClientAppIo
+    /// API. (This Rust SuperNode cannot run a Python ClientApp in its own process, so there is
+    /// no in-process mode.)
+    #[arg(long, value_enum, default_value_t = Isolation::Subprocess)]
+    pub isolation: Isolation,
+
+    /// Address the ClientAppIo API (gRPC, plaintext) listens on: IPv4, IPv6 or a domain name,
+    /// with port.
+    #[arg(long, value_name = "CLIENTAPPIO_API_ADDRESS", default_value = DEFAULT_CLIENTAPPIO)]
+    pub clientappio_api_address: String,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(format!("{text:?} must be zero or more seconds"));
+    }
+    Ok(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+}
+
+/// Where the node-authentication key files are (AUTH.md §1.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthKeyFiles {
+    /// `--auth-supernode-private-key` and its contents.
+    pub private_key: (PathBuf, Vec<u8>),
+    /// `--auth-supernode-public-key` and its contents.
+    pub public_key: (PathBuf, Vec<u8>),
+}
+
+/// A validated SuperNode configuration; nothing has been bound or dialled yet.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The SuperLink's Fleet API.
+    pub superlink: Address,
+    /// How the Fleet channel is secured.
+    pub tls: Tls,
+    /// Retry limits per Fleet call.
+    pub retry: RetryPolicy,
+    /// `--node-config`, parsed.
+    pub node_config: HashMap<String, Scalar>,
+    /// ClientApp isolation mode.
+    pub isolation: Isolation,
+    /// Where the ClientAppIo API listens.
+    pub clientappio_address: Address,
+    /// `--flwr-dir`, if given.
+    pub flwr_dir: Option<PathBuf>,
+    /// Node-authentication key files, if given.
+    pub auth: Option<AuthKeyFiles>,
+    /// The `flwr-clientapp` program (name looked up on `PATH`, or a path).
+    pub clientapp_program: PathBuf,
+}
+
+/// A command line that cannot be run. Every message names the flag at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The removed positional `app` argument was given.
+    #[error("the APP argument was removed: the SuperNode runs the ClientApp delivered by the SuperLink; remove {0:?} from the command line")]
+    AppArgument(String),
+    /// `--grpc-adapter` or `--rest`.
+    #[error("{0} is not supported yet by this SuperNode; use --grpc-rere (the default)")]
+    UnsupportedTransport(&'static str),
+    /// An address flag does not parse.
+    #[error("{flag}: server address ({value}) cannot be parsed (expected host:port)")]
+    Address {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `--root-certificates` is not a readable file.
+    #[error("--root-certificates: path {} does not point to a readable file", .0.display())]
+    RootCertificates(PathBuf),
+    /// A key file cannot be read.
+    #[error("{flag}: cannot read {}: {source}", path.display())]
+    KeyFile {
+        /// The flag.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--node-config` does not parse.
+    #[error("--node-config: {0}")]
+    NodeConfig(#[from] NodeConfigError),
+}
+
+impl Cli {
+    /// Validates the flags and reads the files they name.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first flag at fault.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if let Some(app) = self.app {
+            return Err(ConfigError::AppArgument(app));
+        }
+        if self.grpc_adapter {
+            return Err(ConfigError::UnsupportedTransport("--grpc-adapter"));
+        }
+        if self.rest {
+            return Err(ConfigError::UnsupportedTransport("--rest"));
+        }
+        // `--server` is used only when `--superlink` was left at its default (the reference).
+        let superlink_text = if self.server != DEFAULT_SUPERLINK {
+            tracing::warn!("--server is deprecated; use --superlink instead");
+            if self.superlink == DEFAULT_SUPERLINK {
+                self.server.clone()
+            } else {
+                tracing::warn!(
+                    "Both --server and --superlink were given; ignoring --server, connecting to {}",
+                    self.superlink
+                );
+                self.superlink.clone()
+            }
+        } else {
+            self.superlink.clone()
+        };
+        let superlink = parse_address("--superlink", &superlink_text)?;
+        let clientappio_address =
+            parse_address("--clientappio-api-address", &self.clientappio_api_address)?;
+        let tls = if self.insecure {
+            Tls::Insecure
+        } else if let Some(path) = &self.root_certificates {
+            if !path.is_file() {
+                return Err(ConfigError::RootCertificates(path.clone()));
+            }
+            let pem =
+                std::fs::read(path).map_err(|_| ConfigError::RootCertificates(path.clone()))?;
+            Tls::RootCertificates(pem)
+        } else {
+            Tls::SystemRoots
+        };
+        let auth = match (
+            self.auth_supernode_private_key,
+            self.auth_supernode_public_key,
+        ) {
+            (Some(private), Some(public)) => Some(AuthKeyFiles {
+                private_key: read_key("--auth-supernode-private-key", private)?,
+                public_key: read_key("--auth-supernode-public-key", public)?,
+            }),
+            // clap's `requires` refuses a lone key flag before we get here.
+            _ => None,
+        };
+        let node_config = match self.node_config.as_deref() {
+            Some(text) => node_config::parse(text)?,
+            None => HashMap::new(),
+        };
+        Ok(Config {
+            superlink,
+            tls,
+            retry: RetryPolicy {
+                max_retries: self.max_retries,
+                max_wait: self.max_wait_time,
+            },
+            node_config,
+            isolation: self.isolation,
+            clientappio_address,
+            flwr_dir: self.flwr_dir,
+            auth,
+            clientapp_program: PathBuf::from(crate::launcher::CLIENTAPP_PROGRAM),
+        })
+    }
+}
+
+fn parse_address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Address {
+        flag,
+        value: value.to_owned(),
+    })
+}
+
+fn read_key(flag: &'static str, path: PathBuf) -> Result<(PathBuf, Vec<u8>), ConfigError> {
+    match std::fs::read(Path::new(&path)) {
+        Ok(bytes) => Ok((path, bytes)),
+        Err(source) => Err(ConfigError::KeyFile { flag, path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("flower-supernode").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        cli.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.superlink.to_string(), "0.0.0.0:9092");
+        assert_eq!(config.clientappio_address.to_string(), "0.0.0.0:9094");
+        assert_eq!(config.tls, Tls::SystemRoots);
+        assert_eq!(config.retry, RetryPolicy::default());
+        assert_eq!(config.isolation, Isolation::Subprocess);
+        assert!(config.node_config.is_empty() && config.auth.is_none());
+    }
+
+    #[test]
+    fn flags() {
+        let config = parse(&[
+            "--insecure",
+            "--superlink",
+            "[::1]:9999",
+            "--max-retries",
+            "2",
+            "--max-wait-time",
+            "4.5",
+            "--node-config",
+            "partition-id=0 num-partitions=2",
+            "--isolation",
+            "process",
+        ])
+        .unwrap();
+        assert_eq!(config.superlink.to_string(), "[::1]:9999");
+        assert_eq!(config.tls, Tls::Insecure);
+        assert_eq!(config.retry.max_retries, Some(2));
+        assert_eq!(config.retry.max_wait, Some(Duration::from_millis(4500)));
+        assert_eq!(config.node_config.len(), 2);
+        assert_eq!(config.isolation, Isolation::Process);
+        // --server is honoured only while --superlink keeps its default.
+        let config = parse(&["--insecure", "--server", "10.0.0.1:1"]).unwrap();
+        assert_eq!(config.superlink.to_string(), "10.0.0.1:1");
+        let config = parse(&[
+            "--insecure",
+            "--server",
+            "10.0.0.1:1",
+            "--superlink",
+            "10.0.0.2:2",
+        ])
+        .unwrap();
+        assert_eq!(config.superlink.to_string(), "10.0.0.2:2");
+    }
+
+    #[test]
+    fn refusals_name_their_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--insecure", "--root-certificates", "x.pem"],
+                "--insecure",
+            ),
+            (&["--grpc-rere", "--rest"], "--rest"),
+            (&["--rest"], "--rest"),
+            (&["--grpc-adapter"], "--grpc-adapter"),
+            (&["--superlink", "nope"], "--superlink"),
+            (
+                &["--clientappio-api-address", "x:0"],
+                "--clientappio-api-address",
+            ),
+            (
+                &["--root-certificates", "/nonexistent.pem"],
+                "--root-certificates",
+            ),
+            (&["--max-retries", "-1"], "--max-retries"),
+            (&["--max-wait-time", "soon"], "--max-wait-time"),
+            (&["--max-wait-time", "-1"], "--max-wait-time"),
+            (&["--isolation", "thread"], "--isolation"),
+            (&["--node-config", "name=abc"], "--node-config"),
+            (
+                &["--auth-supernode-private-key", "k"],
+                "--auth-supernode-public-key",
+            ),
+            (
+                &[
+                    "--auth-supernode-private-key",
+                    "/no/k",
+                    "--auth-supernode-public-key",
+                    "/no/k.pub",
+                ],
+                "--auth-supernode-private-key",
+            ),
+            (&["some/app"], "APP"),
+        ];
+        for (args, flag) in cases {
+            let error = parse(args).expect_err(&format!("{args:?} should fail"));
+            assert!(
+                error.contains(flag),
+                "{args:?}: {error:?} does not name {flag}"
+            );
+        }
+    }
+}

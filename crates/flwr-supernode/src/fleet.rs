@@ -1,0 +1,455 @@
+//! The Fleet API client: one channel, one signing point, one retry invoker
+//! (BEHAVIOR.md §2.2–§2.8, PROTOCOL.md §2.2–§2.4).
+//!
+//! Every request goes through [`Fleet::invoke`], which
+//!
+//! 1. asks the [`RequestSigner`] for metadata over the request's canonical encoding;
+//! 2. sends it, racing the shutdown token;
+//! 3. on `UNAVAILABLE` (including connection failures) backs off per [`RetryPolicy`] and tries
+//!    again; `PERMISSION_DENIED` becomes [`CallError::RunNotRunning`]; any other status gives up
+//!    at once ([`CallError::Rejected`]), as the reference does.
+//!
+//! The channel is plaintext or TLS (a `--root-certificates` CA or the system roots, with the
+//! server name taken from the target host), raises tonic's message limits to 512 MiB, and sends
+//! no HTTP/2 keep-alive pings (the reference's gRPC servers punish pings more often than every
+//! 300 s).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flwr_proto::fleet_client::FleetClient;
+use flwr_proto::{
+    CreateNodeRequest, DeleteNodeRequest, Fab, GetFabRequest, GetRunRequest, Node, PingRequest,
+    PullTaskInsRequest, PushTaskResRequest, Run, TaskIns, TaskRes,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::address::Address;
+use crate::backoff::{Retry, RetryPolicy, PING_CALL_TIMEOUT, PING_INTERVAL_SECONDS};
+use crate::signer::{RequestSigner, Rpc, SignError};
+
+/// How long establishing a TCP (and TLS) connection may take before the attempt counts as
+/// `UNAVAILABLE`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How the Fleet channel is secured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// Plaintext (`--insecure`).
+    Insecure,
+    /// TLS trusting the PEM certificates of `--root-certificates`.
+    RootCertificates(Vec<u8>),
+    /// TLS trusting the system's certificate store.
+    SystemRoots,
+}
+
+/// The Fleet channel could not be configured.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot configure the Fleet channel to {target}: {source}")]
+pub struct ChannelError {
+    /// The SuperLink address.
+    pub target: String,
+    /// tonic's reason.
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
+/// A Fleet call that did not produce a response.
+///
+/// Statuses are boxed: a `tonic::Status` is about 180 bytes, and this error travels up through
+/// every `Result` of the node loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The shutdown token fired while the call or its back-off was pending.
+    #[error("{0} abandoned: shutting down")]
+    Cancelled(Rpc),
+    /// The SuperLink stayed unreachable past `--max-retries` / `--max-wait-time`.
+    #[error("{rpc}: gave up after {tries} {} in {:.2} s: {}", if *tries == 1 { "try" } else { "tries" }, elapsed.as_secs_f64(), describe(status))]
+    GaveUp {
+        /// The RPC.
+        rpc: Rpc,
+        /// Attempts made.
+        tries: u32,
+        /// Time since the first attempt.
+        elapsed: Duration,
+        /// The last status (always `UNAVAILABLE`).
+        status: Box<Status>,
+    },
+    /// The SuperLink answered with a status the reference does not retry.
+    #[error("{rpc} failed: {}", describe(status))]
+    Rejected {
+        /// The RPC.
+        rpc: Rpc,
+        /// The status.
+        status: Box<Status>,
+    },
+    /// `PERMISSION_DENIED`: the run is not in `RUNNING` status.
+    #[error("{rpc}: run is not running ({})", status.message())]
+    RunNotRunning {
+        /// The RPC.
+        rpc: Rpc,
+        /// The status.
+        status: Box<Status>,
+    },
+    /// The signer refused to sign the request.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+/// `CODE: message`, the way gRPC tools print a status.
+fn describe(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// A `Ping` that did not get an answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PingError {
+    /// No answer within the 5 s call deadline.
+    #[error("Ping timed out after {PING_CALL_TIMEOUT:?}")]
+    DeadlineExceeded,
+    /// The call failed.
+    #[error("Ping failed: {}", describe(.0))]
+    Status(Status),
+    /// The signer refused to sign the request.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+/// The Fleet API client of one SuperNode.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    client: FleetClient<Channel>,
+    signer: Arc<dyn RequestSigner>,
+    policy: RetryPolicy,
+    cancel: CancellationToken,
+}
+
+impl Fleet {
+    /// A client for the SuperLink at `target`. The channel connects lazily, on the first call,
+    /// so an unreachable SuperLink surfaces as retried `UNAVAILABLE` calls.
+    ///
+    /// # Errors
+    ///
+    /// When the address or the TLS settings cannot be turned into an endpoint.
+    pub fn connect(
+        target: &Address,
+        tls: &Tls,
+        signer: Arc<dyn RequestSigner>,
+        policy: RetryPolicy,
+        cancel: CancellationToken,
+    ) -> Result<Self, ChannelError> {
+        let fail = |source| ChannelError {
+            target: target.to_string(),
+            source,
+        };
+        let scheme = if *tls == Tls::Insecure {
+            "http"
+        } else {
+            "https"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
+            .map_err(fail)?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let tls_config = match tls {
+            Tls::Insecure => None,
+            Tls::RootCertificates(pem) => {
+                Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            }
+            Tls::SystemRoots => Some(ClientTlsConfig::new().with_native_roots()),
+        };
+        if let Some(config) = tls_config {
+            endpoint = endpoint
+                .tls_config(config.domain_name(target.host_text()))
+                .map_err(fail)?;
+        }
+        let client = FleetClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(flwr_proto::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(flwr_proto::MAX_MESSAGE_SIZE);
+        Ok(Self::from_client(client, signer, policy, cancel))
+    }
+
+    /// A client over an existing tonic client (tests use in-process servers this way).
+    pub fn from_client(
+        client: FleetClient<Channel>,
+        signer: Arc<dyn RequestSigner>,
+        policy: RetryPolicy,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            client,
+            signer,
+            policy,
+            cancel,
+        }
+    }
+
+    /// The same client, abandoning calls when `cancel` fires instead (used for `DeleteNode`
+    /// after the main shutdown token has already fired).
+    pub fn with_cancel(&self, cancel: CancellationToken) -> Self {
+        Self {
+            cancel,
+            ..self.clone()
+        }
+    }
+
+    /// `CreateNode{ping_interval: 30}`: registers and returns the node to use in later calls.
+    ///
+    /// # Errors
+    ///
+    /// See [`CallError`].
+    pub async fn create_node(&self) -> Result<Node, CallError> {
+        let request = CreateNodeRequest {
+            ping_interval: PING_INTERVAL_SECONDS,
+        };
+        let response = self
+            .invoke(Rpc::CreateNode, request, |mut client, request| async move {
+                client.create_node(request).await
+            })
+            .await?;
+        self.signer.observe_create_node(response.metadata());
+        Ok(response.into_inner().node.unwrap_or_default())
+    }
+
+    /// `DeleteNode{node}`.
+    ///
+    /// # Errors
+    ///
+    /// See [`CallError`].
+    pub async fn delete_node(&self, node: &Node) -> Result<(), CallError> {
+        let request = DeleteNodeRequest { node: Some(*node) };
+        self.invoke(Rpc::DeleteNode, request, |mut client, request| async move {
+            client.delete_node(request).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `PullTaskIns{node}`: the first instruction, if any (the SuperLink sends at most one).
+    ///
+    /// # Errors
+    ///
+    /// See [`CallError`].
+    pub async fn pull_task_ins(&self, node: &Node) -> Result<Option<TaskIns>, CallError> {
+        let request = PullTaskInsRequest {
+            node: Some(*node),
+            task_ids: Vec::new(),
+        };
+        let response = self
+            .invoke(
+                Rpc::PullTaskIns,
+                request,
+                |mut client, request| async move { client.pull_task_ins(request).await },
+            )
+            .await?;
+        Ok(response.into_inner().task_ins_list.into_iter().next())
+    }
+
+    /// `PushTaskRes{node, [task_res]}`; the response is ignored, like the reference does.
+    ///
+    /// # Errors
+    ///
+    /// See [`CallError`].
+    pub async fn push_task_res(&self, node: &Node, task_res: TaskRes) -> Result<(), CallError> {
+        let request = PushTaskResRequest {
+            node: Some(*node),
+            task_res_list: vec![task_res],
+        };
+        self.invoke(
+            Rpc::PushTaskRes,
+            request,
+            |mut client, request| async move { client.push_task_res(request).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `GetRun{node, run_id}`; `None` when the SuperLink does not know the run.
+    ///
+    /// # Errors
+    ///
+    /// See [`CallError`].
+    pub async fn get_run(&self, node: &Node, run_id: u64) -> Result<Option<Run>, CallError> {
+        let request = GetRunRequest {
+            node: Some(*node),
+            run_id,
+        };
+        let response = self
+            .invoke(Rpc::GetRun, request, |mut client, request| async move {
+                client.get_run(request).await
+            })
+            .await?;
+        Ok(response.into_inner().run)
+    }
+
+    /// `GetFab{node, hash_str, run_id}`.
+    ///
+    /// # Errors
+    ///
+    /// See [`CallError`].
+    pub async fn get_fab(&self, node: &Node, hash: &str, run_id: u64) -> Result<Fab, CallError> {
+        let request = GetFabRequest {
+            node: Some(*node),
+            hash_str: hash.to_owned(),
+            run_id,
+        };
+        let response = self
+            .invoke(Rpc::GetFab, request, |mut client, request| async move {
+                client.get_fab(request).await
+            })
+            .await?;
+        Ok(response.into_inner().fab.unwrap_or_default())
+    }
+
+    /// One `Ping{node, ping_interval: 30}` with the reference's 5 s deadline, not retried here
+    /// (the heartbeat task has its own back-off). Returns the SuperLink's `success`.
+    ///
+    /// # Errors
+    ///
+    /// See [`PingError`].
+    pub async fn ping(&self, node: &Node) -> Result<bool, PingError> {
+        let request = PingRequest {
+            node: Some(*node),
+            ping_interval: PING_INTERVAL_SECONDS,
+        };
+        let mut signed = self.sign(Rpc::Ping, &request)?;
+        signed.set_timeout(PING_CALL_TIMEOUT);
+        let mut client = self.client.clone();
+        match tokio::time::timeout(PING_CALL_TIMEOUT, client.ping(signed)).await {
+            Err(_) => Err(PingError::DeadlineExceeded),
+            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => {
+                Err(PingError::DeadlineExceeded)
+            }
+            Ok(Err(status)) => Err(PingError::Status(normalize(status))),
+            Ok(Ok(response)) => Ok(response.into_inner().success),
+        }
+    }
+
+    /// Builds the tonic request with the signer's metadata. This is the single place where
+    /// every Fleet request passes before it is sent.
+    fn sign<Req>(&self, rpc: Rpc, message: &Req) -> Result<Request<Req>, SignError>
+    where
+        Req: prost::Message + prost::Name + Clone,
+    {
+        let canonical = if self.signer.needs_canonical() {
+            flwr_proto::canonical::encode(message).map_err(|e| SignError {
+                rpc,
+                reason: e.to_string(),
+            })?
+        } else {
+            Vec::new()
+        };
+        let headers = self.signer.sign(rpc, &canonical)?;
+        let mut request = Request::new(message.clone());
+        for (name, value) in headers {
+            let key = MetadataKey::from_static(name);
+            let value = MetadataValue::try_from(value.as_str()).map_err(|e| SignError {
+                rpc,
+                reason: format!("header {name} is not ASCII: {e}"),
+            })?;
+            request.metadata_mut().insert(key, value);
+        }
+        Ok(request)
+    }
+
+    /// The retry invoker: sign, send, classify, back off (see the module docs).
+    async fn invoke<Req, Resp, F, Fut>(
+        &self,
+        rpc: Rpc,
+        message: Req,
+        call: F,
+    ) -> Result<Response<Resp>, CallError>
+    where
+        Req: prost::Message + prost::Name + Clone,
+        F: Fn(FleetClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let start = Instant::now();
+        let mut tries: u32 = 0;
+        loop {
+            tries = tries.saturating_add(1);
+            let started_after = start.elapsed();
+            let request = self.sign(rpc, &message)?;
+            let result = tokio::select! {
+                result = call(self.client.clone(), request) => result,
+                () = self.cancel.cancelled() => return Err(CallError::Cancelled(rpc)),
+            };
+            let status = match result {
+                Ok(response) => {
+                    if tries > 1 {
+                        tracing::info!(
+                            "Connection successful after {:.2} seconds and {tries} tries.",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(response);
+                }
+                Err(status) => normalize(status),
+            };
+            match status.code() {
+                Code::Unavailable => {}
+                Code::PermissionDenied => {
+                    return Err(CallError::RunNotRunning {
+                        rpc,
+                        status: Box::new(status),
+                    })
+                }
+                _ => {
+                    return Err(CallError::Rejected {
+                        rpc,
+                        status: Box::new(status),
+                    })
+                }
+            }
+            tracing::debug!(%rpc, tries, "{}", describe(&status));
+            match self
+                .policy
+                .after_failure(tries, started_after, rand::random::<f64>())
+            {
+                Retry::GiveUp => {
+                    if tries > 1 {
+                        tracing::warn!(
+                            "Giving up reconnection after {:.2} seconds and {tries} tries.",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Err(CallError::GaveUp {
+                        rpc,
+                        tries,
+                        elapsed: start.elapsed(),
+                        status: Box::new(status),
+                    });
+                }
+                Retry::Wait(wait) => {
+                    tracing::warn!(
+                        "{rpc}: connection attempt failed, retrying in {:.2} seconds",
+                        wait.as_secs_f64()
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.cancel.cancelled() => return Err(CallError::Cancelled(rpc)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Maps failures that happened in the transport rather than at the SuperLink (connection
+/// refused, reset, TLS handshake, stream closed mid-call) to `UNAVAILABLE`, as gRPC-core does
+/// for the reference. A status sent by the server has no error source and is kept as is.
+fn normalize(status: Status) -> Status {
+    let from_transport = std::error::Error::source(&status).is_some();
+    match status.code() {
+        Code::Unknown | Code::Internal | Code::Cancelled if from_transport => {
+            Status::unavailable(status.message().to_owned())
+        }
+        _ => status,
+    }
+}

@@ -1,0 +1,42 @@
+//! The Flower 1.14 SuperNode, byte-compatible with Python `flwr==1.14.0` on every wire it speaks.
+//!
+//! A SuperNode registers with a SuperLink's Fleet API, polls it for instructions (`TaskIns`),
+//! runs the Python `flwr-clientapp` for each one through its own ClientAppIo API, and pushes the
+//! reply (`TaskRes`) back. The `flower-supernode` binary is a thin shell around [`run`].
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `flower-supernode` flags (clap) and their validation into a [`Config`];
+//! - [`address`]: `host:port` parsing the way the reference splits addresses;
+//! - [`node_config`]: `--node-config` parsing with the reference's TOML typing rules;
+//! - [`backoff`]: retry, heartbeat and polling timing as pure functions;
+//! - [`message`]: `TaskIns` → `Message` → `TaskRes` mapping, reply validation, error replies;
+//! - [`fab`]: FAB hash checks, `pyproject.toml` metadata, installation under the Flower home;
+//! - [`signer`]: the seam where node authentication attaches `public-key`/`auth-token`;
+//! - [`fleet`]: the Fleet API client (TLS, message limits, signing, retries);
+//! - [`heartbeat`]: the ping task;
+//! - [`clientappio`]: the ClientAppIo gRPC service and its token state machine;
+//! - [`launcher`]: starting, timing out and reaping `flwr-clientapp`;
+//! - [`node`]: the connection loop tying it all together ([`run`]);
+//! - [`shutdown`]: the SIGINT and SIGTERM handlers;
+//! - [`spawn`]: the one place tasks are spawned.
+
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod backoff;
+pub mod cli;
+pub mod clientappio;
+pub mod fab;
+pub mod fleet;
+pub mod heartbeat;
+pub mod launcher;
+pub mod message;
+pub mod node;
+pub mod node_config;
+pub mod shutdown;
+pub mod signer;
+pub mod spawn;
+
+pub use cli::{Cli, Config, ConfigError, Isolation, Tls};
+pub use node::{run, NodeError};

@@ -1,0 +1,598 @@
+//! The SuperNode's connection loop (BEHAVIOR.md §2.2–§2.10).
+//!
+//! ```text
+//! bind ClientAppIo → CreateNode → start heartbeat
+//! loop:
+//!     PullTaskIns → nothing usable: sleep 3 s
+//!                 → instruction: GetRun (cached per run) → GetFab (cached per hash, verified,
+//!                   installed) → run the ClientApp → validate the reply → PushTaskRes
+//!     heartbeat says the SuperLink forgot us → CreateNode again, carry on
+//! shutdown: abandon the current message (stop the ClientApp), DeleteNode, exit 0
+//! SuperLink unreachable past the retry limits, or a non-retried status: exit non-zero
+//! ```
+//!
+//! Deliberate differences from the 1.14.0 reference, all invisible on the wire: the node
+//! re-registers when the SuperLink forgot it (the reference keeps polling as a "zombie"); it exits
+//! when it gives up (the reference idles until killed); the ClientAppIo state is reset after
+//! every message (the reference can wedge after one crash); FABs are fetched once per hash; a
+//! ClientApp is bounded by its message's TTL.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flwr_proto::{Context, Fab, Message, Metadata, Node, RecordSet, Run, Scalar, TaskIns};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::IDLE_POLL;
+use crate::cli::{Config, Isolation};
+use crate::clientappio::{self, Exchange, Inputs, Outputs};
+use crate::fab::{self, FabMetadata};
+use crate::fleet::{CallError, ChannelError, Fleet, Tls};
+use crate::heartbeat::{self, Beat};
+use crate::launcher::{LaunchError, Launcher};
+use crate::message::{
+    self, error_reply, exception_reason, message_from_task_ins, remaining_ttl,
+    task_res_from_message, unix_now, validate_reply, CLIENT_APP_RAISED_EXCEPTION,
+    LOAD_CLIENT_APP_EXCEPTION, LOAD_CLIENT_APP_REASON,
+};
+use crate::signer::RequestSigner;
+use crate::spawn::{spawn, TaskHandle};
+
+/// How long the main loop may take to wind down after a shutdown signal (a ClientApp gets
+/// SIGTERM and a few seconds to exit within this).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Budget for the final `DeleteNode`, retries included.
+const DELETE_NODE_BUDGET: Duration = Duration::from_secs(5);
+
+/// The least time a ClientApp gets, even when the message's TTL says less (clocks of the
+/// ServerApp's and this machine may disagree by a few seconds).
+const MIN_CLIENTAPP_TIME: Duration = Duration::from_secs(10);
+
+/// Why a SuperNode stopped working.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The ClientAppIo address could not be bound (the reference's wording).
+    #[error("Port in server address {address} is already in use. ({source})")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Fleet channel could not be configured.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// A Fleet call failed for good: the SuperLink stayed unreachable past the retry limits, or
+    /// answered with a status the reference does not retry.
+    #[error("lost the SuperLink: {0}")]
+    Fleet(#[from] CallError),
+}
+
+/// Runs a SuperNode until `shutdown` completes (then: stop the ClientApp, `DeleteNode`,
+/// `Ok(())`) or the SuperLink is lost (`Err`, without `DeleteNode`, as the reference does).
+///
+/// # Errors
+///
+/// See [`NodeError`].
+pub async fn run(
+    config: Config,
+    signer: Arc<dyn RequestSigner>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    tracing::info!("Starting Flower SuperNode");
+    match &config.tls {
+        Tls::Insecure => tracing::warn!(
+            "Option `--insecure` was set. Starting insecure HTTP channel to {}.",
+            config.superlink
+        ),
+        Tls::SystemRoots => tracing::warn!(
+            "Both `--insecure` and `--root-certificates` were not set. Using system certificates."
+        ),
+        Tls::RootCertificates(_) => {}
+    }
+    if config.auth.is_some() {
+        tracing::warn!(
+            "Node authentication is not implemented yet: Fleet requests carry no \
+             public-key/auth-token metadata"
+        );
+    }
+    let listener = TcpListener::bind(config.clientappio_address.to_string())
+        .await
+        .map_err(|source| NodeError::Bind {
+            address: config.clientappio_address.to_string(),
+            source,
+        })?;
+    let exchange = Arc::new(Exchange::new());
+    let io_stop = CancellationToken::new();
+    let io_server = spawn(
+        "clientappio",
+        clientappio::serve(
+            listener,
+            Arc::clone(&exchange),
+            io_stop.clone().cancelled_owned(),
+        ),
+    );
+    tracing::info!(
+        "ClientAppIo API listening on {} (isolation: {:?})",
+        config.clientappio_address,
+        config.isolation
+    );
+
+    let cancel = CancellationToken::new();
+    let fleet = Fleet::connect(
+        &config.superlink,
+        &config.tls,
+        signer,
+        config.retry,
+        cancel.clone(),
+    )?;
+    let (beats_tx, beats_rx) = mpsc::channel(4);
+    let launcher = Launcher::new(
+        config.clientapp_program.clone(),
+        &config.clientappio_address,
+        config.flwr_dir.clone(),
+    );
+    let mut supernode = SuperNode {
+        flwr_home: fab::flwr_home(config.flwr_dir.as_deref()),
+        config,
+        fleet,
+        exchange,
+        launcher,
+        cancel: cancel.clone(),
+        node: None,
+        heartbeat: None,
+        beats_tx,
+        beats_rx,
+        runs: HashMap::new(),
+        fabs: HashMap::new(),
+        contexts: HashMap::new(),
+    };
+
+    let outcome = {
+        let main = supernode.main_loop();
+        tokio::pin!(main);
+        tokio::select! {
+            outcome = &mut main => outcome,
+            () = shutdown => {
+                tracing::info!("Shutting down: stopping the current ClientApp, if any");
+                cancel.cancel();
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut main).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        tracing::warn!("main loop did not stop within {SHUTDOWN_GRACE:?}; abandoning it");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    };
+    supernode.heartbeat = None;
+    if outcome.is_ok() {
+        if let Some(node) = supernode.node {
+            let fleet = supernode.fleet.with_cancel(CancellationToken::new());
+            match tokio::time::timeout(DELETE_NODE_BUDGET, fleet.delete_node(&node)).await {
+                Ok(Ok(())) => tracing::info!("Unregistered node {}", node.node_id),
+                Ok(Err(error)) => tracing::warn!("DeleteNode failed: {error}"),
+                Err(_) => {
+                    tracing::warn!("DeleteNode did not complete within {DELETE_NODE_BUDGET:?}")
+                }
+            }
+        }
+    }
+    tracing::info!("Disconnect and shut down");
+    io_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(2), io_server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("ClientAppIo server did not stop within 2 s");
+    }
+    outcome
+}
+
+/// A run's context as kept across its messages (§11.3).
+#[derive(Debug)]
+struct RunContext {
+    context: Context,
+    initial_run_config: HashMap<String, Scalar>,
+}
+
+/// A fetched, verified FAB with its metadata.
+#[derive(Debug)]
+struct CachedFab {
+    fab: Fab,
+    metadata: FabMetadata,
+}
+
+/// How handling one message ended, when it did not produce outputs.
+#[derive(Debug, thiserror::Error)]
+enum ExecError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("the ClientApp exited without pushing outputs")]
+    MissingOutputs,
+    #[error("no ClientApp pushed outputs within {0:?}")]
+    TimedOut(Duration),
+    #[error("shutting down")]
+    Cancelled,
+    #[error(transparent)]
+    Busy(#[from] clientappio::Busy),
+}
+
+impl ExecError {
+    /// The error reply's reason, in the reference's format where it has one.
+    fn reason(&self) -> String {
+        match self {
+            Self::Launch(error) => error.reason(),
+            Self::MissingOutputs => exception_reason(
+                "ValueError",
+                "ClientAppOutputs not set before calling `get_outputs`.",
+            ),
+            Self::TimedOut(after) => exception_reason(
+                "TimeoutError",
+                &format!(
+                    "no ClientApp returned outputs within {} seconds",
+                    after.as_secs_f64()
+                ),
+            ),
+            Self::Cancelled | Self::Busy(_) => exception_reason("RuntimeError", &self.to_string()),
+        }
+    }
+}
+
+/// Whether the loop goes on after a failed call.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct SuperNode {
+    config: Config,
+    fleet: Fleet,
+    exchange: Arc<Exchange>,
+    launcher: Launcher,
+    flwr_home: std::path::PathBuf,
+    cancel: CancellationToken,
+    node: Option<Node>,
+    heartbeat: Option<TaskHandle<()>>,
+    beats_tx: mpsc::Sender<Beat>,
+    beats_rx: mpsc::Receiver<Beat>,
+    runs: HashMap<u64, Run>,
+    fabs: HashMap<String, Arc<CachedFab>>,
+    contexts: HashMap<u64, RunContext>,
+}
+
+impl SuperNode {
+    /// Polls and handles messages until cancelled (`Ok`) or the SuperLink is lost (`Err`).
+    async fn main_loop(&mut self) -> Result<(), NodeError> {
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            while let Ok(beat) = self.beats_rx.try_recv() {
+                self.on_beat(beat);
+            }
+            let node = match self.node {
+                Some(node) => node,
+                None => match self.register().await? {
+                    Some(node) => node,
+                    None => return Ok(()),
+                },
+            };
+            let pulled = match self.fleet.pull_task_ins(&node).await {
+                Ok(pulled) => pulled,
+                Err(error) => match self.on_call_error(error, None)? {
+                    Flow::Continue => {
+                        self.idle().await;
+                        continue;
+                    }
+                    Flow::Stop => return Ok(()),
+                },
+            };
+            match pulled {
+                Some(ins) if message::is_usable(&ins, node.node_id) => {
+                    if let Flow::Stop = self.handle(node, &ins).await? {
+                        return Ok(());
+                    }
+                }
+                Some(ins) => {
+                    tracing::debug!(
+                        task_id = ins.task_id,
+                        "dropping an instruction that is not for this node or has no content"
+                    );
+                    self.idle().await;
+                }
+                None => self.idle().await,
+            }
+        }
+    }
+
+    /// `CreateNode` and a fresh heartbeat; `None` when cancelled.
+    async fn register(&mut self) -> Result<Option<Node>, NodeError> {
+        let node = match self.fleet.create_node().await {
+            Ok(node) => node,
+            Err(CallError::Cancelled(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        tracing::info!("Registered with the SuperLink as node {}", node.node_id);
+        self.node = Some(node);
+        self.heartbeat = Some(spawn(
+            "heartbeat",
+            heartbeat::run(
+                self.fleet.clone(),
+                node,
+                self.beats_tx.clone(),
+                self.cancel.child_token(),
+            ),
+        ));
+        Ok(Some(node))
+    }
+
+    fn on_beat(&mut self, beat: Beat) {
+        let Beat::Forgotten(node_id) = beat;
+        if self.node.is_some_and(|node| node.node_id == node_id) {
+            tracing::warn!("Node {node_id} is unknown to the SuperLink; registering again");
+            self.node = None;
+            self.heartbeat = None;
+        }
+    }
+
+    /// The idle pause between polls, cut short by shutdown or a heartbeat report.
+    async fn idle(&mut self) {
+        tokio::select! {
+            () = tokio::time::sleep(IDLE_POLL) => {}
+            () = self.cancel.cancelled() => {}
+            Some(beat) = self.beats_rx.recv() => self.on_beat(beat),
+        }
+    }
+
+    /// Sorts a failed call into "carry on" and "stop", or a fatal error.
+    fn on_call_error(&self, error: CallError, run_id: Option<u64>) -> Result<Flow, NodeError> {
+        match error {
+            CallError::Cancelled(_) => Ok(Flow::Stop),
+            CallError::RunNotRunning { .. } => {
+                let run = run_id.map_or_else(|| "?".to_owned(), |id| id.to_string());
+                tracing::info!(
+                    "SuperNode aborted sending the reply message. Run ID {run} is not in `RUNNING` status."
+                );
+                Ok(Flow::Continue)
+            }
+            error => Err(error.into()),
+        }
+    }
+
+    /// Handles one instruction end to end.
+    async fn handle(&mut self, node: Node, ins: &TaskIns) -> Result<Flow, NodeError> {
+        let message = message_from_task_ins(ins);
+        let incoming = message.metadata.clone().unwrap_or_default();
+        let run_id = incoming.run_id;
+        if !incoming.group_id.is_empty() {
+            tracing::info!("[RUN {run_id}, ROUND {}]", incoming.group_id);
+        }
+        tracing::info!(
+            "Received: {} message {}",
+            incoming.message_type,
+            incoming.message_id
+        );
+        if incoming.message_type == message::RECONNECT_MESSAGE_TYPE {
+            tracing::warn!("Ignoring a legacy reconnect message");
+            return Ok(Flow::Continue);
+        }
+
+        let run = match self.run(node, run_id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => {
+                tracing::warn!("The SuperLink does not know run {run_id}; dropping the message");
+                return Ok(Flow::Continue);
+            }
+            Err(error) => return self.on_call_error(error, Some(run_id)),
+        };
+        let reply = match self.fab(node, &run).await {
+            Err(error) => return self.on_call_error(error, Some(run_id)),
+            Ok(Err(reason)) => {
+                tracing::error!("Cannot use the FAB of run {run_id}: {reason}");
+                error_reply(
+                    &incoming,
+                    LOAD_CLIENT_APP_EXCEPTION,
+                    LOAD_CLIENT_APP_REASON.to_owned(),
+                    unix_now(),
+                )
+            }
+            Ok(Ok(fab)) => match self.execute(node, message, &incoming, run, fab).await? {
+                Some(reply) => reply,
+                None => return Ok(Flow::Continue),
+            },
+        };
+        if self.cancel.is_cancelled() {
+            return Ok(Flow::Stop);
+        }
+        match self
+            .fleet
+            .push_task_res(&node, task_res_from_message(&reply))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!("Sent reply");
+                Ok(Flow::Continue)
+            }
+            Err(error) => self.on_call_error(error, Some(run_id)),
+        }
+    }
+
+    /// `GetRun`, cached for the process lifetime; `None` for an unknown run.
+    async fn run(&mut self, node: Node, run_id: u64) -> Result<Option<Run>, CallError> {
+        if let Some(run) = self.runs.get(&run_id) {
+            return Ok(Some(run.clone()));
+        }
+        let Some(run) = self.fleet.get_run(&node, run_id).await? else {
+            return Ok(None);
+        };
+        self.runs.insert(run_id, run.clone());
+        Ok(Some(run))
+    }
+
+    /// The run's FAB, fetched once per hash, verified and installed. The outer error is a
+    /// failed call; the inner one an unusable FAB (answered with an error reply).
+    async fn fab(
+        &mut self,
+        node: Node,
+        run: &Run,
+    ) -> Result<Result<Option<Arc<CachedFab>>, String>, CallError> {
+        if run.fab_hash.is_empty() {
+            return Ok(Ok(None));
+        }
+        if let Some(cached) = self.fabs.get(&run.fab_hash) {
+            return Ok(Ok(Some(Arc::clone(cached))));
+        }
+        let fab = self.fleet.get_fab(&node, &run.fab_hash, run.run_id).await?;
+        if let Err(error) = fab::verify_hash(&fab.content, &run.fab_hash) {
+            return Ok(Err(error.to_string()));
+        }
+        let metadata = match fab::metadata(&fab.content) {
+            Ok(metadata) => metadata,
+            Err(error) => return Ok(Err(error.to_string())),
+        };
+        let content = fab.content.clone();
+        let home = self.flwr_home.clone();
+        // Blocking file I/O; a failure is only logged because `flwr-clientapp` installs the FAB
+        // again itself and reports its own failure as the reply.
+        match tokio::task::spawn_blocking(move || fab::install(&content, &home)).await {
+            Ok(Ok(dir)) => {
+                tracing::info!("FAB {} installed in {}", metadata.fab_id(), dir.display())
+            }
+            Ok(Err(error)) => {
+                tracing::warn!("Could not install FAB {}: {error}", metadata.fab_id())
+            }
+            Err(error) => tracing::warn!("FAB installation task failed: {error}"),
+        }
+        let cached = Arc::new(CachedFab { fab, metadata });
+        self.fabs.insert(run.fab_hash.clone(), Arc::clone(&cached));
+        Ok(Ok(Some(cached)))
+    }
+
+    /// Runs the ClientApp for `message`; returns the reply to send, or `None` when there is
+    /// nothing to send (invalid reply, or shutting down).
+    async fn execute(
+        &mut self,
+        node: Node,
+        message: Message,
+        incoming: &Metadata,
+        mut run: Run,
+        fab: Option<Arc<CachedFab>>,
+    ) -> Result<Option<Message>, NodeError> {
+        let run_id = incoming.run_id;
+        if let Some(cached) = &fab {
+            run.fab_id = cached.metadata.fab_id();
+            run.fab_version = cached.metadata.version.clone();
+        }
+        let node_config = self.config.node_config.clone();
+        let run_context = self.contexts.entry(run_id).or_insert_with(|| {
+            let run_config = fab
+                .as_ref()
+                .map(|cached| cached.metadata.run_config(&run.override_config))
+                .unwrap_or_default();
+            RunContext {
+                context: Context {
+                    run_id,
+                    node_id: node.node_id,
+                    node_config,
+                    state: Some(RecordSet::default()),
+                    run_config: run_config.clone(),
+                },
+                initial_run_config: run_config,
+            }
+        });
+        // After a re-registration the node id changed; the state carries over.
+        run_context.context.node_id = node.node_id;
+        let inputs = Inputs {
+            message,
+            context: run_context.context.clone(),
+            run,
+            fab: fab.map(|cached| cached.fab.clone()),
+            token: rand::random::<u64>(),
+        };
+        match self.exchange_outputs(inputs, incoming).await {
+            Ok(outputs) => {
+                if let Err(invalid) = validate_reply(&outputs.message, incoming) {
+                    tracing::error!("Invalid out message ({invalid}); not sending it");
+                    return Ok(None);
+                }
+                if let Some(run_context) = self.contexts.get_mut(&run_id) {
+                    let mut context = outputs.context;
+                    // The reference leaves its main loop here; we keep serving and only refuse
+                    // the change, since one misbehaving app should not take the node down.
+                    if context.run_config != run_context.initial_run_config {
+                        tracing::error!(
+                            "The ClientApp changed the run_config of run {run_id}, which is not \
+                             allowed; keeping the original"
+                        );
+                        context.run_config = run_context.initial_run_config.clone();
+                    }
+                    run_context.context = context;
+                }
+                Ok(Some(outputs.message))
+            }
+            Err(ExecError::Cancelled | ExecError::Launch(LaunchError::Cancelled)) => {
+                tracing::info!(
+                    "Abandoned message {} because of shutdown",
+                    incoming.message_id
+                );
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::error!("ClientApp raised an exception: {error}");
+                Ok(Some(error_reply(
+                    incoming,
+                    CLIENT_APP_RAISED_EXCEPTION,
+                    error.reason(),
+                    unix_now(),
+                )))
+            }
+        }
+    }
+
+    /// Primes the ClientAppIo exchange, runs or awaits the ClientApp, and collects its outputs.
+    /// The exchange is reset however this ends.
+    async fn exchange_outputs(
+        &self,
+        inputs: Inputs,
+        incoming: &Metadata,
+    ) -> Result<Outputs, ExecError> {
+        let token = inputs.token;
+        let subprocess = self.config.isolation == Isolation::Subprocess;
+        self.exchange.set_inputs(inputs, subprocess)?;
+        let reset = ResetOnDrop(&self.exchange);
+        let budget = Duration::try_from_secs_f64(remaining_ttl(incoming, unix_now()))
+            .unwrap_or(Duration::ZERO)
+            .max(MIN_CLIENTAPP_TIME);
+        if subprocess {
+            self.launcher.run(token, budget, &self.cancel).await?;
+        } else {
+            tokio::select! {
+                () = self.exchange.outputs_pushed() => {}
+                () = tokio::time::sleep(budget) => return Err(ExecError::TimedOut(budget)),
+                () = self.cancel.cancelled() => return Err(ExecError::Cancelled),
+            }
+        }
+        let outputs = self.exchange.finish();
+        drop(reset);
+        outputs.ok_or(ExecError::MissingOutputs)
+    }
+}
+
+/// Clears the ClientAppIo exchange however handling a message ends (success, error, or the
+/// future being dropped on shutdown), so the next message can always be primed.
+struct ResetOnDrop<'a>(&'a Exchange);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
