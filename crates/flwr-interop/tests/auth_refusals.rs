@@ -148,7 +148,7 @@ fn refusals(side: Side) {
         let good = ping(id_a);
         let response = client
             .ping(request(
-                good.clone(),
+                good,
                 Some(&a.header),
                 Some(token(&secret_a, &good)),
             ))
@@ -166,7 +166,7 @@ fn refusals(side: Side) {
             "tampered token",
             client
                 .ping(request(
-                    good.clone(),
+                    good,
                     Some(&a.header),
                     Some(flwr_auth::header::encode(&tampered)),
                 ))
@@ -176,7 +176,7 @@ fn refusals(side: Side) {
             "token made with another node's secret",
             client
                 .ping(request(
-                    good.clone(),
+                    good,
                     Some(&a.header),
                     Some(token(&secret_b, &good)),
                 ))
@@ -184,14 +184,12 @@ fn refusals(side: Side) {
         );
         assert_denied(
             "missing auth-token",
-            client
-                .ping(request(good.clone(), Some(&a.header), None))
-                .await,
+            client.ping(request(good, Some(&a.header), None)).await,
         );
         assert_denied(
             "missing public-key",
             client
-                .ping(request(good.clone(), None, Some(token(&secret_a, &good))))
+                .ping(request(good, None, Some(token(&secret_a, &good))))
                 .await,
         );
         let other = ping(id_b);
@@ -199,7 +197,7 @@ fn refusals(side: Side) {
             "node id that belongs to another key",
             client
                 .ping(request(
-                    other.clone(),
+                    other,
                     Some(&a.header),
                     Some(token(&secret_a, &other)),
                 ))
