@@ -1,0 +1,123 @@
+//! The ClientApp side: the [`ClientApp`] trait, the [`NumPyClient`] convenience layer that
+//! speaks the legacy record layout of [`crate::compat`], app selection ([`ClientAppLoader`],
+//! [`ClientAppRegistry`]) and the ClientAppIo runner ([`run_clientapp`], [`ClientAppArgs`]).
+
+mod numpy;
+mod runner;
+
+pub use numpy::{NumPyClient, NumPyClientApp};
+pub use runner::{run_clientapp, ClientAppArgs, ClientAppOptions, RunnerError, DEFAULT_ADDRESS};
+
+use crate::context::{Context, Run};
+use crate::error::AppError;
+use crate::fab::AppSpec;
+use crate::message::Message;
+use crate::record::RecordSet;
+
+/// Code that handles the messages a ServerApp sends to a node.
+///
+/// `handle` is called once per message with the node's per-run [`Context`]; whatever it leaves
+/// in `context.state` is sent back to the SuperNode and handed to the next message of the run.
+/// The runner wraps the returned records into a reply (`Message::create_reply`), and an error
+/// into an error reply with code [`CLIENT_APP_RAISED_EXCEPTION`](crate::MessageError), in which
+/// case the context changes are discarded.
+pub trait ClientApp {
+    /// Handles one message (`message.metadata.message_type` is `"train"`, `"evaluate"`,
+    /// `"query"`, ...) and returns the content of the reply.
+    ///
+    /// # Errors
+    ///
+    /// Any [`AppError`]; it becomes an error reply.
+    fn handle(&mut self, message: &Message, context: &mut Context) -> Result<RecordSet, AppError>;
+}
+
+/// Chooses the [`ClientApp`] for a message, as `flwr-clientapp` loads the app named by the
+/// run's FAB.
+///
+/// Every `ClientApp` is a loader that serves every run with itself. A failed load becomes the
+/// reference's error reply with code
+/// [`LOAD_CLIENT_APP_EXCEPTION`](crate::MessageError::LOAD_CLIENT_APP_EXCEPTION).
+pub trait ClientAppLoader {
+    /// The app for a message of `run`; `spec` is read from the run's FAB (`None` if the
+    /// SuperNode sent no readable FAB).
+    ///
+    /// # Errors
+    ///
+    /// An [`AppError`] explaining why no app fits.
+    fn load(&mut self, spec: Option<&AppSpec>, run: &Run) -> Result<&mut dyn ClientApp, AppError>;
+}
+
+impl<T: ClientApp> ClientAppLoader for T {
+    fn load(
+        &mut self,
+        _spec: Option<&AppSpec>,
+        _run: &Run,
+    ) -> Result<&mut dyn ClientApp, AppError> {
+        Ok(self)
+    }
+}
+
+/// Several compiled ClientApps, selected by the FAB's
+/// `[tool.flwr.app.components].clientapp` reference (e.g. `"numpyapp.client_app:app"`).
+#[derive(Default)]
+pub struct ClientAppRegistry {
+    apps: Vec<(String, Box<dyn ClientApp>)>,
+    fallback: Option<Box<dyn ClientApp>>,
+}
+
+impl std::fmt::Debug for ClientAppRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAppRegistry")
+            .field("components", &self.components().collect::<Vec<_>>())
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+impl ClientAppRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves FABs whose clientapp reference is `component` with `app`.
+    #[must_use]
+    pub fn with(mut self, component: impl Into<String>, app: impl ClientApp + 'static) -> Self {
+        self.apps.push((component.into(), Box::new(app)));
+        self
+    }
+
+    /// Serves every other FAB with `app`.
+    #[must_use]
+    pub fn with_fallback(mut self, app: impl ClientApp + 'static) -> Self {
+        self.fallback = Some(Box::new(app));
+        self
+    }
+
+    /// The registered component references.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.apps.iter().map(|(c, _)| c.as_str())
+    }
+}
+
+impl ClientAppLoader for ClientAppRegistry {
+    fn load(&mut self, spec: Option<&AppSpec>, run: &Run) -> Result<&mut dyn ClientApp, AppError> {
+        let component = spec.map(|s| s.clientapp.as_str());
+        let index = component.and_then(|c| self.apps.iter().position(|(k, _)| k == c));
+        if index.is_none() && self.fallback.is_none() {
+            return Err(AppError::with_type(
+                "LoadClientAppError",
+                format!(
+                    "no ClientApp for component {component:?} of FAB {:?} (known: {:?})",
+                    run.fab_id,
+                    self.components().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        match (index, self.fallback.as_mut()) {
+            (Some(index), _) => Ok(self.apps[index].1.as_mut()),
+            (None, Some(app)) => Ok(app.as_mut()),
+            (None, None) => Err(AppError::new("unreachable: checked above")),
+        }
+    }
+}

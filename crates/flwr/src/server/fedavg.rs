@@ -1,0 +1,634 @@
+//! Federated averaging, driven round by round over a [`Grid`] the way Flower's legacy
+//! `Server.fit` drives `FedAvg` (`flwr.server.strategy.FedAvg`, `flwr.server.server`), with the
+//! messages in the legacy record layout so that Python `NumPyClient`s can answer them.
+//!
+//! ```text
+//! [INIT]      initial parameters, or `get_parameters` from one random node (group "")
+//!             centralized evaluation of round 0 (if an evaluate_fn is set)
+//! [ROUND r]   wait for min_available_nodes; sample max(floor(n * fraction_fit), min_fit_nodes)
+//!             nodes; "train" with FitIns (group "r"); aggregate FitRes weighted by num_examples
+//!             centralized evaluation (if set)
+//!             sample for evaluation likewise; "evaluate" with EvaluateIns; weighted loss
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom as _;
+
+use crate::compat::{
+    Code, EvaluateIns, EvaluateRes, FitIns, FitRes, GetParametersIns, GetParametersRes,
+};
+use crate::error::AppError;
+use crate::message::{message_type, Message};
+use crate::npy::Dtype;
+use crate::record::{Array, Config, Scalar};
+use crate::server::grid::Grid;
+
+/// How to combine the metrics that clients report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricsAggregation {
+    /// Drop them (the reference's default when no aggregation function is given).
+    Ignore,
+    /// For each numeric metric, the average weighted by `num_examples` over the clients that
+    /// report it.
+    #[default]
+    WeightedAverage,
+}
+
+/// Server-side evaluation of the global model: `(round, parameters) -> (loss, metrics)`.
+pub type EvaluateFn = Box<dyn FnMut(u64, &[Array]) -> Option<(f64, Config)> + Send>;
+
+/// Per-round configuration sent with `FitIns`/`EvaluateIns`.
+pub type ConfigFn = Box<dyn Fn(u64) -> Config + Send>;
+
+/// The federated averaging strategy. Defaults are the reference's.
+pub struct FedAvg {
+    /// Fraction of available nodes sampled for training (1.0).
+    pub fraction_fit: f64,
+    /// Fraction of available nodes sampled for evaluation (1.0; 0 disables it).
+    pub fraction_evaluate: f64,
+    /// Minimum number of nodes sampled for training (2).
+    pub min_fit_nodes: usize,
+    /// Minimum number of nodes sampled for evaluation (2).
+    pub min_evaluate_nodes: usize,
+    /// Nodes that must be online before a round starts (2).
+    pub min_available_nodes: usize,
+    /// Aggregate even when some nodes failed (true).
+    pub accept_failures: bool,
+    /// The starting model; `None` asks one node with `get_parameters`.
+    pub initial_parameters: Option<Vec<Array>>,
+    /// Config of each round's `FitIns` (empty by default).
+    pub on_fit_config: Option<ConfigFn>,
+    /// Config of each round's `EvaluateIns` (empty by default).
+    pub on_evaluate_config: Option<ConfigFn>,
+    /// Combination of the clients' fit metrics.
+    pub fit_metrics_aggregation: MetricsAggregation,
+    /// Combination of the clients' evaluation metrics.
+    pub evaluate_metrics_aggregation: MetricsAggregation,
+    /// Optional server-side evaluation.
+    pub evaluate_fn: Option<EvaluateFn>,
+    /// Longest wait for replies in a round (`None`: no limit, the reference's default).
+    pub round_timeout: Option<Duration>,
+    /// Longest wait for `min_available_nodes` (the reference waits a day).
+    pub node_wait_timeout: Duration,
+}
+
+impl Default for FedAvg {
+    fn default() -> Self {
+        Self {
+            fraction_fit: 1.0,
+            fraction_evaluate: 1.0,
+            min_fit_nodes: 2,
+            min_evaluate_nodes: 2,
+            min_available_nodes: 2,
+            accept_failures: true,
+            initial_parameters: None,
+            on_fit_config: None,
+            on_evaluate_config: None,
+            fit_metrics_aggregation: MetricsAggregation::default(),
+            evaluate_metrics_aggregation: MetricsAggregation::default(),
+            evaluate_fn: None,
+            round_timeout: None,
+            node_wait_timeout: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl std::fmt::Debug for FedAvg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FedAvg")
+            .field("fraction_fit", &self.fraction_fit)
+            .field("fraction_evaluate", &self.fraction_evaluate)
+            .field("min_fit_nodes", &self.min_fit_nodes)
+            .field("min_evaluate_nodes", &self.min_evaluate_nodes)
+            .field("min_available_nodes", &self.min_available_nodes)
+            .field("accept_failures", &self.accept_failures)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened over a training session, by round (1-based; round 0 is the initial model).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// Weighted average of the clients' evaluation losses.
+    pub losses_distributed: Vec<(u64, f64)>,
+    /// Server-side evaluation losses.
+    pub losses_centralized: Vec<(u64, f64)>,
+    /// Aggregated fit metrics (e.g. `train_loss`).
+    pub metrics_distributed_fit: BTreeMap<String, Vec<(u64, Scalar)>>,
+    /// Aggregated evaluation metrics (e.g. `accuracy`).
+    pub metrics_distributed: BTreeMap<String, Vec<(u64, Scalar)>>,
+    /// Server-side evaluation metrics.
+    pub metrics_centralized: BTreeMap<String, Vec<(u64, Scalar)>>,
+}
+
+impl History {
+    /// The value of fit metric `name` in `round`, as a float.
+    pub fn fit_metric(&self, name: &str, round: u64) -> Option<f64> {
+        lookup(&self.metrics_distributed_fit, name, round)
+    }
+
+    /// The value of evaluation metric `name` in `round`, as a float.
+    pub fn evaluate_metric(&self, name: &str, round: u64) -> Option<f64> {
+        lookup(&self.metrics_distributed, name, round)
+    }
+
+    /// The distributed evaluation loss of `round`.
+    pub fn evaluate_loss(&self, round: u64) -> Option<f64> {
+        self.losses_distributed
+            .iter()
+            .find(|(r, _)| *r == round)
+            .map(|(_, loss)| *loss)
+    }
+
+    fn add_metrics(map: &mut BTreeMap<String, Vec<(u64, Scalar)>>, round: u64, metrics: Config) {
+        for (name, value) in metrics {
+            map.entry(name).or_default().push((round, value));
+        }
+    }
+}
+
+fn lookup(map: &BTreeMap<String, Vec<(u64, Scalar)>>, name: &str, round: u64) -> Option<f64> {
+    map.get(name)?
+        .iter()
+        .find(|(r, _)| *r == round)
+        .and_then(|(_, v)| v.as_f64())
+}
+
+/// Result of [`FedAvg::run`].
+#[derive(Clone, Debug)]
+pub struct FedAvgOutcome {
+    /// Per-round history.
+    pub history: History,
+    /// The final global model.
+    pub parameters: Vec<Array>,
+}
+
+impl FedAvg {
+    /// Runs `num_rounds` rounds of training and evaluation on `grid` (whose run must be set).
+    ///
+    /// # Errors
+    ///
+    /// An [`AppError`] when the grid fails (a stopped run gives
+    /// [`AppError::is_run_stopped`]), when no initial model can be had, or when aggregation
+    /// fails (shapes that differ between clients, zero examples in total).
+    pub async fn run(&mut self, grid: &Grid, num_rounds: u64) -> Result<FedAvgOutcome, AppError> {
+        let mut history = History::default();
+        tracing::info!("[INIT]");
+        let mut parameters = self.initial_parameters(grid).await?;
+        self.evaluate_centralized(0, &parameters, &mut history);
+        let started = Instant::now();
+        for round in 1..=num_rounds {
+            tracing::info!("");
+            tracing::info!("[ROUND {round}]");
+            if let Some((new, metrics)) = self.fit_round(grid, round, &parameters).await? {
+                parameters = new;
+                History::add_metrics(&mut history.metrics_distributed_fit, round, metrics);
+            }
+            self.evaluate_centralized(round, &parameters, &mut history);
+            if let Some((loss, metrics)) = self.evaluate_round(grid, round, &parameters).await? {
+                history.losses_distributed.push((round, loss));
+                History::add_metrics(&mut history.metrics_distributed, round, metrics);
+            }
+        }
+        tracing::info!("");
+        tracing::info!(
+            "[SUMMARY] Run finished {num_rounds} round(s) in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+        for (round, loss) in &history.losses_distributed {
+            tracing::info!("\tround {round}: loss (distributed) {loss}");
+        }
+        Ok(FedAvgOutcome {
+            history,
+            parameters,
+        })
+    }
+
+    async fn initial_parameters(&mut self, grid: &Grid) -> Result<Vec<Array>, AppError> {
+        if let Some(parameters) = self.initial_parameters.take() {
+            tracing::info!("Using initial global parameters provided by strategy");
+            return Ok(parameters);
+        }
+        tracing::info!("Requesting initial parameters from one random client");
+        let nodes = self.sample(grid, 1, 1).await?;
+        let Some(&node) = nodes.first() else {
+            return Err(AppError::new("no node available for initial parameters"));
+        };
+        let content = GetParametersIns::default().into_record_set();
+        let message = grid.create_message(content, message_type::GET_PARAMETERS, node, "", None)?;
+        let replies = grid
+            .send_and_receive(vec![message], self.round_timeout)
+            .await?;
+        let reply = replies
+            .into_iter()
+            .next()
+            .ok_or_else(|| AppError::new("no reply to get_parameters"))?;
+        let content = reply_content(&reply)?;
+        let res = GetParametersRes::from_record_set(content)?;
+        if res.status.code != Code::Ok {
+            return Err(AppError::new(format!(
+                "get_parameters failed: {}",
+                res.status.message
+            )));
+        }
+        tracing::info!("Received initial parameters from one random client");
+        Ok(res.parameters)
+    }
+
+    fn evaluate_centralized(&mut self, round: u64, parameters: &[Array], history: &mut History) {
+        let Some(evaluate) = self.evaluate_fn.as_mut() else {
+            return;
+        };
+        if let Some((loss, metrics)) = evaluate(round, parameters) {
+            tracing::info!(
+                "centralized evaluation, round {round}: loss {loss}, metrics {metrics:?}"
+            );
+            history.losses_centralized.push((round, loss));
+            History::add_metrics(&mut history.metrics_centralized, round, metrics);
+        }
+    }
+
+    async fn fit_round(
+        &mut self,
+        grid: &Grid,
+        round: u64,
+        parameters: &[Array],
+    ) -> Result<Option<(Vec<Array>, Config)>, AppError> {
+        let available = self.wait_for_nodes(grid, self.min_available_nodes).await?;
+        let size = sample_size(available.len(), self.fraction_fit, self.min_fit_nodes);
+        let nodes = choose(&available, size);
+        if nodes.is_empty() {
+            tracing::info!("configure_fit: no clients selected, cancel");
+            return Ok(None);
+        }
+        tracing::info!(
+            "configure_fit: strategy sampled {} clients (out of {})",
+            nodes.len(),
+            available.len()
+        );
+        let config = self
+            .on_fit_config
+            .as_ref()
+            .map_or_else(Config::new, |f| f(round));
+        let messages = nodes
+            .iter()
+            .map(|&node| {
+                let content = FitIns {
+                    parameters: parameters.to_vec(),
+                    config: config.clone(),
+                }
+                .into_record_set();
+                grid.create_message(content, message_type::TRAIN, node, &round.to_string(), None)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let replies = grid.send_and_receive(messages, self.round_timeout).await?;
+        let mut failures = nodes.len().saturating_sub(replies.len());
+        let mut results = Vec::new();
+        for reply in &replies {
+            match reply_content(reply).and_then(|c| Ok(FitRes::from_record_set(c)?)) {
+                Ok(res) if res.status.code == Code::Ok => results.push(res),
+                Ok(res) => {
+                    tracing::warn!("fit failed on a client: {}", res.status.message);
+                    failures += 1;
+                }
+                Err(error) => {
+                    tracing::warn!("fit failed on a client: {error}");
+                    failures += 1;
+                }
+            }
+        }
+        tracing::info!(
+            "aggregate_fit: received {} results and {failures} failures",
+            results.len()
+        );
+        if results.is_empty() || (!self.accept_failures && failures > 0) {
+            return Ok(None);
+        }
+        let weighted: Vec<(Vec<Array>, u64)> = results
+            .iter()
+            .map(|r| (r.parameters.clone(), r.num_examples))
+            .collect();
+        let aggregated = aggregate(&weighted)?;
+        let metrics = match self.fit_metrics_aggregation {
+            MetricsAggregation::Ignore => Config::new(),
+            MetricsAggregation::WeightedAverage => {
+                weighted_average(results.iter().map(|r| (r.num_examples, &r.metrics)))
+            }
+        };
+        Ok(Some((aggregated, metrics)))
+    }
+
+    async fn evaluate_round(
+        &mut self,
+        grid: &Grid,
+        round: u64,
+        parameters: &[Array],
+    ) -> Result<Option<(f64, Config)>, AppError> {
+        if self.fraction_evaluate == 0.0 {
+            return Ok(None);
+        }
+        let available = self.wait_for_nodes(grid, self.min_available_nodes).await?;
+        let size = sample_size(
+            available.len(),
+            self.fraction_evaluate,
+            self.min_evaluate_nodes,
+        );
+        let nodes = choose(&available, size);
+        if nodes.is_empty() {
+            tracing::info!("configure_evaluate: no clients selected, skipping evaluation");
+            return Ok(None);
+        }
+        tracing::info!(
+            "configure_evaluate: strategy sampled {} clients (out of {})",
+            nodes.len(),
+            available.len()
+        );
+        let config = self
+            .on_evaluate_config
+            .as_ref()
+            .map_or_else(Config::new, |f| f(round));
+        let messages = nodes
+            .iter()
+            .map(|&node| {
+                let content = EvaluateIns {
+                    parameters: parameters.to_vec(),
+                    config: config.clone(),
+                }
+                .into_record_set();
+                grid.create_message(
+                    content,
+                    message_type::EVALUATE,
+                    node,
+                    &round.to_string(),
+                    None,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let replies = grid.send_and_receive(messages, self.round_timeout).await?;
+        let mut failures = nodes.len().saturating_sub(replies.len());
+        let mut results = Vec::new();
+        for reply in &replies {
+            match reply_content(reply).and_then(|c| Ok(EvaluateRes::from_record_set(c)?)) {
+                Ok(res) if res.status.code == Code::Ok => results.push(res),
+                Ok(res) => {
+                    tracing::warn!("evaluate failed on a client: {}", res.status.message);
+                    failures += 1;
+                }
+                Err(error) => {
+                    tracing::warn!("evaluate failed on a client: {error}");
+                    failures += 1;
+                }
+            }
+        }
+        tracing::info!(
+            "aggregate_evaluate: received {} results and {failures} failures",
+            results.len()
+        );
+        if results.is_empty() || (!self.accept_failures && failures > 0) {
+            return Ok(None);
+        }
+        let loss = weighted_loss_average(results.iter().map(|r| (r.num_examples, r.loss)))
+            .ok_or_else(|| AppError::new("no evaluation examples in total"))?;
+        let metrics = match self.evaluate_metrics_aggregation {
+            MetricsAggregation::Ignore => Config::new(),
+            MetricsAggregation::WeightedAverage => {
+                weighted_average(results.iter().map(|r| (r.num_examples, &r.metrics)))
+            }
+        };
+        tracing::info!("round {round}: evaluation loss {loss}, metrics {metrics:?}");
+        Ok(Some((loss, metrics)))
+    }
+
+    /// Polls `GetNodes` until at least `min` nodes are online or the wait times out; returns
+    /// the nodes online then (possibly fewer).
+    async fn wait_for_nodes(&self, grid: &Grid, min: usize) -> Result<Vec<u64>, AppError> {
+        let started = Instant::now();
+        loop {
+            let nodes = grid.node_ids().await?;
+            if nodes.len() >= min || started.elapsed() >= self.node_wait_timeout {
+                return Ok(nodes);
+            }
+            tokio::time::sleep(grid.poll_interval().min(Duration::from_secs(1))).await;
+        }
+    }
+
+    async fn sample(&self, grid: &Grid, size: usize, min: usize) -> Result<Vec<u64>, AppError> {
+        let available = self.wait_for_nodes(grid, min).await?;
+        Ok(choose(&available, size))
+    }
+}
+
+/// `max(floor(available * fraction), minimum)`, as the reference's `num_fit_clients`.
+fn sample_size(available: usize, fraction: f64, minimum: usize) -> usize {
+    // Truncation is the reference's int(); node counts are far below 2^52.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )] // see comment above
+    let scaled = (available as f64 * fraction) as usize;
+    scaled.max(minimum)
+}
+
+/// `size` distinct random nodes, or none if fewer are available (the reference's "Sampling
+/// failed").
+fn choose(available: &[u64], size: usize) -> Vec<u64> {
+    if size > available.len() {
+        tracing::info!(
+            "Sampling failed: number of available clients ({}) is less than number of \
+             requested clients ({size}).",
+            available.len()
+        );
+        return Vec::new();
+    }
+    available
+        .choose_multiple(&mut rand::thread_rng(), size)
+        .copied()
+        .collect()
+}
+
+fn reply_content(reply: &Message) -> Result<&crate::record::RecordSet, AppError> {
+    match (reply.content(), reply.error()) {
+        (Some(content), _) => Ok(content),
+        (None, Some(error)) => Err(AppError::with_type(
+            "ValueError",
+            format!(
+                "Message contains an Error (reason: {}). It originated during client-side \
+                 execution of a message.",
+                error.reason
+            ),
+        )),
+        (None, None) => Err(AppError::new("reply without content")),
+    }
+}
+
+/// The average of each layer over `results`, weighted by their example counts.
+///
+/// Every client must send the same number of layers with the same shapes. The result of a
+/// layer is `float32` if every client sent `float32`, else `float64` (NumPy's promotion).
+///
+/// # Errors
+///
+/// An [`AppError`] for mismatched layers, undecodable arrays or zero examples in total.
+pub fn aggregate(results: &[(Vec<Array>, u64)]) -> Result<Vec<Array>, AppError> {
+    let total: u64 = results.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return Err(AppError::new("cannot aggregate: zero examples in total"));
+    }
+    let Some((first, _)) = results.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(first.len());
+    for layer in 0..first.len() {
+        let mut shape: Option<Vec<usize>> = None;
+        let mut dtype = Dtype::Float32;
+        let mut sum: Vec<f64> = Vec::new();
+        for (client, (arrays, examples)) in results.iter().enumerate() {
+            let array = arrays.get(layer).ok_or_else(|| {
+                AppError::new(format!("client {client} sent {} layers", arrays.len()))
+            })?;
+            let header = array.npy_header()?;
+            if header.dtype()?.0 == Dtype::Float64 {
+                dtype = Dtype::Float64;
+            }
+            let values = array.to_f64()?;
+            match &shape {
+                None => {
+                    shape = Some(header.shape);
+                    sum = vec![0.0; values.len()];
+                }
+                Some(expected) if *expected != header.shape => {
+                    return Err(AppError::new(format!(
+                        "layer {layer}: shape {:?} differs from {expected:?}",
+                        header.shape
+                    )));
+                }
+                Some(_) => {}
+            }
+            #[allow(clippy::cast_precision_loss)] // example counts are far below 2^52
+            let weight = *examples as f64;
+            for (acc, value) in sum.iter_mut().zip(values) {
+                *acc += value * weight;
+            }
+        }
+        #[allow(clippy::cast_precision_loss)] // example counts are far below 2^52
+        let total = total as f64;
+        let shape = shape.unwrap_or_default();
+        let averaged: Vec<f64> = sum.into_iter().map(|v| v / total).collect();
+        let array = match dtype {
+            #[allow(clippy::cast_possible_truncation)] // float32 in, float32 out
+            Dtype::Float32 => {
+                let narrowed: Vec<f32> = averaged.iter().map(|&v| v as f32).collect();
+                Array::from_f32(&shape, &narrowed)?
+            }
+            _ => Array::from_f64(&shape, &averaged)?,
+        };
+        out.push(array);
+    }
+    Ok(out)
+}
+
+/// `sum(n_i * loss_i) / sum(n_i)`; `None` when there are no examples.
+pub fn weighted_loss_average(results: impl IntoIterator<Item = (u64, f64)>) -> Option<f64> {
+    let (mut weighted, mut total) = (0.0, 0.0);
+    for (examples, loss) in results {
+        #[allow(clippy::cast_precision_loss)] // example counts are far below 2^52
+        let examples = examples as f64;
+        weighted += examples * loss;
+        total += examples;
+    }
+    (total > 0.0).then(|| weighted / total)
+}
+
+/// For each numeric metric, `sum(n_i * m_i) / sum(n_i)` over the clients that report it (as
+/// the `weighted_average` helper of Flower's examples). Non-numeric metrics are dropped.
+pub fn weighted_average<'a>(results: impl IntoIterator<Item = (u64, &'a Config)>) -> Config {
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (examples, metrics) in results {
+        #[allow(clippy::cast_precision_loss)] // example counts are far below 2^52
+        let examples = examples as f64;
+        for (name, value) in metrics {
+            if matches!(value, Scalar::Bool(_)) {
+                continue;
+            }
+            let Some(value) = value.as_f64() else {
+                continue;
+            };
+            let entry = sums.entry(name.clone()).or_insert((0.0, 0.0));
+            entry.0 += examples * value;
+            entry.1 += examples;
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, (_, total))| *total > 0.0)
+        .map(|(name, (weighted, total))| (name, Scalar::Double(weighted / total)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregate_weights_by_examples() {
+        let a = vec![
+            Array::from_f32(&[2], &[1.0, 2.0]).expect("array"),
+            Array::from_f64(&[1, 1], &[10.0]).expect("array"),
+        ];
+        let b = vec![
+            Array::from_f32(&[2], &[3.0, 6.0]).expect("array"),
+            Array::from_f64(&[1, 1], &[20.0]).expect("array"),
+        ];
+        let out = aggregate(&[(a, 1), (b, 3)]).expect("aggregates");
+        assert_eq!(out[0].to_f32().expect("f32"), vec![2.5, 5.0]);
+        assert_eq!(out[0].dtype, "float32");
+        assert_eq!(out[1].to_f64().expect("f64"), vec![17.5]);
+        assert_eq!(out[1].npy_header().expect("header").shape, vec![1, 1]);
+    }
+
+    #[test]
+    fn aggregate_promotes_mixed_precision_and_rejects_mismatches() {
+        let a = vec![Array::from_f32(&[1], &[1.0]).expect("array")];
+        let b = vec![Array::from_f64(&[1], &[2.0]).expect("array")];
+        let out = aggregate(&[(a.clone(), 1), (b, 1)]).expect("aggregates");
+        assert_eq!(out[0].dtype, "float64");
+        assert_eq!(out[0].to_f64().expect("f64"), vec![1.5]);
+
+        let wide = vec![Array::from_f32(&[2], &[1.0, 1.0]).expect("array")];
+        assert!(aggregate(&[(a.clone(), 1), (wide, 1)]).is_err());
+        assert!(aggregate(&[(a.clone(), 1), (Vec::new(), 1)]).is_err());
+        assert!(aggregate(&[(a, 0)]).is_err());
+    }
+
+    #[test]
+    fn losses_and_metrics_are_weighted() {
+        assert_eq!(weighted_loss_average([(1, 1.0), (3, 2.0)]), Some(1.75));
+        assert_eq!(weighted_loss_average([(0, 1.0)]), None);
+        let a = Config::from([
+            ("accuracy".into(), Scalar::Double(0.5)),
+            ("name".into(), Scalar::from("x")),
+        ]);
+        let b = Config::from([
+            ("accuracy".into(), Scalar::Double(1.0)),
+            ("count".into(), Scalar::Sint64(4)),
+        ]);
+        let avg = weighted_average([(1, &a), (3, &b)]);
+        assert_eq!(avg["accuracy"], Scalar::Double(0.875));
+        assert_eq!(avg["count"], Scalar::Double(4.0));
+        assert!(!avg.contains_key("name"));
+    }
+
+    #[test]
+    fn sampling_matches_the_reference_sizes() {
+        assert_eq!(sample_size(10, 0.5, 2), 5);
+        assert_eq!(sample_size(3, 0.1, 2), 2);
+        assert_eq!(sample_size(2, 1.0, 2), 2);
+        assert!(choose(&[1], 2).is_empty());
+        let picked = choose(&[1, 2, 3], 2);
+        assert_eq!(picked.len(), 2);
+        assert_ne!(picked[0], picked[1]);
+    }
+}
