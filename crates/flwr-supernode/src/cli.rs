@@ -135,13 +135,14 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
 }
 
-/// Where the node-authentication key files are (AUTH.md §1.2).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthKeyFiles {
-    /// `--auth-supernode-private-key` and its contents.
-    pub private_key: (PathBuf, Vec<u8>),
-    /// `--auth-supernode-public-key` and its contents.
-    pub public_key: (PathBuf, Vec<u8>),
+/// The node-authentication key pair of `--auth-supernode-private-key` and
+/// `--auth-supernode-public-key` (AUTH.md §1.2).
+#[derive(Clone, Debug)]
+pub struct AuthKeys {
+    /// The node's private key.
+    pub private: flwr_auth::PrivateKey,
+    /// The node's public key, as sent in the `public-key` header.
+    pub public: flwr_auth::PublicKey,
 }
 
 /// A validated SuperNode configuration; nothing has been bound or dialled yet.
@@ -161,8 +162,8 @@ pub struct Config {
     pub clientappio_address: Address,
     /// `--flwr-dir`, if given.
     pub flwr_dir: Option<PathBuf>,
-    /// Node-authentication key files, if given.
-    pub auth: Option<AuthKeyFiles>,
+    /// Node-authentication keys, if given.
+    pub auth: Option<AuthKeys>,
     /// The `flwr-clientapp` program (name looked up on `PATH`, or a path).
     pub clientapp_program: PathBuf,
 }
@@ -198,6 +199,17 @@ pub enum ConfigError {
         /// The I/O failure.
         #[source]
         source: std::io::Error,
+    },
+    /// A key file does not hold an elliptic-curve key in OpenSSH format.
+    #[error("{flag}: unable to parse {} (node authentication requires an elliptic-curve key pair in OpenSSH format): {source}", path.display())]
+    Key {
+        /// The flag.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why parsing failed.
+        #[source]
+        source: flwr_auth::AuthError,
     },
     /// `--node-config` does not parse.
     #[error("--node-config: {0}")]
@@ -254,10 +266,27 @@ impl Cli {
             self.auth_supernode_private_key,
             self.auth_supernode_public_key,
         ) {
-            (Some(private), Some(public)) => Some(AuthKeyFiles {
-                private_key: read_key("--auth-supernode-private-key", private)?,
-                public_key: read_key("--auth-supernode-public-key", public)?,
-            }),
+            (Some(private), Some(public)) => {
+                let flag = "--auth-supernode-private-key";
+                let bytes = read_key(flag, &private)?;
+                let private = flwr_auth::PrivateKey::from_openssh(&bytes).map_err(|source| {
+                    ConfigError::Key {
+                        flag,
+                        path: private,
+                        source,
+                    }
+                })?;
+                let flag = "--auth-supernode-public-key";
+                let bytes = read_key(flag, &public)?;
+                let public = flwr_auth::PublicKey::from_openssh(&bytes).map_err(|source| {
+                    ConfigError::Key {
+                        flag,
+                        path: public,
+                        source,
+                    }
+                })?;
+                Some(AuthKeys { private, public })
+            }
             // clap's `requires` refuses a lone key flag before we get here.
             _ => None,
         };
@@ -289,11 +318,12 @@ fn parse_address(flag: &'static str, value: &str) -> Result<Address, ConfigError
     })
 }
 
-fn read_key(flag: &'static str, path: PathBuf) -> Result<(PathBuf, Vec<u8>), ConfigError> {
-    match std::fs::read(Path::new(&path)) {
-        Ok(bytes) => Ok((path, bytes)),
-        Err(source) => Err(ConfigError::KeyFile { flag, path, source }),
-    }
+fn read_key(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::KeyFile {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -359,6 +389,44 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.superlink.to_string(), "10.0.0.2:2");
+    }
+
+    #[test]
+    fn auth_keys_are_parsed() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vectors/keys");
+        let private = format!("{keys}/supernode_p384_sshkeygen");
+        let public = format!("{keys}/supernode_p384_sshkeygen.pub");
+        let config = parse(&[
+            "--auth-supernode-private-key",
+            &private,
+            "--auth-supernode-public-key",
+            &public,
+        ])
+        .unwrap();
+        assert!(config.auth.is_some());
+        // A public key where the private one belongs, and vice versa.
+        let error = parse(&[
+            "--auth-supernode-private-key",
+            &public,
+            "--auth-supernode-public-key",
+            &public,
+        ])
+        .unwrap_err();
+        assert!(
+            error.starts_with("--auth-supernode-private-key: unable to parse"),
+            "{error}"
+        );
+        let error = parse(&[
+            "--auth-supernode-private-key",
+            &private,
+            "--auth-supernode-public-key",
+            &private,
+        ])
+        .unwrap_err();
+        assert!(
+            error.starts_with("--auth-supernode-public-key: unable to parse"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn metadata(content: &[u8]) -> Result<FabMetadata, FabError> {
         .map_err(|e| FabError::Pyproject(e.to_string()))?;
     let doc: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| FabError::Pyproject(e.message().to_owned()))?;
+        .map_err(|e: toml::de::Error| FabError::Pyproject(node_config::one_line(e.message())))?;
     let string_at = |path: &[&str]| -> Result<String, FabError> {
         lookup(&doc, path)
             .and_then(toml::Value::as_str)

@@ -50,7 +50,7 @@ pub enum Tls {
 
 /// The Fleet channel could not be configured.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot configure the Fleet channel to {target}: {source}")]
+#[error("cannot configure the Fleet channel to {target}")]
 pub struct ChannelError {
     /// The SuperLink address.
     pub target: String,
@@ -102,9 +102,23 @@ pub enum CallError {
     Sign(#[from] SignError),
 }
 
-/// `CODE: message`, the way gRPC tools print a status.
+/// `Code: message`, plus the innermost transport cause when the failure was local (for
+/// example `Unavailable: tcp connect error (Connection refused (os error 111))`).
 fn describe(status: &Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(status);
+    let mut innermost = None;
+    while let Some(error) = cause {
+        innermost = Some(error);
+        cause = error.source();
+    }
+    if let Some(error) = innermost {
+        let detail = error.to_string();
+        if !text.contains(&detail) {
+            text.push_str(&format!(" ({detail})"));
+        }
+    }
+    text
 }
 
 /// A `Ping` that did not get an answer.

@@ -39,4 +39,4 @@ pub mod signer;
 pub mod spawn;
 
 pub use cli::{Cli, Config, ConfigError, Isolation, Tls};
-pub use node::{run, NodeError};
+pub use node::{run, run_with_signer, NodeError};

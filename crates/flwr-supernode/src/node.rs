@@ -39,7 +39,7 @@ use crate::message::{
     task_res_from_message, unix_now, validate_reply, CLIENT_APP_RAISED_EXCEPTION,
     LOAD_CLIENT_APP_EXCEPTION, LOAD_CLIENT_APP_REASON,
 };
-use crate::signer::RequestSigner;
+use crate::signer::{NodeAuth, RequestSigner, Unsigned};
 use crate::spawn::{spawn, TaskHandle};
 
 /// How long the main loop may take to wind down after a shutdown signal (a ClientApp gets
@@ -58,7 +58,7 @@ const MIN_CLIENTAPP_TIME: Duration = Duration::from_secs(10);
 #[non_exhaustive]
 pub enum NodeError {
     /// The ClientAppIo address could not be bound (the reference's wording).
-    #[error("Port in server address {address} is already in use. ({source})")]
+    #[error("Port in server address {address} is already in use")]
     Bind {
         /// The address.
         address: String,
@@ -71,17 +71,31 @@ pub enum NodeError {
     Channel(#[from] ChannelError),
     /// A Fleet call failed for good: the SuperLink stayed unreachable past the retry limits, or
     /// answered with a status the reference does not retry.
-    #[error("lost the SuperLink: {0}")]
+    #[error("lost the SuperLink")]
     Fleet(#[from] CallError),
 }
 
 /// Runs a SuperNode until `shutdown` completes (then: stop the ClientApp, `DeleteNode`,
 /// `Ok(())`) or the SuperLink is lost (`Err`, without `DeleteNode`, as the reference does).
+/// Fleet requests are signed with node authentication when the config has keys.
 ///
 /// # Errors
 ///
 /// See [`NodeError`].
-pub async fn run(
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let signer: Arc<dyn RequestSigner> = match &config.auth {
+        Some(keys) => Arc::new(NodeAuth::new(keys.private.clone(), &keys.public)),
+        None => Arc::new(Unsigned),
+    };
+    run_with_signer(config, signer, shutdown).await
+}
+
+/// [`run`] with an explicit [`RequestSigner`].
+///
+/// # Errors
+///
+/// See [`NodeError`].
+pub async fn run_with_signer(
     config: Config,
     signer: Arc<dyn RequestSigner>,
     shutdown: impl Future<Output = ()>,
@@ -97,10 +111,10 @@ pub async fn run(
         ),
         Tls::RootCertificates(_) => {}
     }
-    if config.auth.is_some() {
-        tracing::warn!(
-            "Node authentication is not implemented yet: Fleet requests carry no \
-             public-key/auth-token metadata"
+    if let Some(keys) = &config.auth {
+        tracing::info!(
+            "Node authentication enabled with public key {}",
+            keys.public.fingerprint()
         );
     }
     let listener = TcpListener::bind(config.clientappio_address.to_string())

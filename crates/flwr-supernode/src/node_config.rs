@@ -67,7 +67,18 @@ pub fn parse(argument: &str) -> Result<HashMap<String, Scalar>, NodeConfigError>
 
 fn parse_toml(text: &str) -> Result<toml::Table, NodeConfigError> {
     text.parse::<toml::Table>()
-        .map_err(|e| NodeConfigError::Toml(e.message().trim().to_owned()))
+        .map_err(|e| NodeConfigError::Toml(one_line(e.message())))
+}
+
+/// The TOML parser's messages can span lines ("invalid string\nexpected ..."); errors here are
+/// printed as one line.
+pub(crate) fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join("; ")
 }
 
 /// Flattens a TOML table into a user config: nested tables become `parent.child` keys; only

@@ -6,11 +6,9 @@
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser as _;
 use flwr_supernode::shutdown::Signals;
-use flwr_supernode::signer::Unsigned;
 use flwr_supernode::Cli;
 
 /// sysexits.h `EX_USAGE`.
@@ -25,14 +23,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            // clap renders "error: ..." followed by usage lines; keep the one that says what
-            // is wrong.
+            // clap renders "error: ..." (sometimes continued on indented lines), a blank line,
+            // then tips and usage; keep the first paragraph, as one line.
             let rendered = error.render().to_string();
-            let line = rendered
+            let first: Vec<&str> = rendered
                 .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{line}");
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", first.join(" "));
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -65,7 +64,7 @@ fn run(config: flwr_supernode::Config) -> anyhow::Result<()> {
             let signal = signals.recv().await;
             tracing::info!("Received {signal}");
         };
-        flwr_supernode::run(config, Arc::new(Unsigned), shutdown).await?;
+        flwr_supernode::run(config, shutdown).await?;
         Ok(())
     })
 }
