@@ -102,6 +102,7 @@ pub struct SuperLink {
     fleet: TcpListener,
     exec: TcpListener,
     serverapp_program: std::path::PathBuf,
+    launcher_poll_interval: Duration,
 }
 
 impl SuperLink {
@@ -138,6 +139,7 @@ impl SuperLink {
             fleet,
             exec,
             serverapp_program: "flwr-serverapp".into(),
+            launcher_poll_interval: launcher::POLL_INTERVAL,
         })
     }
 
@@ -145,6 +147,12 @@ impl SuperLink {
     /// ServerApps.
     pub fn with_serverapp_program(mut self, program: impl Into<std::path::PathBuf>) -> Self {
         self.serverapp_program = program.into();
+        self
+    }
+
+    /// Looks for pending runs every `interval` instead of every 3 s (tests).
+    pub fn with_launcher_poll_interval(mut self, interval: Duration) -> Self {
+        self.launcher_poll_interval = interval;
         self
     }
 
@@ -197,7 +205,7 @@ impl SuperLink {
                 let settings = LauncherSettings {
                     program: self.serverapp_program.clone(),
                     serverappio_address: self.config.serverappio_address.for_local_client(),
-                    poll_interval: launcher::POLL_INTERVAL,
+                    poll_interval: self.launcher_poll_interval,
                 };
                 let (handle, task) =
                     launcher::start(Arc::clone(&self.stores.state), settings, stop.child_token());

@@ -2,6 +2,7 @@
 //! SIGTERM → exit 0. Bad configuration exits 64 (EX_USAGE), any other failure 1, each with one
 //! `error: …` line on stderr.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 
