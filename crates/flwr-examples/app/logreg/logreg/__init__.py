@@ -1,0 +1,1 @@
+"""logreg: federated logistic regression served by Rust apps."""
