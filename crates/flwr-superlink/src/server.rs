@@ -16,7 +16,7 @@ use flwr_proto::exec_server::ExecServer;
 use flwr_proto::fleet_server::FleetServer;
 use flwr_proto::server_app_io_server::ServerAppIoServer;
 use flwr_proto::MAX_MESSAGE_SIZE;
-use flwr_state::{Ffs, InMemoryLinkState, LinkState, SystemClock};
+use flwr_state::{Ffs, InMemoryLinkState, LinkState, SqliteLinkState, SystemClock};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -375,15 +375,33 @@ async fn listen(flag: &'static str, address: &Address) -> Result<TcpListener, St
 }
 
 fn open_state(database: &Database) -> Result<Arc<dyn LinkState>, StartError> {
-    match database {
-        Database::InMemory => Ok(Arc::new(InMemoryLinkState::new(Arc::new(SystemClock)))),
-        Database::Sqlite(path) => Err(StartError::Database {
-            database: path.display().to_string(),
-            reason: "SQLite state is not supported yet".to_owned(),
-        }),
-        Database::SqliteMemory => Err(StartError::Database {
-            database: ":memory:".to_owned(),
-            reason: "SQLite state is not supported yet".to_owned(),
+    let clock = Arc::new(SystemClock);
+    let opened = match database {
+        Database::InMemory => return Ok(Arc::new(InMemoryLinkState::new(clock))),
+        // One shared connection, so `:memory:` works (the reference's did not, §8.1).
+        Database::SqliteMemory => SqliteLinkState::open_in_memory(clock),
+        Database::Sqlite(path) => SqliteLinkState::open(path, clock),
+    };
+    match opened {
+        Ok(state) => Ok(Arc::new(state)),
+        Err(error) => Err(StartError::Database {
+            database: match database {
+                Database::Sqlite(path) => path.display().to_string(),
+                _ => ":memory:".to_owned(),
+            },
+            reason: error_chain(&error),
         }),
     }
+}
+
+/// `error: cause: cause …`, for one-line messages.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

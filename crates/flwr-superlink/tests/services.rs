@@ -52,6 +52,8 @@ struct Harness {
 struct Options {
     /// `--isolation subprocess` with this program as `flwr-serverapp`; `None` = `process`.
     serverapp: Option<PathBuf>,
+    /// `--database` value; `None` = the in-memory default.
+    database: Option<String>,
 }
 
 impl Harness {
@@ -78,6 +80,10 @@ impl Harness {
             "--exec-api-address".to_owned(),
             format!("127.0.0.1:{exec}"),
         ];
+        let mut argv = argv.to_vec();
+        if let Some(database) = options.database {
+            argv.extend(["--database".to_owned(), database]);
+        }
         let args = <Args as clap::Parser>::try_parse_from(argv).expect("flags parse");
         let config = Config::from_args(args).expect("valid config");
         let mut superlink = SuperLink::bind(config)
@@ -766,6 +772,7 @@ async fn a_serverapp_that_keeps_failing_fails_its_run_instead_of_respawning_fore
     );
     let mut h = Harness::start(Options {
         serverapp: Some(program),
+        ..Options::default()
     })
     .await;
     let run_id = h.start_run(fab()).await.expect("run id");
@@ -802,6 +809,7 @@ async fn stop_run_kills_the_serverapp_process_group() {
     );
     let mut h = Harness::start(Options {
         serverapp: Some(program),
+        ..Options::default()
     })
     .await;
     let run_id = h.start_run(fab()).await.expect("run id");
@@ -827,6 +835,7 @@ async fn shutdown_kills_the_serverapp_process_group() {
     );
     let mut h = Harness::start(Options {
         serverapp: Some(program),
+        ..Options::default()
     })
     .await;
     h.start_run(fab()).await.expect("run id");
@@ -839,4 +848,47 @@ async fn shutdown_kills_the_serverapp_process_group() {
         started.elapsed()
     );
     wait_until_gone(&pids).await;
+}
+
+#[tokio::test]
+async fn sqlite_state_survives_a_restart_and_memory_sqlite_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = dir.path().join("state.db").display().to_string();
+    let sqlite = || Options {
+        database: Some(database.clone()),
+        ..Options::default()
+    };
+    let mut first = Harness::start(sqlite()).await;
+    let run_id = first.start_run(fab()).await.expect("run id");
+    first
+        .exec
+        .stop_run(StopRunRequest { run_id })
+        .await
+        .expect("StopRun");
+    first.stop().await;
+
+    let mut second = Harness::start(sqlite()).await;
+    let runs = second
+        .exec
+        .list_runs(ListRunsRequest { run_id: None })
+        .await
+        .expect("ListRuns")
+        .into_inner()
+        .run_dict;
+    let status = runs[&run_id].status.clone().expect("status");
+    assert_eq!(
+        (status.status.as_str(), status.sub_status.as_str()),
+        ("finished", "stopped")
+    );
+    second.stop().await;
+
+    // `:memory:` is one shared database: a run created through Exec is visible to ServerAppIo.
+    let mut memory = Harness::start(Options {
+        database: Some(":memory:".to_owned()),
+        ..Options::default()
+    })
+    .await;
+    let run_id = memory.start_run(fab()).await.expect("run id");
+    assert_eq!(memory.status(run_id).await.status, "pending");
+    memory.stop().await;
 }

@@ -206,6 +206,30 @@ fn a_taken_port_stops_startup_before_anything_serves() {
     TcpListener::bind(("127.0.0.1", exec)).expect("exec port released");
 }
 
+#[test]
+fn an_unusable_database_is_refused_before_anything_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = dir.path().join("missing-dir").join("state.db");
+    let database = database.to_str().expect("utf-8");
+    let [fleet, serverappio, exec] = free_ports::<3>().expect("ports");
+    let output = run(&[
+        "--insecure",
+        "--database",
+        database,
+        "--fleet-api-address",
+        &local(fleet),
+        "--serverappio-api-address",
+        &local(serverappio),
+        "--exec-api-address",
+        &local(exec),
+    ]);
+    let line = assert_refused(&output, 1);
+    assert!(
+        line.starts_with(&format!("error: --database {database}: ")),
+        "{line}"
+    );
+}
+
 /// A SuperLink process with free ports and `extra` flags, logging into `dir`.
 fn spawn_superlink(dir: &Path, extra: &[&str]) -> Proc {
     let [fleet, serverappio, exec] = free_ports::<3>().expect("ports");
