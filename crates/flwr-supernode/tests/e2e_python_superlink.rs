@@ -4,7 +4,7 @@
 //!
 //! Needs the reference virtualenv (`$FLWR_VENV`, else `<repo>/.venv`; `scripts/test` makes it).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flwr_testkit::cluster::{Cluster, Side};
 
@@ -54,6 +54,8 @@ fn two_rust_supernodes_python_superlink_tls_numpy_app() {
         run_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    // Shown with --nocapture: what an operator sees.
+    println!("{}", logs[0]);
     // Each SuperNode served every round: 3 × (train + evaluate) messages.
     for log in &logs {
         let replies = log.matches("Sent reply").count();
@@ -67,7 +69,7 @@ fn two_rust_supernodes_python_superlink_tls_numpy_app() {
     let nodes = cluster.supernodes();
     for node in nodes.iter_mut() {
         let status = node
-            .terminate(std::time::Duration::from_secs(15))
+            .terminate(Duration::from_secs(15))
             .expect("terminate SuperNode");
         let log = node.log_text().unwrap_or_default();
         assert!(
@@ -77,4 +79,65 @@ fn two_rust_supernodes_python_superlink_tls_numpy_app() {
         );
         assert!(log.contains("Unregistered node"), "{log}");
     }
+}
+
+/// The SuperLink restarts (in-memory state, so it forgets every node): our SuperNode rides out
+/// the outage on retried `UNAVAILABLE` calls, notices through `Ping` that it is unknown,
+/// registers again, and the next run completes.
+#[test]
+fn rust_supernode_reregisters_after_python_superlink_restart() {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("supernode-restart-")
+        .tempdir()
+        .expect("scratch dir");
+    let mut cluster = Cluster::new(dir.path()).expect("cluster set-up (is the venv there?)");
+    cluster
+        .start_superlink(Side::Python, &[])
+        .expect("Python SuperLink starts");
+    cluster
+        .start_supernodes(&[Side::Rust, Side::Rust], None)
+        .expect("our SuperNodes register");
+
+    // The Python SuperLink ignores SIGTERM (CLI.md §1.3): this ends in SIGKILL.
+    cluster
+        .stop_superlink(Duration::from_secs(2))
+        .expect("stop SuperLink");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster
+        .start_superlink(Side::Python, &[])
+        .expect("SuperLink restarts on the same ports");
+    let restarted = Instant::now();
+    let waited = cluster.wait_for_nodes(2);
+    let logs: Vec<String> = cluster
+        .supernodes()
+        .iter()
+        .map(|node| {
+            format!(
+                "--- {}\n{}",
+                node.name(),
+                node.log_text().unwrap_or_default()
+            )
+        })
+        .collect();
+    if let Err(error) = waited {
+        panic!(
+            "SuperNodes did not register again: {error}\n{}",
+            logs.join("\n")
+        );
+    }
+    println!(
+        "both SuperNodes registered again {:.1} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    for log in &logs {
+        assert!(log.contains("registering again"), "{log}");
+    }
+    let (run_id, _) = cluster
+        .run_app_to("finished:completed")
+        .expect("a run after the restart completes");
+    println!(
+        "run {run_id:?} after the restart finished:completed; test wall time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
