@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use flwr_testkit::cluster::{Cluster, Side};
+use flwr_testkit::cluster::{target_bin, Cluster, Side};
+use flwr_testkit::{free_ports, Proc};
 
 #[test]
 fn two_rust_supernodes_python_superlink_tls_numpy_app() {
@@ -138,6 +139,78 @@ fn rust_supernode_reregisters_after_python_superlink_restart() {
         .expect("a run after the restart completes");
     println!(
         "run {run_id:?} after the restart finished:completed; test wall time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `--isolation process`: each of our SuperNodes waits for a separately started, long-running
+/// Python `flwr-clientapp` (no `--token`), which polls `GetToken` until a message is there.
+#[test]
+fn process_isolation_with_long_running_python_clientapps() {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("supernode-process-")
+        .tempdir()
+        .expect("scratch dir");
+    let mut cluster = Cluster::new(dir.path()).expect("cluster set-up (is the venv there?)");
+    cluster
+        .start_superlink(Side::Python, &[])
+        .expect("Python SuperLink starts");
+    let mut apps = Vec::new();
+    for index in 0..2 {
+        let [io_port] = free_ports::<1>().expect("port");
+        let io_address = format!("127.0.0.1:{io_port}");
+        let home = dir.path().join(format!("home-{index}"));
+        let node = cluster
+            .venv()
+            .command(target_bin("flower-supernode"))
+            .env("FLWR_HOME", &home)
+            .arg("--root-certificates")
+            .arg(&cluster.pki().ca_cert)
+            .arg("--superlink")
+            .arg(cluster.fleet_address())
+            .arg("--node-config")
+            .arg(format!("partition-id={index} num-partitions=2"))
+            .arg("--isolation")
+            .arg("process")
+            .arg("--clientappio-api-address")
+            .arg(&io_address);
+        let node = Proc::spawn(&format!("supernode-{index}"), &node, dir.path()).expect("spawn");
+        cluster.supernodes().push(node);
+        let app = cluster
+            .venv()
+            .command(cluster.venv().clientapp())
+            .env("FLWR_HOME", &home)
+            .arg("--insecure")
+            .arg("--clientappio-api-address")
+            .arg(&io_address);
+        apps.push(Proc::spawn(&format!("clientapp-{index}"), &app, dir.path()).expect("spawn"));
+    }
+    cluster.wait_for_nodes(2).expect("our SuperNodes register");
+    let result = cluster.run_app_to("finished:completed");
+    let logs: Vec<String> = cluster
+        .supernodes()
+        .iter()
+        .chain(apps.iter())
+        .map(|p| format!("--- {}\n{}", p.name(), p.log_text().unwrap_or_default()))
+        .collect();
+    if let Err(error) = result {
+        panic!("run did not complete: {error}\n{}", logs.join("\n"));
+    }
+    for app in &apps {
+        assert!(
+            app.is_running(),
+            "a long-running flwr-clientapp exited:\n{}",
+            logs.join("\n")
+        );
+        let log = app.log_text().unwrap_or_default();
+        assert!(
+            log.matches("Pushing ClientAppOutputs").count() >= 6,
+            "{log}"
+        );
+    }
+    println!(
+        "process isolation: finished:completed; test wall time {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
