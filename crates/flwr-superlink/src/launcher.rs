@@ -154,6 +154,9 @@ impl Launcher {
                 return;
             }
         };
+        // Attempt counts matter only for the pending run and runs with a live child.
+        self.attempts
+            .retain(|run_id, _| pending == Some(*run_id) || self.children.contains_key(run_id));
         let Some(run_id) = pending else {
             return;
         };
@@ -233,8 +236,9 @@ async fn supervise(
     if current.status == FINISHED {
         return;
     }
-    if current.status == PENDING && !killed && attempt < MAX_ATTEMPTS {
-        // The child died before taking the run; the next poll tries again.
+    if current.status == PENDING && (killed || attempt < MAX_ATTEMPTS) {
+        // The child died (or was stopped at shutdown) before taking the run: the run stays
+        // pending for the next poll, or for the next start of a persistent SuperLink.
         return;
     }
     let details = if killed {
