@@ -1,7 +1,7 @@
 //! The Fleet API client: one channel, one signing point, one retry invoker
 //! (BEHAVIOR.md §2.2–§2.8, PROTOCOL.md §2.2–§2.4).
 //!
-//! Every request goes through [`Fleet::invoke`], which
+//! Every request goes through one private method, `Fleet::invoke`, which
 //!
 //! 1. asks the [`RequestSigner`] for metadata over the request's canonical encoding;
 //! 2. sends it, racing the shutdown token;
