@@ -271,6 +271,23 @@ struct Harness {
 }
 
 async fn start(script: Script, home: &Path, retry: RetryPolicy) -> Harness {
+    start_with(
+        script,
+        home,
+        retry,
+        Isolation::Process,
+        "flwr-clientapp".into(),
+    )
+    .await
+}
+
+async fn start_with(
+    script: Script,
+    home: &Path,
+    retry: RetryPolicy,
+    isolation: Isolation,
+    clientapp_program: std::path::PathBuf,
+) -> Harness {
     let fleet = MockFleet(Arc::new(Mutex::new(script)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let fleet_address: SocketAddr = listener.local_addr().unwrap();
@@ -294,11 +311,11 @@ async fn start(script: Script, home: &Path, retry: RetryPolicy) -> Harness {
         tls: Tls::Insecure,
         retry,
         node_config: HashMap::from([("partition-id".to_owned(), sint(1))]),
-        isolation: Isolation::Process,
+        isolation,
         clientappio_address: io_address.parse().unwrap(),
         flwr_dir: Some(home.to_path_buf()),
         auth: None,
-        clientapp_program: "flwr-clientapp".into(),
+        clientapp_program,
     };
     let (tx, rx) = oneshot::channel::<()>();
     #[allow(clippy::disallowed_methods)] // test scaffolding, awaited by the test
@@ -576,6 +593,130 @@ async fn non_retried_status_gives_up_without_delete_node() {
     assert!(
         fleet.with(|s| s.deleted.is_empty()),
         "no DeleteNode after giving up"
+    );
+}
+
+/// A stand-in for `flwr-clientapp` that records its arguments and then runs `body`.
+fn fake_clientapp(dir: &Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("fake-flwr-clientapp");
+    let args = dir.join("args");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n{body}\n", args.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_clientapp_gets_the_reference_error_reply() {
+    let home = tempfile::tempdir().unwrap();
+    let program = fake_clientapp(home.path(), "exit 1");
+    let script = Script {
+        next_node_id: 30,
+        fab: fab(),
+        queue: VecDeque::from([
+            task_ins("crash-1", RUN_ID, "1"),
+            task_ins("crash-2", RUN_ID, "2"),
+        ]),
+        ..Script::default()
+    };
+    let harness = start_with(
+        script,
+        home.path(),
+        RetryPolicy::default(),
+        Isolation::Subprocess,
+        program,
+    )
+    .await;
+    // Both messages are answered: a crash does not wedge the ClientAppIo state.
+    harness
+        .wait_until("two error replies", |s| s.pushed.len() == 2)
+        .await;
+    let pushed = harness.fleet.with(|s| s.pushed.clone());
+    let io_address = harness.io_address.clone();
+    harness.stop().await.unwrap();
+    for request in &pushed {
+        let task = request.task_res_list[0].task.clone().unwrap();
+        assert!(task.recordset.is_none());
+        let error = task.error.unwrap();
+        assert_eq!(error.code, 2);
+        assert!(
+            error
+                .reason
+                .starts_with("<class 'subprocess.CalledProcessError'>:<'Command '["),
+            "{}",
+            error.reason
+        );
+        assert!(
+            error
+                .reason
+                .ends_with("' returned non-zero exit status 1.'>"),
+            "{}",
+            error.reason
+        );
+    }
+    let args = std::fs::read_to_string(home.path().join("args")).unwrap();
+    let first = args.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("--clientappio-api-address {io_address} --token ")),
+        "{first}"
+    );
+    assert!(first.contains(" --insecure --flwr-dir "), "{first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_abandons_a_running_clientapp() {
+    let home = tempfile::tempdir().unwrap();
+    let marker = home.path().join("still-running");
+    // The app would outlive the test by far; its own child would leave a marker after 5 s.
+    let body = format!("(sleep 5; touch {}) &\nsleep 600", marker.display());
+    let program = fake_clientapp(home.path(), &body);
+    let script = Script {
+        next_node_id: 40,
+        fab: fab(),
+        queue: VecDeque::from([task_ins("slow", RUN_ID, "1")]),
+        ..Script::default()
+    };
+    let harness = start_with(
+        script,
+        home.path(),
+        RetryPolicy::default(),
+        Isolation::Subprocess,
+        program,
+    )
+    .await;
+    for _ in 0..200 {
+        if home.path().join("args").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        home.path().join("args").exists(),
+        "the ClientApp never started"
+    );
+    let fleet = harness.fleet.clone();
+    let stopping = std::time::Instant::now();
+    harness.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopping.elapsed()
+    );
+    fleet.with(|s| {
+        assert!(
+            s.pushed.is_empty(),
+            "an abandoned message must not be answered"
+        );
+        assert_eq!(s.deleted, vec![41]);
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !marker.exists(),
+        "the ClientApp's process group survived the shutdown"
     );
 }
 
