@@ -264,3 +264,70 @@ fn logreg_federation_matches_central_training() {
         central.accuracy
     );
 }
+
+/// `PATH` with a directory first in which `flwr-clientapp` and `flwr-serverapp` are our
+/// binaries, then the virtualenv's `bin/` and the inherited `PATH`.
+fn rust_first_path(cluster: &Cluster) -> std::ffi::OsString {
+    let bin = cluster.dir().join("rust-bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    for (name, target) in [
+        ("flwr-clientapp", "flwr-rs-clientapp"),
+        ("flwr-serverapp", "flwr-rs-serverapp"),
+    ] {
+        std::os::unix::fs::symlink(target_bin(target), bin.join(name)).expect("symlink");
+    }
+    let mut dirs = vec![bin, cluster.venv().bin_dir()];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).expect("PATH")
+}
+
+/// Default (subprocess) isolation everywhere: the Python SuperLink and SuperNodes spawn
+/// `flwr-serverapp` / `flwr-clientapp --token T` from `PATH`, and there they find ours.
+#[test]
+fn rust_binaries_are_drop_ins_under_subprocess_isolation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::new(dir.path()).expect("cluster");
+    let path = rust_first_path(&cluster);
+    let mut superlink = Proc::spawn(
+        "superlink",
+        &cluster
+            .superlink_command(Side::Python, &[])
+            .env("PATH", &path),
+        cluster.dir(),
+    )
+    .expect("spawn SuperLink");
+    // It ignores SIGTERM with subprocess isolation (CLI.md §1.3).
+    superlink.set_drop_grace(Duration::from_secs(2));
+    for index in 0..2 {
+        let command = cluster
+            .supernode_command(Side::Python, index, 2, None)
+            .expect("command")
+            .env("PATH", &path);
+        let node =
+            Proc::spawn(&format!("supernode-{index}"), &command, cluster.dir()).expect("spawn");
+        cluster.supernodes().push(node);
+    }
+    superlink
+        .wait_for_log_count("Created node_id", 2, Duration::from_secs(60))
+        .expect("SuperNodes register");
+
+    let result = cluster.run_app_to("finished:completed");
+    let mut all: Vec<&Proc> = vec![&superlink];
+    let nodes = cluster.supernodes().iter().collect::<Vec<_>>();
+    all.extend(nodes);
+    let logs = show_logs(&all);
+    result.unwrap_or_else(|e| panic!("{e}\n{logs}"));
+    // Children inherit stdout/stderr: the Rust apps logged into their parents' logs.
+    let superlink_log = superlink.log_text().expect("log");
+    assert!(
+        superlink_log.contains("Starting Flower ServerApp (Rust"),
+        "{logs}"
+    );
+    for node in cluster.supernodes().iter() {
+        let log = node.log_text().expect("log");
+        assert!(log.contains("Starting Flower ClientApp (Rust"), "{logs}");
+        assert!(!log.contains("ClientApp raised an exception"), "{logs}");
+    }
+}
