@@ -10,6 +10,8 @@
 //! - [`fab`]: reading `fab_id`/`fab_version` from a FAB's `pyproject.toml` (BEHAVIOR.md §10).
 //! - [`service`]: one module per gRPC service — [`service::fleet`] (with the seam for node
 //!   authentication), [`service::serverappio`], [`service::exec`] — plus the shared [`Stores`](service::Stores).
+//! - [`fleet_auth`]: SuperNode authentication (AUTH.md §7) as a service around the Fleet server,
+//!   with the allow-list reloaded when its file changes.
 //! - [`error`]: the services' domain [`Error`] and its single conversion to `tonic::Status`.
 //! - [`launcher`]: supervised `flwr-serverapp` children for `--isolation subprocess`.
 //! - [`server`]: [`SuperLink::bind`] (stores + ports) and [`SuperLink::run`] (serve, drain),
@@ -23,6 +25,7 @@ pub mod address;
 pub mod config;
 pub mod error;
 pub mod fab;
+pub mod fleet_auth;
 pub mod launcher;
 pub mod server;
 pub mod service;

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::address::Address;
-use crate::config::{Config, Database, Isolation, TlsFiles};
+use crate::config::{Config, Database, Isolation, NodeAuthFiles, TlsFiles};
+use crate::fleet_auth::{self, FleetAuth, NodeAuthenticator};
 use crate::launcher::{self, LauncherHandle, LauncherSettings};
 use crate::service::exec::ExecService;
 use crate::service::fleet::{FleetHandler, FleetService};
@@ -61,9 +62,16 @@ pub enum StartError {
         /// What failed.
         reason: String,
     },
-    /// Node authentication was configured; it is not implemented yet.
-    #[error("--auth-list-public-keys: node authentication is not supported yet")]
-    NodeAuthUnsupported,
+    /// A node-authentication file cannot be used.
+    #[error("--{flag} {}: {reason}", .path.display())]
+    NodeAuth {
+        /// The flag without dashes.
+        flag: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The port is taken (the reference's message).
     #[error("--{flag}: Port in server address {address} is already in use.")]
     PortInUse {
@@ -103,6 +111,7 @@ pub struct SuperLink {
     exec: TcpListener,
     serverapp_program: std::path::PathBuf,
     launcher_poll_interval: Duration,
+    node_auth: Option<Arc<NodeAuthenticator>>,
 }
 
 impl SuperLink {
@@ -112,9 +121,7 @@ impl SuperLink {
     ///
     /// See [`StartError`]; on error every port bound so far is released.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        if config.node_auth.is_some() {
-            return Err(StartError::NodeAuthUnsupported);
-        }
+        let node_auth = config.node_auth.as_ref().map(load_node_auth).transpose()?;
         // Validate the TLS identity with the TLS stack before binding anything.
         if let Some(tls) = &config.tls {
             Server::builder()
@@ -140,6 +147,7 @@ impl SuperLink {
             exec,
             serverapp_program: "flwr-serverapp".into(),
             launcher_poll_interval: launcher::POLL_INTERVAL,
+            node_auth,
         })
     }
 
@@ -260,7 +268,23 @@ impl SuperLink {
                 ),
             ),
         ));
-        let fleet_router = builder(tls)?.add_service(fleet);
+        let mut watcher = None;
+        let fleet_router = match &self.node_auth {
+            Some(auth) => {
+                let (csv, auth) = (self.config.node_auth.as_ref(), Arc::clone(auth));
+                if let Some(files) = csv {
+                    let reload = fleet_auth::watch_allow_list(
+                        files.public_keys_csv.clone(),
+                        Arc::clone(&auth),
+                        stop.clone().cancelled_owned(),
+                    );
+                    watcher = Some(task::spawn("allow-list-watcher", reload));
+                }
+                let state = Arc::clone(&self.stores.state);
+                builder(tls)?.add_service(FleetAuth::new(fleet, auth, state))
+            }
+            None => builder(tls)?.add_service(fleet),
+        };
         tracing::info!(
             "Flower ECE: Starting Fleet API (gRPC-rere) on {}",
             self.config.fleet_address
@@ -316,6 +340,7 @@ impl SuperLink {
         }
         // Dropping the handles aborts whatever is still running.
         drop(servers);
+        drop(watcher);
         if let Some(launcher_task) = launcher_task {
             let _ = launcher_task.await;
         }
@@ -372,6 +397,63 @@ async fn listen(flag: &'static str, address: &Address) -> Result<TcpListener, St
     };
     let socket_address = address.to_socket_addr().map_err(bind_error)?;
     TcpListener::bind(socket_address).await.map_err(bind_error)
+}
+
+/// Reads the SuperLink key pair and the allow-list (AUTH.md §1.1), refusing a key pair whose
+/// halves do not belong together (the reference accepts it and then fails every request).
+fn load_node_auth(files: &NodeAuthFiles) -> Result<Arc<NodeAuthenticator>, StartError> {
+    let fail = |flag: &'static str, path: &std::path::Path, reason: String| StartError::NodeAuth {
+        flag,
+        path: path.to_owned(),
+        reason,
+    };
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| fail(flag, path, e.to_string()))
+    };
+    let private_flag = "auth-superlink-private-key";
+    let private_path = &files.superlink_private_key;
+    let private =
+        flwr_auth::PrivateKey::from_openssh(read(private_flag, private_path)?).map_err(|e| {
+            fail(
+                private_flag,
+                private_path,
+                format!("not an unencrypted OpenSSH EC private key: {e}"),
+            )
+        })?;
+    let public_flag = "auth-superlink-public-key";
+    let public_path = &files.superlink_public_key;
+    let public =
+        flwr_auth::PublicKey::from_openssh(read(public_flag, public_path)?).map_err(|e| {
+            fail(
+                public_flag,
+                public_path,
+                format!("not an OpenSSH EC public key: {e}"),
+            )
+        })?;
+    if !private.matches(&public) {
+        return Err(fail(
+            public_flag,
+            public_path,
+            format!(
+                "does not belong to the private key in {}",
+                private_path.display()
+            ),
+        ));
+    }
+    let csv_flag = "auth-list-public-keys";
+    let csv_path = &files.public_keys_csv;
+    let text = String::from_utf8(read(csv_flag, csv_path)?)
+        .map_err(|_| fail(csv_flag, csv_path, "not UTF-8 text".into()))?;
+    let allowed =
+        flwr_auth::AllowList::parse(&text).map_err(|e| fail(csv_flag, csv_path, e.to_string()))?;
+    let keys = allowed.len();
+    tracing::info!("Node authentication enabled with {keys} known public keys");
+    if keys == 0 {
+        tracing::warn!("Authentication enabled, but no known public keys configured");
+    }
+    let auth = NodeAuthenticator::new(private, allowed)
+        .map_err(|e| fail(public_flag, public_path, e.to_string()))?;
+    Ok(Arc::new(auth))
 }
 
 fn open_state(database: &Database) -> Result<Arc<dyn LinkState>, StartError> {

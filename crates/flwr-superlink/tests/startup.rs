@@ -284,3 +284,72 @@ fn sigint_stops_the_superlink_with_status_zero() {
     let log = superlink.log_text().expect("log");
     assert!(log.contains("received SIGINT"), "{log}");
 }
+
+/// TLS files made by openssl plus the reference's test keys, for node-auth startup checks.
+fn auth_args(dir: &Path, private: &str, public: &str, csv: &Path) -> Vec<String> {
+    let pki = flwr_testkit::Pki::generate_with_openssl(&dir.join("certs")).expect("openssl PKI");
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors");
+    let [fleet, serverappio, exec] = free_ports::<3>().expect("ports");
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--ssl-ca-certfile".into(),
+        path(&pki.ca_cert),
+        "--ssl-certfile".into(),
+        path(&pki.server_cert),
+        "--ssl-keyfile".into(),
+        path(&pki.server_key),
+        "--fleet-api-address".into(),
+        local(fleet),
+        "--serverappio-api-address".into(),
+        local(serverappio),
+        "--exec-api-address".into(),
+        local(exec),
+        "--auth-list-public-keys".into(),
+        path(csv),
+        "--auth-superlink-private-key".into(),
+        path(&vectors.join("keys").join(private)),
+        "--auth-superlink-public-key".into(),
+        path(&vectors.join("keys").join(public)),
+    ]
+}
+
+#[test]
+fn a_superlink_key_pair_that_does_not_belong_together_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/vectors/keys/known_supernodes.csv");
+    let args = auth_args(
+        dir.path(),
+        "superlink_p384_derived",
+        "stranger_p384_derived.pub",
+        &csv,
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let line = assert_refused(&run(&args), 1);
+    assert!(
+        line.contains("--auth-superlink-public-key")
+            && line.contains("does not belong to the private key"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_bad_allow_list_names_the_file_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/vectors/csv_examples/bad_space_after_comma.csv");
+    let args = auth_args(
+        dir.path(),
+        "superlink_p384_derived",
+        "superlink_p384_derived.pub",
+        &csv,
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let line = assert_refused(&run(&args), 1);
+    assert!(
+        line.contains("--auth-list-public-keys")
+            && line.contains("bad_space_after_comma.csv")
+            && line.contains("line 1, column 2"),
+        "{line}"
+    );
+}

@@ -62,15 +62,26 @@ impl FleetHandler {
         node: Option<AuthenticatedNode>,
     ) -> Result<CreateNodeResponse, Error> {
         let ping_interval = request.ping_interval;
-        let node_id = self
+        let (node_id, created) = self
             .stores
             .call(move |state, _| {
                 let public_key = node.as_ref().map(|node| node.public_key.as_slice());
-                Ok(state.create_node(ping_interval, public_key)?)
+                // A key that already has a node gets that node back, alive again (AUTH.md §7).
+                if let Some(key) = public_key {
+                    if let Some(node_id) = state.node_id_for_public_key(key)? {
+                        state.acknowledge_ping(node_id, ping_interval)?;
+                        return Ok((node_id, false));
+                    }
+                }
+                Ok((state.create_node(ping_interval, public_key)?, true))
             })
             .await?;
-        // The reference's wording, which operators (and test harnesses) look for.
-        tracing::info!("Created node_id={node_id}");
+        if created {
+            // The reference's wording, which operators (and test harnesses) look for.
+            tracing::info!("Created node_id={node_id}");
+        } else {
+            tracing::info!("Node node_id={node_id} registered again");
+        }
         Ok(CreateNodeResponse {
             node: Some(Node {
                 node_id,
