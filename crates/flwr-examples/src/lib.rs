@@ -10,7 +10,7 @@
 //!   the Python template's.
 //! - Binaries `flwr-rs-clientapp` and `flwr-rs-serverapp`: drop-ins for `flwr-clientapp` and
 //!   `flwr-serverapp` serving both apps, chosen by the FAB's component reference
-//!   ([`client_registry`], [`server_registry`]) or forced with `--app`.
+//!   ([`client_registry`], [`server_registry`]) or forced with `--app-name logreg|numpy`.
 //! - `app/logreg/`: the app bundle to `flwr run` (its Python modules are stubs that only name
 //!   the components).
 //!

@@ -6,12 +6,12 @@ use crate::npy::Dtype;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NpyError {
-    /// The bytes do not start with `\x93NUMPY`.
-    #[error("not .npy data: bad magic string")]
-    BadMagic,
     /// The header is not the Python dict literal NumPy writes.
     #[error("malformed .npy header: {0}")]
     BadHeader(String),
+    /// The bytes do not start with `\x93NUMPY`.
+    #[error("not .npy data: bad magic string")]
+    BadMagic,
     /// The data section is not `product(shape) * itemsize` bytes long.
     #[error(".npy data is {found} bytes, the header announces {expected}")]
     DataLength {
@@ -20,6 +20,9 @@ pub enum NpyError {
         /// Bytes present.
         found: usize,
     },
+    /// The array's `stype` says its data is not NumPy `.npy` bytes.
+    #[error("array stype is {0:?}, not \"numpy.ndarray\"")]
+    NotNumpy(String),
     /// The number of values does not match the shape.
     #[error("{len} values do not fill shape {shape:?}")]
     ShapeMismatch {
@@ -40,9 +43,6 @@ pub enum NpyError {
     /// The format version is not 1.0, 2.0 or 3.0.
     #[error("unsupported .npy format version {0}.{1}")]
     UnsupportedVersion(u8, u8),
-    /// The array's `stype` says its data is not NumPy `.npy` bytes.
-    #[error("array stype is {0:?}, not \"numpy.ndarray\"")]
-    NotNumpy(String),
     /// The element type is readable but not the one asked for.
     #[error("expected {expected} .npy data, found {found:?}")]
     WrongDtype {
@@ -62,12 +62,15 @@ pub enum ConversionError {
     /// A message has both `content` and `error`, or neither.
     #[error("a message must carry exactly one of content and error")]
     ContentAndError,
-    /// A required sub-message is absent.
-    #[error("missing field `{0}`")]
-    MissingField(&'static str),
     /// A record value has no member of its oneof set.
     #[error("value of `{0}` is empty")]
     EmptyValue(String),
+    /// A required sub-message is absent.
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    /// An array shape has a negative dimension.
+    #[error("array shape {0:?} has a negative dimension")]
+    NegativeDimension(Vec<i32>),
     /// A ParametersRecord has different numbers of keys and arrays.
     #[error("parameters record has {keys} keys but {values} arrays")]
     ParametersLength {
@@ -76,9 +79,6 @@ pub enum ConversionError {
         /// `data_values` entries.
         values: usize,
     },
-    /// An array shape has a negative dimension.
-    #[error("array shape {0:?} has a negative dimension")]
-    NegativeDimension(Vec<i32>),
 }
 
 /// A RecordSet does not follow the layout of Flower's legacy `recordset_compat` module
@@ -86,9 +86,15 @@ pub enum ConversionError {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CompatError {
-    /// A record the layout requires is absent.
-    #[error("missing record `{0}`")]
-    MissingRecord(String),
+    /// An array's payload cannot be decoded.
+    #[error("array `{key}`: {source}")]
+    Array {
+        /// Its key in the ParametersRecord.
+        key: String,
+        /// The decoding error.
+        #[source]
+        source: NpyError,
+    },
     /// A required key is absent from a record.
     #[error("record `{record}` has no key `{key}`")]
     MissingKey {
@@ -97,6 +103,9 @@ pub enum CompatError {
         /// The key.
         key: String,
     },
+    /// A record the layout requires is absent.
+    #[error("missing record `{0}`")]
+    MissingRecord(String),
     /// A value has a type the legacy layout does not allow there.
     #[error("`{record}.{key}`: {reason}")]
     WrongType {
@@ -106,15 +115,6 @@ pub enum CompatError {
         key: String,
         /// What was wrong.
         reason: String,
-    },
-    /// An array's payload cannot be decoded.
-    #[error("array `{key}`: {source}")]
-    Array {
-        /// Its key in the ParametersRecord.
-        key: String,
-        /// The decoding error.
-        #[source]
-        source: NpyError,
     },
 }
 

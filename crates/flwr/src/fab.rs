@@ -29,24 +29,24 @@ use crate::record::{Config, Scalar};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FabError {
-    /// The FAB has no `pyproject.toml`.
-    #[error("the FAB has no pyproject.toml")]
-    MissingPyproject,
-    /// A required `pyproject.toml` field is missing or has the wrong type.
-    #[error("pyproject.toml: missing or invalid `{0}`")]
-    MissingField(&'static str),
     /// A `[tool.flwr.app.config]` value is not an int, float, bool, str or table.
     #[error("pyproject.toml: `{0}` in [tool.flwr.app.config] is not an int, float, bool or str")]
     ConfigValue(String),
+    /// An entry could not be read.
+    #[error("reading pyproject.toml from the FAB: {0}")]
+    Io(#[from] std::io::Error),
+    /// A required `pyproject.toml` field is missing or has the wrong type.
+    #[error("pyproject.toml: missing or invalid `{0}`")]
+    MissingField(&'static str),
+    /// The FAB has no `pyproject.toml`.
+    #[error("the FAB has no pyproject.toml")]
+    MissingPyproject,
     /// `pyproject.toml` is not valid TOML.
     #[error("pyproject.toml: {0}")]
     Toml(#[from] toml::de::Error),
     /// The ZIP archive is malformed.
     #[error("reading the FAB archive: {0}")]
     Zip(#[from] zip::result::ZipError),
-    /// An entry could not be read.
-    #[error("reading pyproject.toml from the FAB: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// Which component of an app a process runs.

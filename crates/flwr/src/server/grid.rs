@@ -39,12 +39,6 @@ pub enum GridError {
     /// No run is set ([`Grid::set_run`] was not called).
     #[error("no run is set on the grid")]
     NoRun,
-    /// `GetRun` knows no such run.
-    #[error("Cannot find the run with ID: {0}")]
-    RunNotFound(u64),
-    /// `PERMISSION_DENIED`: the run is no longer running (e.g. stopped with `flwr stop`).
-    #[error("run is not running: {0}")]
-    RunNotRunning(String),
     /// Any other failed call (after retrying `UNAVAILABLE`).
     #[error("{call} failed: {} ({})", status.code(), status.message())]
     Rpc {
@@ -53,6 +47,12 @@ pub enum GridError {
         /// Its status (boxed: it is large and errors are rare).
         status: Box<tonic::Status>,
     },
+    /// `GetRun` knows no such run.
+    #[error("Cannot find the run with ID: {0}")]
+    RunNotFound(u64),
+    /// `PERMISSION_DENIED`: the run is no longer running (e.g. stopped with `flwr stop`).
+    #[error("run is not running: {0}")]
+    RunNotRunning(String),
 }
 
 impl From<GridError> for AppError {
