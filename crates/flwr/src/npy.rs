@@ -596,4 +596,29 @@ mod tests {
             Err(NpyError::ShapeMismatch { .. })
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = decode_f64(&bytes);
+            let _ = decode_f32(&bytes);
+            let mut with_magic = b"\x93NUMPY\x01\x00".to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = decode_f64(&with_magic);
+        }
+
+        #[test]
+        fn encode_then_decode_is_identity(
+            shape in proptest::collection::vec(0usize..5, 0..4),
+            seed in proptest::num::f64::NORMAL,
+        ) {
+            let len: usize = shape.iter().product();
+            let values: Vec<f64> = (0..len).map(|i| seed * i as f64).collect();
+            let bytes = encode_f64(&shape, &values).expect("encodes");
+            let (header, data) = parse(&bytes).expect("parses");
+            proptest::prop_assert_eq!((bytes.len() - data.len()) % ALIGN, 0);
+            proptest::prop_assert_eq!(&header.shape, &shape);
+            proptest::prop_assert_eq!(decode_f64(&bytes).expect("decodes"), (shape, values));
+        }
+    }
 }
