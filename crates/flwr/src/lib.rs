@@ -66,6 +66,22 @@
 //! Python processes do when an import fails. The rest of the FAB is not installed; the
 //! `[tool.flwr.app.config]` table still provides the run config ([`AppSpec::run_config`]).
 //!
+//! # Where the runners deliberately differ from the Python processes
+//!
+//! On the wire they behave as `flwr-clientapp`/`flwr-serverapp` 1.14 (same calls, order,
+//! request shapes and polling periods). Around it:
+//!
+//! - `--insecure` is accepted but not required (plaintext is the only mode either way).
+//! - A gRPC failure ends the process with status 1 (the reference logs it and exits 0); the
+//!   SuperNode reports a missing reply either way.
+//! - A FAB whose `pyproject.toml` cannot be read yields a load-error reply instead of a crash.
+//! - No 1 s pause after a *successful* `GetToken`.
+//! - [`Grid::send_and_receive`](server::Grid::send_and_receive) does not wait for ids the
+//!   SuperLink refused (empty strings), which the reference would pull and fail on.
+//! - [`FedAvg`](server::FedAvg) averages numeric client metrics weighted by `num_examples` by
+//!   default (the reference drops them unless given an aggregation function), and refuses to
+//!   aggregate zero examples instead of producing NaN.
+//!
 //! # Example
 //!
 //! ```no_run
