@@ -10,21 +10,35 @@ use flwr_auth::{PrivateKey, PublicKey, SharedSecret};
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/auth_vectors.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/auth_vectors.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
 }
 
 fn bench(c: &mut Criterion) {
     let vectors = vectors();
     let case = &vectors["cases"][0];
-    let node = PrivateKey::from_openssh(case["supernode"]["openssh_private_key"].as_str().expect("key"))
-        .expect("node key");
-    let superlink =
-        PublicKey::from_openssh(case["superlink"]["openssh_public_key"].as_str().expect("key")).expect("key");
+    let node = PrivateKey::from_openssh(
+        case["supernode"]["openssh_private_key"]
+            .as_str()
+            .expect("key"),
+    )
+    .expect("node key");
+    let superlink = PublicKey::from_openssh(
+        case["superlink"]["openssh_public_key"]
+            .as_str()
+            .expect("key"),
+    )
+    .expect("key");
     let secret = SharedSecret::derive(&node, &superlink).expect("secret");
 
     for name in ["PingRequest", "PushTaskResRequest"] {
-        let bytes = hex::decode(case["requests"][name]["deterministic_hex"].as_str().expect("hex")).expect("hex");
+        let bytes = hex::decode(
+            case["requests"][name]["deterministic_hex"]
+                .as_str()
+                .expect("hex"),
+        )
+        .expect("hex");
         let token = secret.sign(&bytes);
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(bytes.len() as u64));
@@ -34,9 +48,14 @@ fn bench(c: &mut Criterion) {
         });
         group.finish();
     }
-    c.bench_function("derive secret (ECDH P-384 + HKDF, per request in the reference)", |b| {
-        b.iter(|| SharedSecret::derive(black_box(&node), black_box(&superlink)).expect("secret"));
-    });
+    c.bench_function(
+        "derive secret (ECDH P-384 + HKDF, per request in the reference)",
+        |b| {
+            b.iter(|| {
+                SharedSecret::derive(black_box(&node), black_box(&superlink)).expect("secret")
+            });
+        },
+    );
 }
 
 criterion_group!(benches, bench);
