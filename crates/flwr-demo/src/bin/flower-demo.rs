@@ -1,0 +1,287 @@
+//! `flower-demo`: flags → [`DemoConfig`] → [`flwr_demo::run_with`] with a printing
+//! [`Reporter`] → the results table → exit code (0; 64 for bad flags; 1 for any failure, after
+//! one `error: ...` line).
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::builder::TypedValueParser as _;
+use clap::Parser;
+use flwr_demo::{DemoConfig, DemoError, Event, Reporter, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// sysexits.h `EX_USAGE`.
+const EX_USAGE: u8 = 64;
+/// Longest rogue refusal reason shown.
+const REASON_CHARS: usize = 120;
+
+/// Run a complete authenticated Flower federation on this machine: a SuperLink with TLS and
+/// SuperNode authentication, N SuperNodes training logistic regression on the wine-quality
+/// data set with the Rust apps, and a rogue SuperNode that must be refused. Prints per-round
+/// loss and accuracy next to a centrally trained baseline and writes summary.json and
+/// learning_curve.svg.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// SuperNodes on the allow-list (one more, unlisted, plays the rogue).
+    #[arg(long, default_value_t = flwr_demo::DEFAULT_NODES,
+          value_parser = clap::value_parser!(u16).range(1..=32).map(usize::from))]
+    nodes: usize,
+    /// Rounds of federated training (`num-server-rounds`).
+    #[arg(long, default_value_t = flwr_demo::DEFAULT_ROUNDS,
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
+    /// Local epochs per round on each SuperNode (`local-epochs`); central training runs
+    /// rounds × this many epochs.
+    #[arg(long, default_value_t = flwr_demo::DEFAULT_LOCAL_EPOCHS,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    local_epochs: u64,
+    /// Gradient descent step size (`learning-rate`), federated and central.
+    #[arg(long, default_value_t = flwr_demo::DEFAULT_LEARNING_RATE)]
+    learning_rate: f64,
+    /// Keep credentials, logs and app homes in this directory [default: a temporary
+    /// directory, removed after a successful run and kept after a failure].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Where to write summary.json and learning_curve.svg.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+    /// Directory holding flower-superlink, flower-supernode, flwr-rs-serverapp and
+    /// flwr-rs-clientapp [default: the directory of this executable].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The app bundle to run [default: crates/flwr-examples/app/logreg of this repository].
+    #[arg(long)]
+    app_dir: Option<PathBuf>,
+    /// Give up on the run after this many seconds [default: 30 + 20 per round].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match config(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let mut printer = Printer::new(config.rounds);
+    match flwr_demo::run_with(config, &mut printer) {
+        Ok(summary) => {
+            printer.finish();
+            print_results(&summary);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            printer.finish();
+            eprintln!("error: {}", first_line(&error, printer.work_dir.as_deref()));
+            if matches!(error, DemoError::Config(_)) {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn config(args: Args) -> anyhow::Result<DemoConfig> {
+    let bin_dir = match args.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()
+            .context("locating this executable (pass --bin-dir)")?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("the executable has no parent directory (pass --bin-dir)")?,
+    };
+    let mut config = DemoConfig::new(bin_dir);
+    config.nodes = args.nodes;
+    config.rounds = args.rounds;
+    config.local_epochs = args.local_epochs;
+    config.learning_rate = args.learning_rate;
+    config.work_dir = args.work_dir;
+    config.out_dir = args.out_dir;
+    if let Some(dir) = args.app_dir {
+        config.app_dir = dir;
+    }
+    config.run_timeout = args.timeout.map_or_else(
+        || DemoConfig::run_timeout_for(args.rounds),
+        Duration::from_secs,
+    );
+    Ok(config)
+}
+
+/// The error's first line (process errors continue with log tails, which are in the logs),
+/// with where the logs are.
+fn first_line(error: &DemoError, work_dir: Option<&Path>) -> String {
+    let message = error.to_string();
+    let line = message.lines().next().unwrap_or_default();
+    match work_dir {
+        Some(dir) => format!("{line} (logs in {})", dir.join("logs").display()),
+        None => line.to_owned(),
+    }
+}
+
+/// Prints events as lines on stdout and the run as a progress bar on stderr (or as lines
+/// when stderr is not a terminal).
+#[derive(Debug)]
+struct Printer {
+    bar: Option<ProgressBar>,
+    rounds: u64,
+    work_dir: Option<PathBuf>,
+    stopped: Vec<String>,
+}
+
+impl Printer {
+    fn new(rounds: u64) -> Self {
+        Self {
+            bar: None,
+            rounds,
+            work_dir: None,
+            stopped: Vec::new(),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => println!("{text}"),
+        }
+    }
+
+    fn start_bar(&mut self) {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let bar = ProgressBar::new(self.rounds);
+        let style = ProgressStyle::with_template(
+            "{spinner} round {pos}/{len} [{bar:30.green}] {elapsed:>3} {msg}",
+        )
+        .map(|style| style.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bar = Some(bar);
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Reporter for Printer {
+    fn report(&mut self, event: Event<'_>) {
+        match event {
+            Event::WorkDirReady { dir, temporary } => {
+                self.work_dir = Some(dir.to_owned());
+                let note = if temporary {
+                    " (temporary; kept only if the demo fails)"
+                } else {
+                    ""
+                };
+                self.line(&format!("work dir {}{note}", dir.display()));
+            }
+            Event::CredentialsWritten { listed, allow_list } => self.line(&format!(
+                "✓ credentials: CA + server certificate for localhost/127.0.0.1, {} SuperNode \
+                 key pairs, {listed} on the allow-list {}",
+                listed + 1,
+                allow_list.display()
+            )),
+            Event::SuperLinkStarted { fleet, exec } => self.line(&format!(
+                "✓ SuperLink up with TLS and node authentication: Fleet API {fleet}, Exec API {exec}"
+            )),
+            Event::SuperNodesRegistered { count } => self.line(&format!(
+                "✓ {count} SuperNode(s) with listed keys registered"
+            )),
+            Event::RogueRefused { exit_code, reason } => {
+                let code = exit_code.map_or_else(|| "a signal".to_owned(), |c| format!("code {c}"));
+                let reason = reason
+                    .map(|r| {
+                        let short: String = r.chars().take(REASON_CHARS).collect();
+                        format!(": {short}")
+                    })
+                    .unwrap_or_default();
+                self.line(&format!(
+                    "✓ rogue SuperNode (key not on the allow-list) refused, exited with {code}{reason}"
+                ));
+            }
+            Event::FabBuilt { hash, bytes } => self.line(&format!(
+                "✓ FAB of the logreg bundle: {bytes} bytes, sha256 {hash}"
+            )),
+            Event::RunStarted { run_id, rounds } => {
+                self.line(&format!(
+                    "✓ run {run_id} started through the Exec API (TLS), {rounds} round(s)"
+                ));
+                self.start_bar();
+            }
+            Event::RoundStarted { round, rounds } => match &self.bar {
+                Some(bar) => bar.set_message(format!("training round {round}")),
+                None => println!("  round {round}/{rounds} ..."),
+            },
+            Event::RoundCompleted { round, rounds } => match &self.bar {
+                Some(bar) => bar.set_position(round),
+                None => println!("  round {round}/{rounds} done"),
+            },
+            Event::RunFinished { status } => {
+                self.finish();
+                self.line(&format!("✓ run finished: {status}"));
+            }
+            Event::CentralTrained { accuracy } => self.line(&format!(
+                "✓ central baseline trained (accuracy {accuracy:.4})"
+            )),
+            Event::Stopped { name, exit_code } => {
+                let code = exit_code.map_or_else(|| "signal".to_owned(), |c| c.to_string());
+                self.stopped.push(format!("{name} ({code})"));
+                if name == "superlink" {
+                    self.line(&format!(
+                        "✓ stopped with SIGTERM, exit codes: {}",
+                        self.stopped.join(", ")
+                    ));
+                }
+            }
+            Event::OutputsWritten { summary, svg } => self.line(&format!(
+                "✓ wrote {} and {}",
+                summary.display(),
+                svg.display()
+            )),
+            _ => {}
+        }
+    }
+}
+
+fn print_results(summary: &Summary) {
+    let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+    println!();
+    println!("round  train loss  eval loss  eval accuracy");
+    for round in &summary.rounds {
+        println!(
+            "{:>5}  {:>10}  {:>9}  {:>13}",
+            round.round,
+            show(round.train_loss),
+            show(round.eval_loss),
+            show(round.eval_accuracy)
+        );
+    }
+    println!();
+    println!(
+        "final accuracy: federated {} ({} SuperNodes, {}/{} rounds of {} local epochs) | \
+         central {:.4} ({} epochs on all partitions pooled)",
+        show(summary.final_accuracy),
+        summary.nodes,
+        summary.rounds_completed,
+        summary.rounds_requested,
+        summary.local_epochs,
+        summary.central_accuracy,
+        summary.central_epochs
+    );
+    println!(
+        "rogue refused: {} | run status: {} | wall time {:.1} s",
+        summary.rogue_refused, summary.run_status, summary.wall_time_seconds
+    );
+}

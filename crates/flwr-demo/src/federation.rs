@@ -1,0 +1,373 @@
+//! The demo's processes: one `flower-superlink`, the listed `flower-supernode`s and the rogue
+//! one, each in its own process group with its log in `<work dir>/logs/` (through
+//! [`flwr_testkit::Proc`], which also kills and reaps them on drop).
+//!
+//! Apps run in subprocess isolation: the SuperLink starts `flwr-serverapp` and the SuperNodes
+//! start `flwr-clientapp`, both looked up on `PATH`. A private directory first on their `PATH`
+//! holds those two names as symlinks to the Rust example binaries (`flwr-rs-serverapp`,
+//! `flwr-rs-clientapp`); see the `flwr` crate docs, "Running a Rust app".
+
+use std::ffi::OsString;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use flwr_testkit::{CommandLine, Proc};
+
+use crate::credentials::{Credentials, NodeKeys};
+use crate::error::{io_error, DemoError};
+
+/// How long a process may take to listen or register.
+const STARTUP: Duration = Duration::from_secs(30);
+/// How long the rogue SuperNode may take to be refused and exit.
+const ROGUE_EXIT: Duration = Duration::from_secs(20);
+/// Grace between SIGTERM and SIGKILL when stopping.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Grace when processes are dropped on a failure path.
+const DROP_GRACE: Duration = Duration::from_secs(3);
+/// What a SuperNode logs once the SuperLink accepted it.
+const REGISTERED: &str = "Registered with the SuperLink as node";
+
+/// The four programs the demo needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Binaries {
+    superlink: PathBuf,
+    supernode: PathBuf,
+    serverapp: PathBuf,
+    clientapp: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries in `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`DemoError::BinaryMissing`] for the first one that is not there.
+    pub(crate) fn locate(dir: &Path) -> Result<Self, DemoError> {
+        let find = |name: &str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                // Absolute, so the symlinks in the private bin directory resolve anywhere.
+                Ok(std::path::absolute(&path).unwrap_or(path))
+            } else {
+                Err(DemoError::BinaryMissing(path))
+            }
+        };
+        Ok(Self {
+            superlink: find("flower-superlink")?,
+            supernode: find("flower-supernode")?,
+            serverapp: find("flwr-rs-serverapp")?,
+            clientapp: find("flwr-rs-clientapp")?,
+        })
+    }
+
+    /// Creates `bin_dir` with `flwr-serverapp` and `flwr-clientapp` pointing at the Rust apps.
+    pub(crate) fn link_apps(&self, bin_dir: &Path) -> Result<(), DemoError> {
+        std::fs::create_dir_all(bin_dir)
+            .map_err(io_error(format!("creating {}", bin_dir.display())))?;
+        for (name, target) in [
+            ("flwr-serverapp", &self.serverapp),
+            ("flwr-clientapp", &self.clientapp),
+        ] {
+            let link = bin_dir.join(name);
+            // A kept --work-dir may hold links from an earlier build location.
+            if link.symlink_metadata().is_ok() {
+                std::fs::remove_file(&link)
+                    .map_err(io_error(format!("replacing {}", link.display())))?;
+            }
+            std::os::unix::fs::symlink(target, &link).map_err(io_error(format!(
+                "linking {} to {}",
+                link.display(),
+                target.display()
+            )))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where processes keep their files and which ports they use.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    /// Per-process logs.
+    pub(crate) logs: PathBuf,
+    /// The directory holding the `flwr-serverapp`/`flwr-clientapp` links.
+    pub(crate) bin: PathBuf,
+    /// Parent of each process's `FLWR_HOME`.
+    pub(crate) homes: PathBuf,
+    /// Fleet API port.
+    pub(crate) fleet: u16,
+    /// ServerAppIo API port.
+    pub(crate) serverappio: u16,
+    /// Exec API port.
+    pub(crate) exec: u16,
+    /// One ClientAppIo port per SuperNode; the last is the rogue's.
+    pub(crate) clientappio: Vec<u16>,
+}
+
+impl Layout {
+    /// `127.0.0.1:<port>`.
+    pub(crate) fn address(port: u16) -> String {
+        format!("127.0.0.1:{port}")
+    }
+
+    /// A command line for `program` with `PATH` starting at the private bin directory, its
+    /// own `FLWR_HOME` and info logging (the run's progress is read from the ServerApp log).
+    fn command(&self, program: &Path, home: &str) -> CommandLine {
+        let mut path = OsString::from(self.bin.as_os_str());
+        if let Some(inherited) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(inherited);
+        }
+        CommandLine::new(program)
+            .env("PATH", path)
+            .env("FLWR_HOME", self.homes.join(home))
+            .env("RUST_LOG", "info")
+    }
+}
+
+/// How the rogue SuperNode fared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RogueOutcome {
+    /// Its exit code (`None` if a signal ended it).
+    pub(crate) exit_code: Option<i32>,
+    /// The last error line in its log.
+    pub(crate) reason: Option<String>,
+}
+
+/// The running federation. Dropping it kills every process, SuperNodes first.
+#[derive(Debug)]
+pub(crate) struct Federation {
+    // Field order is drop order: SuperNodes go before the SuperLink.
+    supernodes: Vec<Proc>,
+    superlink: Proc,
+}
+
+impl Federation {
+    /// Starts the SuperLink with TLS and node authentication and waits until its Fleet and
+    /// Exec APIs accept connections.
+    pub(crate) fn start_superlink(
+        layout: &Layout,
+        binaries: &Binaries,
+        credentials: &Credentials,
+    ) -> Result<Self, DemoError> {
+        let command = layout
+            .command(&binaries.superlink, "superlink")
+            .arg("--ssl-ca-certfile")
+            .arg(&credentials.ca_cert)
+            .arg("--ssl-certfile")
+            .arg(&credentials.server_cert)
+            .arg("--ssl-keyfile")
+            .arg(&credentials.server_key)
+            .arg("--auth-list-public-keys")
+            .arg(&credentials.allow_list)
+            .arg("--auth-superlink-private-key")
+            .arg(&credentials.superlink_private)
+            .arg("--auth-superlink-public-key")
+            .arg(&credentials.superlink_public)
+            .arg("--isolation")
+            .arg("subprocess")
+            .arg("--fleet-api-address")
+            .arg(Layout::address(layout.fleet))
+            .arg("--serverappio-api-address")
+            .arg(Layout::address(layout.serverappio))
+            .arg("--exec-api-address")
+            .arg(Layout::address(layout.exec));
+        let mut superlink = Proc::spawn("superlink", &command, &layout.logs)?;
+        superlink.set_drop_grace(DROP_GRACE);
+        let mut federation = Self {
+            supernodes: Vec::new(),
+            superlink,
+        };
+        for port in [layout.fleet, layout.exec] {
+            wait_listening(&mut federation.superlink, port)?;
+        }
+        Ok(federation)
+    }
+
+    /// Starts one SuperNode per key pair (partition = position) and the rogue with `rogue`,
+    /// waits until the listed ones have registered, then until the rogue has exited.
+    ///
+    /// # Errors
+    ///
+    /// When a listed SuperNode exits or does not register, or the rogue is let in or keeps
+    /// running ([`DemoError::RogueAccepted`]).
+    pub(crate) fn start_supernodes(
+        &mut self,
+        layout: &Layout,
+        binaries: &Binaries,
+        credentials: &Credentials,
+    ) -> Result<RogueOutcome, DemoError> {
+        let listed = &credentials.supernodes;
+        let spawn = |name: &str, index: usize, keys: &NodeKeys| -> Result<Proc, DemoError> {
+            let port = layout.clientappio.get(index).copied().unwrap_or_default();
+            let command = layout
+                .command(&binaries.supernode, name)
+                .arg("--root-certificates")
+                .arg(&credentials.ca_cert)
+                .arg("--superlink")
+                .arg(Layout::address(layout.fleet))
+                .arg("--node-config")
+                // The rogue claims partition 0: it must not get any data either way.
+                .arg(format!(
+                    "partition-id={} num-partitions={}",
+                    index % listed.len(),
+                    listed.len()
+                ))
+                .arg("--clientappio-api-address")
+                .arg(Layout::address(port))
+                .arg("--auth-supernode-private-key")
+                .arg(&keys.private)
+                .arg("--auth-supernode-public-key")
+                .arg(&keys.public);
+            let mut process = Proc::spawn(name, &command, &layout.logs)?;
+            process.set_drop_grace(DROP_GRACE);
+            Ok(process)
+        };
+        for (index, keys) in listed.iter().enumerate() {
+            let process = spawn(&format!("supernode-{index}"), index, keys)?;
+            self.supernodes.push(process);
+        }
+        let mut rogue = spawn("rogue-supernode", listed.len(), &credentials.rogue)?;
+        for supernode in &self.supernodes {
+            supernode.wait_for_log(REGISTERED, STARTUP)?;
+        }
+        rogue_outcome(&mut rogue)
+    }
+
+    /// Fails when the SuperLink or a SuperNode has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<(), DemoError> {
+        for process in self
+            .supernodes
+            .iter_mut()
+            .chain(std::iter::once(&mut self.superlink))
+        {
+            if process.is_running() {
+                continue;
+            }
+            let status = process.wait_for_exit(Duration::ZERO)?;
+            return Err(DemoError::ProcessDied {
+                name: process.name().to_owned(),
+                status: status.to_string(),
+                log: process.log_path().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops the SuperNodes (SIGTERM, all at once, so each sends DeleteNode while the
+    /// SuperLink still answers), then the SuperLink; calls `stopped` with each name and exit
+    /// code.
+    ///
+    /// # Errors
+    ///
+    /// [`DemoError::ProcessStop`] for the first process that did not exit with status 0
+    /// (every process is stopped regardless).
+    pub(crate) fn stop(
+        mut self,
+        mut stopped: impl FnMut(&str, Option<i32>),
+    ) -> Result<(), DemoError> {
+        let mut first_error = None;
+        let results: Vec<_> = thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .supernodes
+                .iter_mut()
+                .map(|process| scope.spawn(move || process.terminate(STOP_GRACE)))
+                .collect();
+            handles
+                .into_iter()
+                .map(thread::ScopedJoinHandle::join)
+                .collect()
+        });
+        let superlink = self.superlink.terminate(STOP_GRACE);
+        let processes = self
+            .supernodes
+            .iter()
+            .chain(std::iter::once(&self.superlink));
+        let outcomes = results
+            .into_iter()
+            .map(|joined| joined.unwrap_or_else(|_| Ok(failed_status())))
+            .chain(std::iter::once(superlink));
+        for (process, outcome) in processes.zip(outcomes) {
+            let error = match outcome {
+                Ok(status) => {
+                    stopped(process.name(), status.code());
+                    (!status.success()).then(|| DemoError::ProcessStop {
+                        name: process.name().to_owned(),
+                        status: status.to_string(),
+                        log: process.log_path().to_owned(),
+                    })
+                }
+                Err(error) => Some(error.into()),
+            };
+            if first_error.is_none() {
+                first_error = error;
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Waits for the rogue to exit (non-zero: refused) and reads why from its log.
+fn rogue_outcome(rogue: &mut Proc) -> Result<RogueOutcome, DemoError> {
+    let exited = rogue.wait_for_exit(ROGUE_EXIT);
+    let log = rogue.log_text().unwrap_or_default();
+    let reason = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("error") || line.contains("ERROR"))
+        .map(|line| line.trim().to_owned());
+    let Ok(status) = exited else {
+        // Still running after ROGUE_EXIT: stop it and report what it did.
+        let _ = rogue.terminate(DROP_GRACE);
+        let what = if log.contains(REGISTERED) {
+            "it registered with the SuperLink"
+        } else {
+            "it kept running"
+        };
+        return Err(DemoError::RogueAccepted(format!(
+            "{what}; see {}",
+            rogue.log_path().display()
+        )));
+    };
+    if status.success() || log.contains(REGISTERED) {
+        return Err(DemoError::RogueAccepted(format!(
+            "it exited with {status}; see {}",
+            rogue.log_path().display()
+        )));
+    }
+    Ok(RogueOutcome {
+        exit_code: status.code(),
+        reason,
+    })
+}
+
+/// Waits until `port` accepts TCP connections while `process` runs.
+fn wait_listening(process: &mut Proc, port: u16) -> Result<(), DemoError> {
+    let started = Instant::now();
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while started.elapsed() < STARTUP {
+        if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if !process.is_running() {
+            let status = process.wait_for_exit(Duration::ZERO)?;
+            return Err(DemoError::ProcessDied {
+                name: process.name().to_owned(),
+                status: status.to_string(),
+                log: process.log_path().to_owned(),
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(DemoError::Timeout {
+        waiting_for: format!("{} to listen on {address}", process.name()),
+        after: STARTUP,
+    })
+}
+
+/// Stand-in status for a stop thread that panicked.
+fn failed_status() -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt as _;
+    std::process::ExitStatus::from_raw(1 << 8)
+}
