@@ -26,6 +26,9 @@ pub enum DemoError {
         /// What is wrong with it.
         reason: String,
     },
+    /// [`crate::Cancel::cancel`] was called (the binary does on SIGINT/SIGTERM).
+    #[error("interrupted")]
+    Cancelled,
     /// The federated and central models could not be compared.
     #[error("central training: {0}")]
     Central(String),

@@ -17,6 +17,7 @@ use flwr_testkit::{CommandLine, Proc};
 
 use crate::credentials::{Credentials, NodeKeys};
 use crate::error::{io_error, DemoError};
+use crate::Cancel;
 
 /// How long a process may take to listen or register.
 const STARTUP: Duration = Duration::from_secs(30);
@@ -24,8 +25,12 @@ const STARTUP: Duration = Duration::from_secs(30);
 const ROGUE_EXIT: Duration = Duration::from_secs(20);
 /// Grace between SIGTERM and SIGKILL when stopping.
 const STOP_GRACE: Duration = Duration::from_secs(15);
-/// Grace when processes are dropped on a failure path.
-const DROP_GRACE: Duration = Duration::from_secs(3);
+/// Grace when processes are dropped on a failure path: enough for the SuperLink to stop a
+/// running ServerApp (which has a process group of its own, so only the SuperLink can reach
+/// it) and for a SuperNode to stop its ClientApp.
+const DROP_GRACE: Duration = Duration::from_secs(10);
+/// How often waits look again.
+const POLL: Duration = Duration::from_millis(50);
 /// What a SuperNode logs once the SuperLink accepted it.
 const REGISTERED: &str = "Registered with the SuperLink as node";
 
@@ -150,6 +155,7 @@ impl Federation {
         layout: &Layout,
         binaries: &Binaries,
         credentials: &Credentials,
+        cancel: &Cancel,
     ) -> Result<Self, DemoError> {
         let command = layout
             .command(&binaries.superlink, "superlink")
@@ -180,7 +186,13 @@ impl Federation {
             superlink,
         };
         for port in [layout.fleet, layout.exec] {
-            wait_listening(&mut federation.superlink, port)?;
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            wait_until(
+                &mut federation.superlink,
+                &format!("listening on {address}"),
+                cancel,
+                |_| TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok(),
+            )?;
         }
         Ok(federation)
     }
@@ -197,6 +209,7 @@ impl Federation {
         layout: &Layout,
         binaries: &Binaries,
         credentials: &Credentials,
+        cancel: &Cancel,
     ) -> Result<RogueOutcome, DemoError> {
         let listed = &credentials.supernodes;
         let spawn = |name: &str, index: usize, keys: &NodeKeys| -> Result<Proc, DemoError> {
@@ -229,10 +242,12 @@ impl Federation {
             self.supernodes.push(process);
         }
         let mut rogue = spawn("rogue-supernode", listed.len(), &credentials.rogue)?;
-        for supernode in &self.supernodes {
-            supernode.wait_for_log(REGISTERED, STARTUP)?;
+        for supernode in &mut self.supernodes {
+            wait_until(supernode, "registration", cancel, |process| {
+                process.log_text().is_ok_and(|log| log.contains(REGISTERED))
+            })?;
         }
-        rogue_outcome(&mut rogue)
+        rogue_outcome(&mut rogue, cancel)
     }
 
     /// Fails when the SuperLink or a SuperNode has exited.
@@ -309,8 +324,13 @@ impl Federation {
 }
 
 /// Waits for the rogue to exit (non-zero: refused) and reads why from its log.
-fn rogue_outcome(rogue: &mut Proc) -> Result<RogueOutcome, DemoError> {
-    let exited = rogue.wait_for_exit(ROGUE_EXIT);
+fn rogue_outcome(rogue: &mut Proc, cancel: &Cancel) -> Result<RogueOutcome, DemoError> {
+    let started = Instant::now();
+    while rogue.is_running() && started.elapsed() < ROGUE_EXIT {
+        cancel.check()?;
+        thread::sleep(POLL);
+    }
+    let exited = rogue.wait_for_exit(Duration::ZERO);
     let log = rogue.log_text().unwrap_or_default();
     let reason = log
         .lines()
@@ -342,12 +362,17 @@ fn rogue_outcome(rogue: &mut Proc) -> Result<RogueOutcome, DemoError> {
     })
 }
 
-/// Waits until `port` accepts TCP connections while `process` runs.
-fn wait_listening(process: &mut Proc, port: u16) -> Result<(), DemoError> {
+/// Polls `ready` until it holds; fails when `process` exits, `cancel` fires or [`STARTUP`]
+/// passes.
+fn wait_until(
+    process: &mut Proc,
+    what: &str,
+    cancel: &Cancel,
+    mut ready: impl FnMut(&Proc) -> bool,
+) -> Result<(), DemoError> {
     let started = Instant::now();
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     while started.elapsed() < STARTUP {
-        if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+        if ready(process) {
             return Ok(());
         }
         if !process.is_running() {
@@ -358,10 +383,11 @@ fn wait_listening(process: &mut Proc, port: u16) -> Result<(), DemoError> {
                 log: process.log_path().to_owned(),
             });
         }
-        thread::sleep(Duration::from_millis(50));
+        cancel.check()?;
+        thread::sleep(POLL);
     }
     Err(DemoError::Timeout {
-        waiting_for: format!("{} to listen on {address}", process.name()),
+        waiting_for: format!("{} {what}", process.name()),
         after: STARTUP,
     })
 }

@@ -60,6 +60,8 @@ pub mod reporter;
 mod run_log;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flwr_examples::logreg::train_centrally;
@@ -129,6 +131,8 @@ pub struct DemoConfig {
     pub app_dir: PathBuf,
     /// Bound on the run, from `StartRun` to its final status.
     pub run_timeout: Duration,
+    /// Stops the demo early when cancelled (checked at least every half second).
+    pub cancel: Cancel,
 }
 
 impl DemoConfig {
@@ -146,6 +150,7 @@ impl DemoConfig {
             bin_dir: bin_dir.into(),
             app_dir: default_app_dir(),
             run_timeout: Self::run_timeout_for(DEFAULT_ROUNDS),
+            cancel: Cancel::default(),
         }
     }
 
@@ -178,6 +183,36 @@ impl DemoConfig {
                 "the learning rate must be a positive number, not {}",
                 self.learning_rate
             )));
+        }
+        Ok(())
+    }
+}
+
+/// A flag that asks a running demo to stop: it then kills every process it started and
+/// returns [`DemoError::Cancelled`]. Clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag that is not set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the flag (from any thread, e.g. a signal handler's).
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the flag is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once the flag is set.
+    pub(crate) fn check(&self) -> Result<(), DemoError> {
+        if self.is_cancelled() {
+            return Err(DemoError::Cancelled);
         }
         Ok(())
     }
@@ -227,6 +262,7 @@ fn demo(
     let fab = fab::build(&config.app_dir)?;
     let overrides = run_config_overrides(config, &fab.spec.config)?;
 
+    let cancel = &config.cancel;
     let credentials = credentials::generate(dir, config.nodes)?;
     reporter.report(Event::CredentialsWritten {
         listed: config.nodes,
@@ -245,12 +281,13 @@ fn demo(
     };
     binaries.link_apps(&layout.bin)?;
 
-    let mut federation = Federation::start_superlink(&layout, &binaries, &credentials)?;
+    cancel.check()?;
+    let mut federation = Federation::start_superlink(&layout, &binaries, &credentials, cancel)?;
     reporter.report(Event::SuperLinkStarted {
         fleet: &Layout::address(layout.fleet),
         exec: &Layout::address(layout.exec),
     });
-    let rogue = federation.start_supernodes(&layout, &binaries, &credentials)?;
+    let rogue = federation.start_supernodes(&layout, &binaries, &credentials, cancel)?;
     reporter.report(Event::SuperNodesRegistered {
         count: config.nodes,
     });
@@ -279,6 +316,7 @@ fn demo(
             .start_run(fab.content.clone(), &fab.hash, &overrides)
             .await?;
         reporter.report(Event::RunStarted { run_id, rounds });
+        cancel.check()?;
         let mut report_progress = |progress: Vec<Progress>| {
             for step in progress {
                 reporter.report(match step {
@@ -291,7 +329,10 @@ fn demo(
             run_id,
             config.run_timeout,
             |chunk| report_progress(log.push(chunk)),
-            || federation.check_alive(),
+            || {
+                cancel.check()?;
+                federation.check_alive()
+            },
         )
         .await?;
         report_progress(log.finish());

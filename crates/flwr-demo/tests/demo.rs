@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use flwr_demo::{DemoConfig, DemoError};
+use flwr_demo::{Cancel, DemoConfig, DemoError, Event, Reporter};
 use flwr_testkit::cluster::target_bin;
 
 const BINARIES: [&str; 4] = [
@@ -178,6 +178,34 @@ fn a_failing_serverapp_fails_the_demo_and_stops_everything() {
         other => panic!("unexpected error: {other}"),
     }
     assert!(!scratch.path().join("out/summary.json").exists());
+    let left = survivors(&work);
+    assert!(left.is_empty(), "processes survived: {left:#?}");
+}
+
+/// Cancels the demo once the ServerApp is training.
+struct CancelInFirstRound(Cancel);
+
+impl Reporter for CancelInFirstRound {
+    fn report(&mut self, event: Event<'_>) {
+        if let Event::RoundStarted { round: 1, .. } = event {
+            self.0.cancel();
+        }
+    }
+}
+
+#[test]
+fn cancelling_mid_run_stops_every_process() {
+    let scratch = scratch();
+    let work = scratch.path().join("work");
+    let mut config = DemoConfig::new(bin_dir());
+    config.nodes = 2;
+    config.rounds = 3;
+    config.work_dir = Some(work.clone());
+    config.out_dir = scratch.path().join("out");
+    let mut reporter = CancelInFirstRound(config.cancel.clone());
+
+    let error = flwr_demo::run_with(config, &mut reporter).expect_err("cancelled");
+    assert!(matches!(error, DemoError::Cancelled), "{error}");
     let left = survivors(&work);
     assert!(left.is_empty(), "processes survived: {left:#?}");
 }

@@ -1,6 +1,9 @@
 //! `flower-demo`: flags → [`DemoConfig`] → [`flwr_demo::run_with`] with a printing
-//! [`Reporter`] → the results table → exit code (0; 64 for bad flags; 1 for any failure, after
-//! one `error: ...` line).
+//! [`Reporter`] → the results table → exit code (0; 64 for bad flags; 1 for any failure and
+//! 130 after SIGINT/SIGTERM, each after one `error: ...` line).
+//!
+//! The servers run in process groups of their own, so a Ctrl-C in the terminal reaches only
+//! this process: it cancels the demo, which then stops them.
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// sysexits.h `EX_USAGE`.
 const EX_USAGE: u8 = 64;
+/// The shell's status for a process ended by SIGINT.
+const EX_INTERRUPTED: u8 = 130;
 /// Longest rogue refusal reason shown.
 const REASON_CHARS: usize = 120;
 
@@ -70,6 +75,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    if let Err(error) = cancel_on_signals(config.cancel.clone()) {
+        eprintln!("error: installing SIGINT/SIGTERM handlers: {error:#}");
+        return ExitCode::FAILURE;
+    }
     let mut printer = Printer::new(config.rounds);
     match flwr_demo::run_with(config, &mut printer) {
         Ok(summary) => {
@@ -80,13 +89,55 @@ fn main() -> ExitCode {
         Err(error) => {
             printer.finish();
             eprintln!("error: {}", first_line(&error, printer.work_dir.as_deref()));
-            if matches!(error, DemoError::Config(_)) {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::FAILURE
+            match error {
+                DemoError::Config(_) => ExitCode::from(EX_USAGE),
+                DemoError::Cancelled => ExitCode::from(EX_INTERRUPTED),
+                _ => ExitCode::FAILURE,
             }
         }
     }
+}
+
+/// Cancels the demo on the first SIGINT or SIGTERM; returns once the handlers are installed.
+fn cancel_on_signals(cancel: flwr_demo::Cancel) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let (installed_tx, installed_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = installed_tx.send(Err(anyhow::Error::from(error)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let handlers = signal(SignalKind::interrupt())
+                    .and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
+                let (mut interrupt, mut terminate) = match handlers {
+                    Ok(handlers) => handlers,
+                    Err(error) => {
+                        let _ = installed_tx.send(Err(error.into()));
+                        return;
+                    }
+                };
+                let _ = installed_tx.send(Ok(()));
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                cancel.cancel();
+            });
+        })
+        .context("starting the signal thread")?;
+    installed_rx
+        .recv()
+        .context("the signal thread stopped before installing its handlers")?
 }
 
 fn config(args: Args) -> anyhow::Result<DemoConfig> {
@@ -164,6 +215,7 @@ impl Printer {
         .map(|style| style.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
+        bar.set_message("waiting for the ServerApp");
         bar.enable_steady_tick(Duration::from_millis(120));
         self.bar = Some(bar);
     }
