@@ -14,7 +14,8 @@ use flwr_cli::files::WriteError;
 pub enum DemoError {
     /// A binary the demo starts is not in the bin directory.
     #[error(
-        "{} not found; build it with `cargo build --release --bins` (or pass --bin-dir)",
+        "{} not found; scripts/demo builds it (or run `cargo build --release --bins` and pass \
+         --bin-dir target/release)",
         .0.display()
     )]
     BinaryMissing(PathBuf),

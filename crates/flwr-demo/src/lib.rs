@@ -236,12 +236,21 @@ pub fn run(config: DemoConfig) -> Result<Summary, DemoError> {
 pub fn run_with(config: DemoConfig, reporter: &mut dyn Reporter) -> Result<Summary, DemoError> {
     let started = Instant::now();
     config.validate()?;
+    // Everything that needs no work directory first, so a bad setup leaves nothing behind.
+    let binaries = Binaries::locate(&config.bin_dir)?;
+    let fab = fab::build(&config.app_dir)?;
+    let overrides = run_config_overrides(&config, &fab.spec.config)?;
     let work = WorkDir::create(config.work_dir.as_deref())?;
     reporter.report(Event::WorkDirReady {
         dir: work.path(),
         temporary: work.is_temporary(),
     });
-    let result = demo(&config, work.path(), started, reporter);
+    let prepared = Prepared {
+        binaries,
+        fab,
+        overrides,
+    };
+    let result = demo(&config, &prepared, work.path(), started, reporter);
     if result.is_ok() {
         work.finish();
     } else {
@@ -251,16 +260,27 @@ pub fn run_with(config: DemoConfig, reporter: &mut dyn Reporter) -> Result<Summa
     result
 }
 
+/// What [`run_with`] checks before it creates the work directory.
+#[derive(Debug)]
+struct Prepared {
+    binaries: Binaries,
+    fab: fab::Fab,
+    overrides: Vec<(&'static str, Scalar)>,
+}
+
 /// The steps, in `dir`.
 fn demo(
     config: &DemoConfig,
+    prepared: &Prepared,
     dir: &Path,
     started: Instant,
     reporter: &mut dyn Reporter,
 ) -> Result<Summary, DemoError> {
-    let binaries = Binaries::locate(&config.bin_dir)?;
-    let fab = fab::build(&config.app_dir)?;
-    let overrides = run_config_overrides(config, &fab.spec.config)?;
+    let Prepared {
+        binaries,
+        fab,
+        overrides,
+    } = prepared;
 
     let cancel = &config.cancel;
     let credentials = credentials::generate(dir, config.nodes)?;
@@ -282,12 +302,12 @@ fn demo(
     binaries.link_apps(&layout.bin)?;
 
     cancel.check()?;
-    let mut federation = Federation::start_superlink(&layout, &binaries, &credentials, cancel)?;
+    let mut federation = Federation::start_superlink(&layout, binaries, &credentials, cancel)?;
     reporter.report(Event::SuperLinkStarted {
         fleet: &Layout::address(layout.fleet),
         exec: &Layout::address(layout.exec),
     });
-    let rogue = federation.start_supernodes(&layout, &binaries, &credentials, cancel)?;
+    let rogue = federation.start_supernodes(&layout, binaries, &credentials, cancel)?;
     reporter.report(Event::SuperNodesRegistered {
         count: config.nodes,
     });
@@ -313,7 +333,7 @@ fn demo(
     let (run_id, status) = runtime.block_on(async {
         let mut exec = ExecApi::connect(layout.exec, &ca, credentials::HOSTS[0]).await?;
         let run_id = exec
-            .start_run(fab.content.clone(), &fab.hash, &overrides)
+            .start_run(fab.content.clone(), &fab.hash, overrides)
             .await?;
         reporter.report(Event::RunStarted { run_id, rounds });
         cancel.check()?;
@@ -384,7 +404,7 @@ fn demo(
         rogue_exit_code: rogue.exit_code,
         run_id,
         run_status: status.status,
-        fab_hash: fab.hash,
+        fab_hash: fab.hash.clone(),
         wall_time_seconds: started.elapsed().as_secs_f64(),
         summary_path: PathBuf::new(),
         curve_path: PathBuf::new(),

@@ -67,7 +67,18 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => {
+            // --help / --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let config = match config(args) {
         Ok(config) => config,
         Err(error) => {
@@ -171,9 +182,9 @@ fn config(args: Args) -> anyhow::Result<DemoConfig> {
 fn first_line(error: &DemoError, work_dir: Option<&Path>) -> String {
     let message = error.to_string();
     let line = message.lines().next().unwrap_or_default();
-    match work_dir {
-        Some(dir) => format!("{line} (logs in {})", dir.join("logs").display()),
-        None => line.to_owned(),
+    match work_dir.map(|dir| dir.join("logs")) {
+        Some(logs) if logs.is_dir() => format!("{line} (logs in {})", logs.display()),
+        _ => line.to_owned(),
     }
 }
 
