@@ -10,8 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, ValueEnum};
-
-use crate::address::{Address, AddressError};
+use flwr_core::{config, Address, AddressError};
+use flwr_proto::scalar;
 
 /// Default `--database`: one in-process, in-memory LinkState.
 pub const IN_MEMORY_DATABASE: &str = ":flwr-in-memory-state:";
@@ -511,8 +511,9 @@ pub fn flwr_home() -> PathBuf {
     PathBuf::from(base).join(".flwr")
 }
 
-/// Parses `--executor-config` (BEHAVIOR.md §11.1). The deployment executor's keys have no effect
-/// in 1.14.0, but `root-certificates` is read at startup, so a missing file is refused here.
+/// Parses `--executor-config` like the reference's `parse_config_args` (BEHAVIOR.md §11.1),
+/// flattening included. The deployment executor's keys have no effect in 1.14.0, but
+/// `root-certificates` is read at startup, so a missing file is refused here.
 fn check_executor_config(text: &str) -> Result<(), ConfigError> {
     let table: toml::Table = if text.ends_with(".toml") {
         let content = fs::read_to_string(text)
@@ -521,16 +522,14 @@ fn check_executor_config(text: &str) -> Result<(), ConfigError> {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::ExecutorConfig(format!("{text}: {e}")))?
     } else {
-        let lines: Vec<String> = key_value_pairs(text)
-            .into_iter()
-            .map(|(key, value)| format!("{key} = {value}"))
-            .collect();
-        lines.join("\n").parse().map_err(|e: toml::de::Error| {
-            ConfigError::ExecutorConfig(e.message().trim().to_owned())
+        config::pairs_to_toml(text).map_err(|error| match error {
+            config::ConfigError::Toml(message) => ConfigError::ExecutorConfig(message),
+            other => ConfigError::ExecutorConfig(other.to_string()),
         })?
     };
-    if let Some(value) = table.get("root-certificates") {
-        let Some(path) = value.as_str() else {
+    let flat = config::flatten(&table).map_err(|e| ConfigError::ExecutorConfig(e.to_string()))?;
+    if let Some(value) = flat.get("root-certificates") {
+        let Some(scalar::Scalar::String(path)) = &value.scalar else {
             return Err(ConfigError::ExecutorConfig(
                 "The `root-certificates` value should be of type `str`.".to_owned(),
             ));
@@ -542,62 +541,6 @@ fn check_executor_config(text: &str) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// Every non-overlapping match of `(\S+?)=('[^']*'|"[^"]*"|\S+)` in `text`, as (key, value):
-/// the tokenizer of the reference's `parse_config_args`.
-pub(crate) fn key_value_pairs(text: &str) -> Vec<(String, String)> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut pairs = Vec::new();
-    let mut start = 0;
-    while start < chars.len() {
-        match match_pair_at(&chars, start) {
-            Some((key_end, value_end)) => {
-                let key: String = chars[start..key_end].iter().collect();
-                let value: String = chars[key_end + 1..value_end].iter().collect();
-                pairs.push((key, value));
-                start = value_end;
-            }
-            None => start += 1,
-        }
-    }
-    pairs
-}
-
-/// Tries the pattern at `start`: returns (index of `=`, end of value).
-fn match_pair_at(chars: &[char], start: usize) -> Option<(usize, usize)> {
-    // `\S+?`: the key is a non-empty run of non-space characters, shortest first.
-    let mut equals = start + 1;
-    while equals < chars.len() && !chars[equals - 1].is_whitespace() {
-        if chars[equals] == '=' {
-            if let Some(end) = match_value_at(chars, equals + 1) {
-                return Some((equals, end));
-            }
-        }
-        if chars[equals].is_whitespace() {
-            break;
-        }
-        equals += 1;
-    }
-    None
-}
-
-/// `'[^']*'|"[^"]*"|\S+` at `at`: returns the end index.
-fn match_value_at(chars: &[char], at: usize) -> Option<usize> {
-    let first = *chars.get(at)?;
-    if first == '\'' || first == '"' {
-        if let Some(offset) = chars[at + 1..].iter().position(|c| *c == first) {
-            return Some(at + 1 + offset + 1);
-        }
-    }
-    if first.is_whitespace() {
-        return None;
-    }
-    let run = chars[at..]
-        .iter()
-        .take_while(|c| !c.is_whitespace())
-        .count();
-    Some(at + run)
 }
 
 #[cfg(test)]
@@ -771,31 +714,11 @@ mod tests {
     }
 
     #[test]
-    fn key_value_tokenizer_matches_the_reference_regex() {
-        let pairs = |text: &str| key_value_pairs(text);
-        assert_eq!(
-            pairs("partition-id=0 num-partitions=2"),
-            [
-                ("partition-id".into(), "0".into()),
-                ("num-partitions".into(), "2".into())
-            ]
-        );
-        assert_eq!(
-            pairs(r#"name="with space" x=1"#),
-            [
-                ("name".into(), "\"with space\"".into()),
-                ("x".into(), "1".into())
-            ]
-        );
-        assert_eq!(pairs("x=\"a=b\""), [("x".into(), "\"a=b\"".into())]);
-        assert_eq!(pairs("k = 1"), Vec::<(String, String)>::new());
-        assert_eq!(pairs("k=1,j=2"), [("k".into(), "1,j=2".into())]);
-    }
-
-    #[test]
     fn executor_config_is_parsed_and_root_certificates_checked() {
         assert!(check_executor_config("verbose=true").is_ok());
         assert!(check_executor_config("name=abc").is_err());
+        // `flatten_dict` refuses arrays, so the reference fails at startup.
+        assert!(check_executor_config("list=[1]").is_err());
         let error = check_executor_config("root-certificates=\"/nonexistent/ca.crt\"")
             .expect_err("missing file");
         assert!(error.to_string().contains("/nonexistent/ca.crt"));

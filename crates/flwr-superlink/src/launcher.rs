@@ -18,6 +18,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_core::Address;
 use flwr_proto::RunStatus;
 use flwr_state::lifecycle::{FAILED, FINISHED, PENDING};
 use flwr_state::LinkState;
@@ -27,7 +28,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::address::Address;
 use crate::task::{self, TaskHandle};
 
 /// How often the launcher looks for a pending run (the reference's scheduler period).

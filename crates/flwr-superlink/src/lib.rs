@@ -6,8 +6,6 @@
 //!
 //! - [`config`]: every `flower-superlink` flag ([`Args`], clap) and the validated [`Config`]
 //!   (CLI.md §1), built before anything is bound.
-//! - [`address`]: `host:port` parsing as the reference does it (PROTOCOL.md §2.2).
-//! - [`fab`]: reading `fab_id`/`fab_version` from a FAB's `pyproject.toml` (BEHAVIOR.md §10).
 //! - [`service`]: one module per gRPC service — [`service::fleet`] (with the seam for node
 //!   authentication), [`service::serverappio`], [`service::exec`] — plus the shared [`Stores`](service::Stores).
 //! - [`fleet_auth`]: SuperNode authentication (AUTH.md §7) as a service around the Fleet server,
@@ -21,10 +19,8 @@
 
 #![warn(missing_docs)]
 
-pub mod address;
 pub mod config;
 pub mod error;
-pub mod fab;
 pub mod fleet_auth;
 pub mod launcher;
 pub mod server;

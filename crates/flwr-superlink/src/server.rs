@@ -8,10 +8,11 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_core::{Address, Host};
 use flwr_proto::exec_server::ExecServer;
 use flwr_proto::fleet_server::FleetServer;
 use flwr_proto::server_app_io_server::ServerAppIoServer;
@@ -22,7 +23,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use crate::address::Address;
 use crate::config::{Config, Database, Isolation, NodeAuthFiles, TlsFiles};
 use crate::fleet_auth::{self, FleetAuth, NodeAuthenticator};
 use crate::launcher::{self, LauncherHandle, LauncherSettings};
@@ -395,8 +395,21 @@ async fn listen(flag: &'static str, address: &Address) -> Result<TcpListener, St
             }
         }
     };
-    let socket_address = address.to_socket_addr().map_err(bind_error)?;
+    let socket_address = resolve(address).map_err(bind_error)?;
     TcpListener::bind(socket_address).await.map_err(bind_error)
+}
+
+/// Resolves `address` for binding a listener (DNS names are looked up; the first result wins).
+fn resolve(address: &Address) -> io::Result<SocketAddr> {
+    match &address.host {
+        Host::Ip(ip) => Ok(SocketAddr::new(*ip, address.port)),
+        Host::Domain(name) => (name.as_str(), address.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{name} does not resolve"))
+            }),
+    }
 }
 
 /// Reads the SuperLink key pair and the allow-list (AUTH.md §1.1), refusing a key pair whose

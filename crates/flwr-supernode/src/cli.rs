@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser, ValueEnum};
+use flwr_core::Address;
 use flwr_proto::Scalar;
 
-use crate::address::Address;
 use crate::backoff::RetryPolicy;
 pub use crate::fleet::Tls;
 use crate::node_config::{self, NodeConfigError};

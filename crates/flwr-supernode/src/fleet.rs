@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_core::Address;
 use flwr_proto::fleet_client::FleetClient;
 use flwr_proto::{
     CreateNodeRequest, DeleteNodeRequest, Fab, GetFabRequest, GetRunRequest, Node, PingRequest,
@@ -29,7 +30,6 @@ use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::address::Address;
 use crate::backoff::{Retry, RetryPolicy, PING_CALL_TIMEOUT, PING_INTERVAL_SECONDS};
 use crate::signer::{RequestSigner, Rpc, SignError};
 

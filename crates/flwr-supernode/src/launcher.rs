@@ -17,12 +17,12 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use flwr_core::Address;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::address::Address;
 use crate::message::exception_reason;
 
 /// Default program name, looked up on `PATH`.

@@ -7,11 +7,11 @@
 //! # Layout
 //!
 //! - [`cli`]: the `flower-supernode` flags (clap) and their validation into a [`Config`];
-//! - [`address`]: `host:port` parsing the way the reference splits addresses;
-//! - [`node_config`]: `--node-config` parsing with the reference's TOML typing rules;
+//! - [`node_config`]: `--node-config` from a file or `key=value` pairs (typing and flattening
+//!   are `flwr_core::config`'s);
 //! - [`backoff`]: retry, heartbeat and polling timing as pure functions;
 //! - [`message`]: `TaskIns` → `Message` → `TaskRes` mapping, reply validation, error replies;
-//! - [`fab`]: FAB hash checks, `pyproject.toml` metadata, installation under the Flower home;
+//! - [`fab`]: FAB installation under the Flower home (hash and metadata are `flwr_core::fab`'s);
 //! - [`signer`]: the seam where node authentication attaches `public-key`/`auth-token`;
 //! - [`fleet`]: the Fleet API client (TLS, message limits, signing, retries);
 //! - [`heartbeat`]: the ping task;
@@ -23,7 +23,6 @@
 
 #![warn(missing_docs)]
 
-pub mod address;
 pub mod backoff;
 pub mod cli;
 pub mod clientappio;

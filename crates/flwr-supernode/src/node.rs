@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_core::FabMetadata;
 use flwr_proto::{Context, Fab, Message, Metadata, Node, RecordSet, Run, Scalar, TaskIns};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::IDLE_POLL;
 use crate::cli::{Config, Isolation};
 use crate::clientappio::{self, Exchange, Inputs, Outputs};
-use crate::fab::{self, FabMetadata};
+use crate::fab;
 use crate::fleet::{CallError, ChannelError, Fleet, Tls};
 use crate::heartbeat::{self, Beat};
 use crate::launcher::{LaunchError, Launcher};
@@ -466,10 +467,10 @@ impl SuperNode {
             return Ok(Ok(Some(Arc::clone(cached))));
         }
         let fab = self.fleet.get_fab(&node, &run.fab_hash, run.run_id).await?;
-        if let Err(error) = fab::verify_hash(&fab.content, &run.fab_hash) {
+        if let Err(error) = flwr_core::fab::verify_hash(&fab.content, &run.fab_hash) {
             return Ok(Err(error.to_string()));
         }
-        let metadata = match fab::metadata(&fab.content) {
+        let metadata = match FabMetadata::from_fab(&fab.content) {
             Ok(metadata) => metadata,
             Err(error) => return Ok(Err(error.to_string())),
         };

@@ -20,34 +20,15 @@
 //! Python's `flwr-serverapp`/`flwr-clientapp` import the component references. A Rust app
 //! binary cannot import anything; it uses the reference as a *name* to pick one of its compiled
 //! apps (see [`AppSpec::component`] and the crate docs).
+//!
+//! Reading and validating the FAB is [`flwr_core::fab`]'s, the same code the SuperLink's
+//! `StartRun` runs, so a FAB this SDK refuses is one the reference's app processes refuse too.
 
-use std::io::{Cursor, Read};
+/// Why a FAB could not be read (shared with the SuperLink and SuperNode).
+pub use flwr_core::FabError;
+use flwr_core::FabMetadata;
 
 use crate::record::{Config, Scalar};
-
-/// A FAB could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FabError {
-    /// A `[tool.flwr.app.config]` value is not an int, float, bool, str or table.
-    #[error("pyproject.toml: `{0}` in [tool.flwr.app.config] is not an int, float, bool or str")]
-    ConfigValue(String),
-    /// An entry could not be read.
-    #[error("reading pyproject.toml from the FAB: {0}")]
-    Io(#[from] std::io::Error),
-    /// A required `pyproject.toml` field is missing or has the wrong type.
-    #[error("pyproject.toml: missing or invalid `{0}`")]
-    MissingField(&'static str),
-    /// The FAB has no `pyproject.toml`.
-    #[error("the FAB has no pyproject.toml")]
-    MissingPyproject,
-    /// `pyproject.toml` is not valid TOML.
-    #[error("pyproject.toml: {0}")]
-    Toml(#[from] toml::de::Error),
-    /// The ZIP archive is malformed.
-    #[error("reading the FAB archive: {0}")]
-    Zip(#[from] zip::result::ZipError),
-}
 
 /// Which component of an app a process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,52 +55,22 @@ pub struct AppSpec {
 }
 
 impl AppSpec {
-    /// Reads `pyproject.toml` from FAB bytes.
+    /// Reads and validates `pyproject.toml` from FAB bytes.
     ///
     /// # Errors
     ///
     /// [`FabError`] if the ZIP, the TOML or a required field is bad.
     pub fn from_fab(content: &[u8]) -> Result<Self, FabError> {
-        let mut archive = zip::ZipArchive::new(Cursor::new(content))?;
-        let mut entry = match archive.by_name("pyproject.toml") {
-            Ok(entry) => entry,
-            Err(zip::result::ZipError::FileNotFound) => return Err(FabError::MissingPyproject),
-            Err(other) => return Err(other.into()),
-        };
-        let mut text = String::new();
-        entry.read_to_string(&mut text)?;
-        Self::from_pyproject(&text)
+        FabMetadata::from_fab(content).map(Self::from)
     }
 
-    /// Reads the fields from `pyproject.toml` text.
+    /// Reads and validates `pyproject.toml` text.
     ///
     /// # Errors
     ///
     /// As [`AppSpec::from_fab`].
     pub fn from_pyproject(text: &str) -> Result<Self, FabError> {
-        let doc: toml::Table = text.parse()?;
-        let string = |path: &'static str| -> Result<String, FabError> {
-            lookup(&doc, path)
-                .and_then(toml::Value::as_str)
-                .map(str::to_owned)
-                .ok_or(FabError::MissingField(path))
-        };
-        let name = string("project.name")?;
-        let publisher = string("tool.flwr.app.publisher")?;
-        let mut config = Config::new();
-        if let Some(table) = lookup(&doc, "tool.flwr.app.config") {
-            let table = table
-                .as_table()
-                .ok_or(FabError::MissingField("tool.flwr.app.config"))?;
-            flatten(table, "", &mut config)?;
-        }
-        Ok(Self {
-            fab_id: format!("{publisher}/{name}"),
-            fab_version: string("project.version")?,
-            serverapp: string("tool.flwr.app.components.serverapp")?,
-            clientapp: string("tool.flwr.app.components.clientapp")?,
-            config,
-        })
+        FabMetadata::from_pyproject(text).map(Self::from)
     }
 
     /// The component reference of `component`.
@@ -143,42 +94,31 @@ impl AppSpec {
     }
 }
 
-fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
-    let mut parts = dotted.split('.');
-    let first = table.get(parts.next()?)?;
-    parts.try_fold(first, |value, key| value.as_table()?.get(key))
-}
-
-fn flatten(table: &toml::Table, prefix: &str, out: &mut Config) -> Result<(), FabError> {
-    for (key, value) in table {
-        let key = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        let scalar = match value {
-            toml::Value::Table(inner) => {
-                flatten(inner, &key, out)?;
-                continue;
-            }
-            toml::Value::Boolean(v) => Scalar::Bool(*v),
-            toml::Value::Float(v) => Scalar::Double(*v),
-            toml::Value::Integer(v) => Scalar::Sint64(*v),
-            toml::Value::String(v) => Scalar::String(v.clone()),
-            _ => return Err(FabError::ConfigValue(key)),
-        };
-        out.insert(key, scalar);
+impl From<FabMetadata> for AppSpec {
+    fn from(metadata: FabMetadata) -> Self {
+        let config = metadata
+            .default_config
+            .iter()
+            // Flattening always sets the oneof, so no value is dropped here.
+            .filter_map(|(key, value)| Some((key.clone(), Scalar::try_from(value.clone()).ok()?)))
+            .collect();
+        Self {
+            fab_id: metadata.fab_id(),
+            fab_version: metadata.version,
+            serverapp: metadata.serverapp,
+            clientapp: metadata.clientapp,
+            config,
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Cursor, Write};
 
     use super::*;
 
-    pub(crate) const PYPROJECT: &str = r#"
+    const PYPROJECT: &str = r#"
 [project]
 name = "numpyapp"
 version = "1.0.0"
@@ -241,14 +181,15 @@ nested.deeper.flag = true
             AppSpec::from_fab(&fab(&[("README.md", "x")])),
             Err(FabError::MissingPyproject)
         ));
+        let unnamed = PYPROJECT.replace("name = \"numpyapp\"", "name = 1");
         assert!(matches!(
-            AppSpec::from_fab(&fab(&[("pyproject.toml", "[project]\nname = 1\n")])),
-            Err(FabError::MissingField("project.name"))
+            AppSpec::from_fab(&fab(&[("pyproject.toml", &unnamed)])),
+            Err(FabError::Validation(_))
         ));
         let listy = PYPROJECT.replace("lr = 0.1", "lr = [0.1]");
         assert!(matches!(
             AppSpec::from_pyproject(&listy),
-            Err(FabError::ConfigValue(key)) if key == "lr"
+            Err(FabError::UnsupportedConfigValue(_))
         ));
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
+use flwr_core::FabMetadata;
 use flwr_proto::exec_server::Exec;
 use flwr_proto::{
     ConfigsRecord, Context, GetAuthTokensRequest, GetAuthTokensResponse, GetLoginDetailsRequest,
@@ -18,7 +19,6 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::fab;
 use crate::launcher::LauncherHandle;
 use crate::service::{respond, status_of, unix_now, Stores};
 
@@ -57,18 +57,18 @@ impl ExecService {
         let outcome = self
             .stores
             .call(move |state, ffs| {
-                let attempt = || -> Result<(u64, fab::FabMetadata), StartFailure> {
+                let attempt = || -> Result<(u64, FabMetadata), StartFailure> {
                     // `fab.hash_str` is ignored: the SuperLink hashes the content itself.
                     let fab_hash = ffs
                         .put(&content)
                         .map_err(|e| StartFailure::before_run(format!("storing the FAB: {e}")))?;
-                    let metadata = fab::parse_metadata(&content)
+                    let metadata = FabMetadata::from_fab(&content)
                         .map_err(|e| StartFailure::before_run(e.to_string()))?;
                     // Federation options are discarded by the deployment executor.
                     let run_id = state
                         .create_run(
-                            &metadata.fab_id,
-                            &metadata.fab_version,
+                            &metadata.fab_id(),
+                            &metadata.version,
                             &fab_hash,
                             override_config,
                             ConfigsRecord::default(),
@@ -103,8 +103,8 @@ impl ExecService {
             Ok(Ok((run_id, metadata))) => {
                 tracing::info!(
                     run_id,
-                    fab_id = %metadata.fab_id,
-                    fab_version = %metadata.fab_version,
+                    fab_id = %metadata.fab_id(),
+                    fab_version = %metadata.version,
                     "Created run {run_id}"
                 );
                 Ok(StartRunResponse {

@@ -1,0 +1,24 @@
+//! Domain logic of the Flower 1.14 deployment runtime that the SuperLink, the SuperNode and the
+//! app SDK share, written once so that the three agree byte for byte with the reference. Nothing
+//! here touches the network or the file system: callers read files and resolve names.
+//!
+//! # Layout
+//!
+//! - [`address`]: `host:port` parsing the way the reference splits addresses
+//!   (PROTOCOL.md §2.2): [`Address`], [`Host`], [`AddressError`].
+//! - [`config`]: user configs (BEHAVIOR.md §11): the reference's `key=value` tokenizer
+//!   ([`config::pairs`]), TOML typing, flattening nested tables into `a.b` keys
+//!   ([`config::flatten`]) and fusing overrides into defaults ([`config::fuse`]).
+//! - [`fab`]: Flower App Bundles (BEHAVIOR.md §10): the sha256 hash ([`fab::hash`],
+//!   [`fab::verify_hash`]) and `pyproject.toml` read and validated like the reference's
+//!   `get_fab_config` ([`FabMetadata`]).
+
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod config;
+pub mod fab;
+
+pub use address::{Address, AddressError, Host};
+pub use config::ConfigError;
+pub use fab::{FabError, FabMetadata};
