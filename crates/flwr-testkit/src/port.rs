@@ -97,10 +97,9 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 8, "ports handed out twice: {first:?} {second:?}");
-        for port in all {
-            assert_ne!(port, 0);
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("port is bindable again");
-        }
+        // Whether a port is still free a moment later depends on everything else on the
+        // machine, so only what this process controls is asserted.
+        assert!(all.iter().all(|&port| port != 0));
     }
 
     #[test]
