@@ -289,6 +289,8 @@ fn demo(
         allow_list: &credentials.allow_list,
     });
 
+    // Fleet, ServerAppIo, Exec, then one ClientAppIo port per SuperNode and the rogue's;
+    // `free_ports_vec` returns exactly as many as asked for, so the indexing below holds.
     let ports = flwr_testkit::free_ports_vec(3 + config.nodes + 1)?;
     let layout = Layout {
         logs: dir.join("logs"),
