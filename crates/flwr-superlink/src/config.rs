@@ -60,8 +60,8 @@ pub struct Args {
     pub database: String,
 
     /// The base directory to store the objects for the Flower File System [default:
-    /// <flwr home>/superlink/ffs, where <flwr home> is $FLWR_HOME, else $XDG_DATA_HOME/.flwr,
-    /// else $HOME/.flwr].
+    /// superlink/ffs in the Flower home directory, which is $FLWR_HOME, else
+    /// $XDG_DATA_HOME/.flwr, else $HOME/.flwr].
     #[arg(long, value_name = "STORAGE_DIR")]
     pub storage_dir: Option<PathBuf>,
 

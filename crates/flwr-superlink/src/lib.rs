@@ -15,7 +15,7 @@
 //! - [`server`]: [`SuperLink::bind`] (stores + ports) and [`SuperLink::run`] (serve, drain),
 //!   and [`serve`] which does both; tests pass a oneshot as the shutdown future, the binary
 //!   passes [`signal::shutdown_signal`].
-//! - [`signal`](crate::signal): SIGINT and SIGTERM.
+//! - [`signal`]: SIGINT and SIGTERM.
 
 #![warn(missing_docs)]
 

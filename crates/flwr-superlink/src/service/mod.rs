@@ -3,7 +3,7 @@
 //! Every handler is an async fn returning a domain [`Result`](crate::error::Error); the tonic
 //! trait impls only unwrap the request and convert the error at the edge. LinkState and FAB
 //! storage calls may block (SQLite, files), so they run on the blocking pool through
-//! [`Stores::call`].
+//! `Stores::call`.
 
 pub mod exec;
 pub mod fleet;
