@@ -153,3 +153,54 @@ pub mod tempfile_like {
         }
     }
 }
+
+/// Kills, when dropped, every process whose `FLWR_HOME` is `home`.
+///
+/// A SuperLink that is killed (not stopped) cannot stop the ServerApp it launched in its own
+/// process group; a test that crashes a SuperLink on purpose uses this to clean up after it.
+#[derive(Debug)]
+pub struct OrphanReaper {
+    home: PathBuf,
+}
+
+impl OrphanReaper {
+    /// Watches for processes started with `FLWR_HOME=home`.
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Self { home: home.into() }
+    }
+
+    /// Kills them now; returns how many there were.
+    pub fn reap(&self) -> usize {
+        let wanted = format!("FLWR_HOME={}", self.home.display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ
+                .split(|&b| b == 0)
+                .any(|var| var == wanted.as_bytes())
+            {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+                killed += 1;
+            }
+        }
+        killed
+    }
+}
+
+impl Drop for OrphanReaper {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}

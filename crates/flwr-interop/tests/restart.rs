@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use flwr_interop::scratch;
+use flwr_interop::{scratch, OrphanReaper};
 use flwr_testkit::cluster::{Cluster, Side, FEDERATION};
 
 #[test]
@@ -13,6 +13,8 @@ fn supernodes_come_back_after_a_superlink_crash() {
     let database = dir.path().join("state.db").display().to_string();
     let args = ["--database".to_owned(), database];
     let mut cluster = Cluster::new(dir.path()).expect("cluster");
+    // Drops before the cluster: kills the SuperLink's process tree, orphaned ServerApps included.
+    let reaper = OrphanReaper::new(dir.path().join("home-superlink"));
     cluster
         .start_superlink(Side::Rust, &args)
         .expect("superlink");
@@ -40,6 +42,8 @@ fn supernodes_come_back_after_a_superlink_crash() {
     cluster
         .stop_superlink(Duration::ZERO)
         .expect("kill the SuperLink");
+    // The killed SuperLink\'s ServerApp (its own process group) outlives it, as after any crash.
+    reaper.reap();
     let killed = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
 
