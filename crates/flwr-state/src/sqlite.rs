@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
 use crate::link_state::{TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
-    expired_for_delivery, expired_for_results, message_unavailable_reply, parse_task_id,
-    reply_fits_instruction, reply_unavailable_reply, validate_task_ins, validate_task_res,
+    accept_task_ins, accept_task_res, expired_for_delivery, expired_for_results,
+    message_unavailable_reply, parse_task_id, reply_fits_instruction, reply_unavailable_reply,
 };
 use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
 
@@ -206,11 +206,7 @@ fn delete_pair(tx: &Transaction<'_>, task_id: &str) -> Result<(), StateError> {
 
 impl LinkState for SqliteLinkState {
     fn store_task_ins(&self, mut task_ins: TaskIns) -> Result<Option<String>, StateError> {
-        let now = self.clock.now();
-        if let Some(task) = task_ins.task.as_mut() {
-            task.pushed_at = now;
-        }
-        if !validate_task_ins(&task_ins, now).is_empty() {
+        if !accept_task_ins(&mut task_ins, self.clock.now()) {
             return Ok(None);
         }
         let Some(consumer) = task_ins.task.as_ref().and_then(|task| task.consumer) else {
@@ -289,18 +285,10 @@ impl LinkState for SqliteLinkState {
 
     fn store_task_res(&self, mut task_res: TaskRes) -> Result<Option<String>, StateError> {
         let now = self.clock.now();
-        if let Some(task) = task_res.task.as_mut() {
-            task.pushed_at = now;
-        }
-        if !validate_task_res(&task_res, now).is_empty() {
+        let Some(ins_id) = accept_task_res(&mut task_res, now)? else {
             return Ok(None);
-        }
-        let ancestor = task_res
-            .task
-            .as_ref()
-            .and_then(|task| task.ancestry.first())
-            .map_or("", String::as_str);
-        let ins_id = parse_task_id(ancestor)?.hyphenated().to_string();
+        };
+        let ins_id = ins_id.hyphenated().to_string();
         let mut connection = self.lock();
         let tx = connection.transaction()?;
         let Some(task_ins) = load_task_ins(&tx, &ins_id)? else {

@@ -119,6 +119,34 @@ fn check_node(role: &str, node: &Node, errors: &mut Vec<String>) {
     }
 }
 
+/// Stamps `pushed_at = now` (BEHAVIOR.md §6.1) and validates; whether the TaskIns may be stored.
+pub fn accept_task_ins(task_ins: &mut TaskIns, now: f64) -> bool {
+    if let Some(task) = task_ins.task.as_mut() {
+        task.pushed_at = now;
+    }
+    validate_task_ins(task_ins, now).is_empty()
+}
+
+/// Stamps `pushed_at = now`, validates (BEHAVIOR.md §6.2 step 1) and parses the instruction id
+/// in `ancestry[0]` (step 2); `None` when validation rejects the TaskRes.
+///
+/// # Errors
+///
+/// [`StateError::InvalidUuid`] for a malformed ancestry id, as the reference raises there.
+pub fn accept_task_res(task_res: &mut TaskRes, now: f64) -> Result<Option<Uuid>, StateError> {
+    if let Some(task) = task_res.task.as_mut() {
+        task.pushed_at = now;
+    }
+    if !validate_task_res(task_res, now).is_empty() {
+        return Ok(None);
+    }
+    let ancestor = task_res
+        .task
+        .as_ref()
+        .and_then(|task| task.ancestry.first());
+    parse_task_id(ancestor.map_or("", String::as_str)).map(Some)
+}
+
 /// Parses a task id the way Python's `uuid.UUID(text)` does: `urn:`/`uuid:` prefixes, braces
 /// and hyphens are ignored, and 32 hex digits must remain.
 ///
