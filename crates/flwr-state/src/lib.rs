@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`LinkState`]: the synchronous store trait the SuperLink services program against
-//!   (call it from `spawn_blocking`); [`StateError`] is its error type.
+//!   (from `spawn_blocking` when [`LinkState::blocks`]); [`StateError`] is its error type;
+//!   [`TaskCounts`] and [`NodeCounts`] are its cheap size reports.
 //! - [`InMemoryLinkState`]: the default store, in process memory.
 //! - [`SqliteLinkState`]: a persistent store in one SQLite database (`--database <path>`
 //!   or `:memory:`), schema in `migrations/`.
@@ -34,7 +35,7 @@ pub use clock::{isoformat, Clock, ManualClock, SystemClock};
 pub use error::StateError;
 pub use ffs::{Ffs, FfsError};
 pub use lifecycle::{guard_denial, transition_allowed, Guard};
-pub use link_state::{LinkState, TaskCounts, LOG_TIMESTAMP_EPSILON};
+pub use link_state::{LinkState, NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 pub use memory::InMemoryLinkState;
 pub use sqlite::SqliteLinkState;
 pub use task::{

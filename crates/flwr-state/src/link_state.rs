@@ -9,14 +9,30 @@ use crate::StateError;
 
 /// The SuperLink's state store (BEHAVIOR.md §4–§8, AUTH.md §7–§8).
 ///
-/// Every method is synchronous and may block (the SQLite store does I/O): call it from
-/// `tokio::task::spawn_blocking` through an `Arc<dyn LinkState>`. Each call is atomic with
-/// respect to the others. "Now" always comes from the store's injected
+/// Every method is synchronous. A store whose [`blocks`](Self::blocks) is `true` (SQLite does
+/// I/O) must be called from `tokio::task::spawn_blocking` through an `Arc<dyn LinkState>`; one
+/// that returns `false` may be called inline on an async worker. Each call is atomic with
+/// respect to the others.
+///
+/// # Cost at scale
+///
+/// The SuperNode-facing calls stay cheap with tens of thousands of registered nodes: none of
+/// [`task_ins_for_node`](Self::task_ins_for_node), [`acknowledge_ping`](Self::acknowledge_ping),
+/// [`create_node`](Self::create_node), [`node_id_for_public_key`](Self::node_id_for_public_key)
+/// or [`is_node_online`](Self::is_node_online) scans all nodes or all tasks (hash, B-tree or
+/// index lookups, plus the requesting node's own queue). "Now" always comes from the store's injected
 /// [`Clock`](crate::Clock); ISO-8601 timestamps use [`isoformat`](crate::isoformat).
 ///
 /// Both stores implement the reference's *in-memory* semantics (BEHAVIOR.md §8.3, left
 /// column) minus its stale key→id bug, and never drop a task's `error`.
 pub trait LinkState: Send + Sync + fmt::Debug {
+    /// Whether calls may block the thread on I/O. `false` promises that every call only takes
+    /// a lock for work proportional to the request (or to its answer), so the server may run
+    /// it on an async worker instead of `spawn_blocking`.
+    fn blocks(&self) -> bool {
+        true
+    }
+
     // ----- tasks -----
 
     /// Validates and stores a TaskIns from the ServerApp; returns its new task id (UUID4,
@@ -100,6 +116,14 @@ pub trait LinkState: Send + Sync + fmt::Debug {
     /// Refreshes a node's liveness: online until now + `ping_interval`. Returns `false` (and
     /// changes nothing) for an unknown node.
     fn acknowledge_ping(&self, node_id: u64, ping_interval: f64) -> Result<bool, StateError>;
+
+    /// Whether `node_id` is registered and online now (`online_until > now`); `false` for an
+    /// unknown or deleted node. One lookup, unlike searching [`online_nodes`](Self::online_nodes)
+    /// (the auth binding of Fleet `GetRun` asks this on every request).
+    fn is_node_online(&self, node_id: u64) -> Result<bool, StateError>;
+
+    /// How many nodes are registered and how many of them are online now; for metrics.
+    fn node_counts(&self) -> Result<NodeCounts, StateError>;
 
     /// Ids of all nodes online now (`online_until > now`), ascending. Not filtered by run:
     /// the run only has to exist.
@@ -202,6 +226,15 @@ pub struct TaskCounts {
     pub task_ins: usize,
     /// Stored TaskRes.
     pub task_res: usize,
+}
+
+/// How many nodes a store knows, see [`LinkState::node_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Registered nodes, online or not.
+    pub registered: usize,
+    /// Registered nodes online now.
+    pub online: usize,
 }
 
 /// Log chunks must be newer than `after_timestamp` by more than this to be returned.

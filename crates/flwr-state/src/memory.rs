@@ -1,13 +1,15 @@
 //! [`InMemoryLinkState`]: the default store (`--database :flwr-in-memory-state:`).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRes};
 use uuid::Uuid;
 
 use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
-use crate::link_state::{TaskCounts, LOG_TIMESTAMP_EPSILON};
+use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
     accept_task_ins, accept_task_res, expired_for_delivery, expired_for_results,
     message_unavailable_reply, parse_task_id, reply_fits_instruction, reply_unavailable_reply,
@@ -17,7 +19,21 @@ use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
 /// A [`LinkState`] held in process memory; lost on restart.
 ///
 /// One mutex guards all of it. Every method holds the lock for a short, non-blocking section
-/// (no I/O, and nothing here is async, so it is never held across an `.await`).
+/// (no I/O, and nothing here is async, so it is never held across an `.await`), so
+/// [`blocks`](LinkState::blocks) is `false` and the server may call it on an async worker.
+///
+/// With two worker threads a single lock is enough as long as the sections are short, so the
+/// SuperNode-facing calls do work proportional to the request only:
+///
+/// | call | cost |
+/// |---|---|
+/// | `task_ins_for_node` | O(log n + delivered + expired entries skipped) in that consumer's queue |
+/// | `acknowledge_ping`, `create_node`, `delete_node` | O(log nodes) |
+/// | `is_node_online`, `node_id_for_public_key` | O(log nodes) / one hash lookup |
+/// | `node_counts` | O(nodes gone offline since the previous call) |
+/// | `online_nodes` | one pass over the nodes in id order (GetNodes, once per round) |
+///
+/// Rare administrative calls (`delete_tasks_of_run`, `runs`, the allow-list) may be O(size).
 #[derive(Debug)]
 pub struct InMemoryLinkState {
     clock: Arc<dyn Clock>,
@@ -30,12 +46,18 @@ struct Inner {
     runs: HashMap<u64, RunEntry>,
     /// Run ids in creation order.
     run_order: Vec<u64>,
-    nodes: HashMap<u64, NodeEntry>,
+    /// Ordered by id, so that `online_nodes` is one ascending pass without a sort.
+    nodes: BTreeMap<u64, NodeEntry>,
     node_of_key: HashMap<Vec<u8>, u64>,
+    liveness: Liveness,
     public_keys: BTreeSet<Vec<u8>>,
-    /// TaskIns by insertion sequence, so that delivery is oldest first.
-    task_ins: BTreeMap<u64, TaskIns>,
+    /// TaskIns by insertion sequence number.
+    task_ins: HashMap<u64, TaskIns>,
     task_ins_seq: HashMap<Uuid, u64>,
+    /// Sequence numbers of the undelivered TaskIns of each consumer (`None`: anonymous),
+    /// oldest first. Delivered ones leave their queue at once and expired ones when a pull
+    /// meets them, so a pull never looks at other nodes' tasks. Empty queues are removed.
+    queues: HashMap<Option<u64>, BTreeSet<u64>>,
     next_seq: u64,
     task_res: HashMap<Uuid, TaskRes>,
     /// TaskIns id → id of its (latest) reply.
@@ -76,38 +98,158 @@ impl InMemoryLinkState {
 }
 
 impl Inner {
-    /// Removes a TaskIns and its reply, if any.
+    /// Removes a TaskIns (from its consumer's queue too) and its reply, if any.
     fn remove_task_ins(&mut self, id: &Uuid) {
         if let Some(seq) = self.task_ins_seq.remove(id) {
-            self.task_ins.remove(&seq);
+            let consumer = self.task_ins.remove(&seq).as_ref().and_then(queue_of);
+            if let Some(consumer) = consumer {
+                self.dequeue(consumer, seq);
+            }
         }
         if let Some(res_id) = self.reply_of.remove(id) {
             self.task_res.remove(&res_id);
         }
     }
+
+    /// Takes `seq` out of a consumer's queue, dropping the queue when it empties.
+    fn dequeue(&mut self, consumer: Option<u64>, seq: u64) {
+        if let Some(queue) = self.queues.get_mut(&consumer) {
+            queue.remove(&seq);
+            if queue.is_empty() {
+                self.queues.remove(&consumer);
+            }
+        }
+    }
+}
+
+/// The queue a TaskIns waits in: `Some(None)` for an anonymous consumer, `Some(Some(id))` for a
+/// named one; `None` if it has no consumer (validation refuses those).
+fn queue_of(task_ins: &TaskIns) -> Option<Option<u64>> {
+    let consumer = task_ins.task.as_ref()?.consumer?;
+    Some((!consumer.anonymous).then_some(consumer.node_id))
+}
+
+/// Every node's `online_until` in time order, with a running count of the online ones, so that
+/// liveness questions cost O(answer) rather than O(nodes).
+#[derive(Debug)]
+struct Liveness {
+    by_expiry: BTreeSet<(Expiry, u64)>,
+    /// How many entries have an expiry after `counted_at`.
+    online: usize,
+    /// The time `online` refers to; [`Liveness::online_at`] moves it forward.
+    counted_at: Expiry,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            by_expiry: BTreeSet::new(),
+            online: 0,
+            counted_at: Expiry::of(f64::NEG_INFINITY),
+        }
+    }
+}
+
+impl Liveness {
+    /// Records a node online until `until`.
+    fn insert(&mut self, node_id: u64, until: f64) {
+        let expiry = Expiry::of(until);
+        if self.by_expiry.insert((expiry, node_id)) && expiry > self.counted_at {
+            self.online += 1;
+        }
+    }
+
+    /// Forgets a node recorded with `until`.
+    fn remove(&mut self, node_id: u64, until: f64) {
+        let expiry = Expiry::of(until);
+        if self.by_expiry.remove(&(expiry, node_id)) && expiry > self.counted_at {
+            self.online -= 1;
+        }
+    }
+
+    /// How many nodes are online at `now`. Amortised O(1) while time moves forward: each node
+    /// going offline is counted out once; a clock that stepped back costs one recount.
+    fn online_at(&mut self, now: f64) -> usize {
+        let now = Expiry::of(now);
+        match now.cmp(&self.counted_at) {
+            Ordering::Equal => {}
+            Ordering::Greater => {
+                let expired = self
+                    .by_expiry
+                    .range((
+                        Excluded((self.counted_at, u64::MAX)),
+                        Included((now, u64::MAX)),
+                    ))
+                    .count();
+                self.online -= expired;
+            }
+            Ordering::Less => {
+                self.online = self
+                    .by_expiry
+                    .range((Excluded((now, u64::MAX)), Unbounded))
+                    .count();
+            }
+        }
+        self.counted_at = now;
+        self.online
+    }
+}
+
+/// An `online_until` as a totally ordered key. NaN (a NaN `ping_interval` from the wire) counts
+/// as never online, like `NaN > now` does, and -0 as 0, so the order agrees with `>` on `f64`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Expiry(f64);
+
+impl Expiry {
+    fn of(until: f64) -> Self {
+        if until.is_nan() {
+            Self(f64::NEG_INFINITY)
+        } else {
+            Self(until + 0.0)
+        }
+    }
+}
+
+impl Eq for Expiry {}
+
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Expiry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 impl LinkState for InMemoryLinkState {
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn store_task_ins(&self, mut task_ins: TaskIns) -> Result<Option<String>, StateError> {
         if !accept_task_ins(&mut task_ins, self.clock.now()) {
             return Ok(None);
         }
+        let Some(consumer) = queue_of(&task_ins) else {
+            return Ok(None);
+        };
+        let id = Uuid::new_v4();
+        task_ins.task_id = id.hyphenated().to_string();
         let mut inner = self.lock();
         if !inner.runs.contains_key(&task_ins.run_id) {
             return Ok(None);
         }
-        let consumer = task_ins.task.as_ref().and_then(|task| task.consumer);
-        if let Some(consumer) = consumer {
-            if !consumer.anonymous && !inner.nodes.contains_key(&consumer.node_id) {
-                return Ok(None);
-            }
+        if consumer.is_some_and(|node_id| !inner.nodes.contains_key(&node_id)) {
+            return Ok(None);
         }
-        let id = Uuid::new_v4();
-        task_ins.task_id = id.hyphenated().to_string();
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.task_ins.insert(seq, task_ins);
         inner.task_ins_seq.insert(id, seq);
+        inner.queues.entry(consumer).or_default().insert(seq);
         Ok(Some(id.hyphenated().to_string()))
     }
 
@@ -116,29 +258,39 @@ impl LinkState for InMemoryLinkState {
         node_id: Option<u64>,
         limit: usize,
     ) -> Result<Vec<TaskIns>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let now = self.clock.now();
         let delivered_at = isoformat(now);
         let mut inner = self.lock();
+        let Inner {
+            queues, task_ins, ..
+        } = &mut *inner;
+        let Some(queue) = queues.get_mut(&node_id) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        for task_ins in inner.task_ins.values_mut() {
-            if out.len() >= limit {
+        while out.len() < limit {
+            let Some(seq) = queue.pop_first() else {
                 break;
-            }
-            let Some(task) = task_ins.task.as_mut() else {
+            };
+            let Some(stored) = task_ins.get_mut(&seq) else {
                 continue;
             };
-            let Some(consumer) = task.consumer else {
+            let Some(task) = stored.task.as_mut() else {
                 continue;
             };
-            let addressed = match node_id {
-                None => consumer.anonymous,
-                Some(id) => !consumer.anonymous && consumer.node_id == id,
-            };
-            if !addressed || !task.delivered_at.is_empty() || expired_for_delivery(task, now) {
+            // An expired TaskIns can never be delivered again (time only moves forward), so
+            // it leaves the queue here; it stays stored until its results are pulled.
+            if expired_for_delivery(task, now) {
                 continue;
             }
             delivered_at.clone_into(&mut task.delivered_at);
-            out.push(task_ins.clone());
+            out.push(stored.clone());
+        }
+        if queue.is_empty() {
+            queues.remove(&node_id);
         }
         Ok(out)
     }
@@ -269,13 +421,15 @@ impl LinkState for InMemoryLinkState {
             }
         }
         let node_id = fresh_id(|id| Ok(inner.nodes.contains_key(&id)))?;
+        let online_until = now + ping_interval;
         inner.nodes.insert(
             node_id,
             NodeEntry {
-                online_until: now + ping_interval,
+                online_until,
                 public_key: public_key.map(<[u8]>::to_vec),
             },
         );
+        inner.liveness.insert(node_id, online_until);
         if let Some(key) = public_key {
             inner.node_of_key.insert(key.to_vec(), node_id);
         }
@@ -288,6 +442,7 @@ impl LinkState for InMemoryLinkState {
             .nodes
             .remove(&node_id)
             .ok_or(StateError::NodeNotFound(node_id))?;
+        inner.liveness.remove(node_id, node.online_until);
         if let Some(key) = node.public_key {
             inner.node_of_key.remove(&key);
         }
@@ -300,27 +455,53 @@ impl LinkState for InMemoryLinkState {
 
     fn acknowledge_ping(&self, node_id: u64, ping_interval: f64) -> Result<bool, StateError> {
         let now = self.clock.now();
+        let online_until = now + ping_interval;
         let mut inner = self.lock();
-        let Some(node) = inner.nodes.get_mut(&node_id) else {
+        let Inner {
+            nodes, liveness, ..
+        } = &mut *inner;
+        let Some(node) = nodes.get_mut(&node_id) else {
             return Ok(false);
         };
-        node.online_until = now + ping_interval;
+        liveness.remove(node_id, node.online_until);
+        liveness.insert(node_id, online_until);
+        node.online_until = online_until;
         Ok(true)
+    }
+
+    fn is_node_online(&self, node_id: u64) -> Result<bool, StateError> {
+        let now = self.clock.now();
+        let inner = self.lock();
+        Ok(inner
+            .nodes
+            .get(&node_id)
+            .is_some_and(|node| node.online_until > now))
+    }
+
+    fn node_counts(&self) -> Result<NodeCounts, StateError> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        Ok(NodeCounts {
+            registered: inner.nodes.len(),
+            online: inner.liveness.online_at(now),
+        })
     }
 
     fn online_nodes(&self, run_id: u64) -> Result<Vec<u64>, StateError> {
         let now = self.clock.now();
-        let inner = self.lock();
+        let mut inner = self.lock();
         if !inner.runs.contains_key(&run_id) {
             return Err(StateError::RunNotFound(run_id));
         }
-        let mut ids: Vec<u64> = inner
-            .nodes
-            .iter()
-            .filter(|(_, node)| node.online_until > now)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
+        // The running count sizes the answer exactly, so the pass allocates once.
+        let mut ids = Vec::with_capacity(inner.liveness.online_at(now));
+        ids.extend(
+            inner
+                .nodes
+                .iter()
+                .filter(|(_, node)| node.online_until > now)
+                .map(|(id, _)| *id),
+        );
         Ok(ids)
     }
 
@@ -473,5 +654,33 @@ impl LinkState for InMemoryLinkState {
             }
         }
         Ok((text, latest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_counts_online_nodes_as_time_passes() {
+        let mut liveness = Liveness::default();
+        liveness.insert(1, 10.0);
+        liveness.insert(2, 20.0);
+        liveness.insert(3, f64::NAN);
+        assert_eq!(liveness.online_at(5.0), 2);
+        assert_eq!(liveness.online_at(10.0), 1);
+        // A ping after the count moved on: the node is back.
+        liveness.remove(1, 10.0);
+        liveness.insert(1, 40.0);
+        assert_eq!(liveness.online_at(15.0), 2);
+        assert_eq!(liveness.online_at(25.0), 1);
+        // The clock stepped back: recounted, not guessed.
+        assert_eq!(liveness.online_at(0.0), 2);
+        liveness.remove(2, 20.0);
+        assert_eq!(liveness.online_at(0.0), 1);
+        liveness.remove(1, 40.0);
+        liveness.remove(3, f64::NAN);
+        assert_eq!(liveness.online_at(100.0), 0);
+        assert!(liveness.by_expiry.is_empty());
     }
 }

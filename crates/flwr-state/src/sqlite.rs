@@ -10,7 +10,7 @@ use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
-use crate::link_state::{TaskCounts, LOG_TIMESTAMP_EPSILON};
+use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
     accept_task_ins, accept_task_res, expired_for_delivery, expired_for_results,
     message_unavailable_reply, parse_task_id, reply_fits_instruction, reply_unavailable_reply,
@@ -18,10 +18,55 @@ use crate::task::{
 use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_scale.sql")),
+];
 
 /// How long a statement waits for another process's lock on the same file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection. rusqlite's default (16) is fewer than the distinct
+/// statements the store uses, and an evicted statement is re-parsed on its next call.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// Page cache size in KiB (`PRAGMA cache_size` takes negative values as KiB): enough for the
+/// node table and its indexes with 50 000 nodes, so hot lookups do not read the file.
+const CACHE_KIB: i64 = 32 * 1024;
+
+/// The next undelivered TaskIns of a named consumer; served by `idx_task_ins_queue`.
+const NAMED_QUEUE: &str = "SELECT seq, task_ins FROM task_ins WHERE delivered = 0 \
+     AND consumer_anonymous = 0 AND consumer_node_id = ?1 ORDER BY seq LIMIT ?2";
+
+/// The next undelivered TaskIns of anonymous consumers; served by `idx_task_ins_queue`. Their
+/// `consumer_node_id` is always 0 (validation), and naming it keeps the index in `seq` order.
+const ANONYMOUS_QUEUE: &str = "SELECT seq, task_ins FROM task_ins WHERE delivered = 0 \
+     AND consumer_anonymous = 1 AND consumer_node_id = 0 ORDER BY seq LIMIT ?1";
+
+/// Takes a TaskIns out of the delivery queue, storing its (stamped) blob.
+const DELIVER: &str = "UPDATE task_ins SET delivered = 1, task_ins = ?1 WHERE seq = ?2";
+
+/// Takes an expired TaskIns out of the delivery queue, unchanged.
+const DROP_EXPIRED: &str = "UPDATE task_ins SET delivered = 1 WHERE seq = ?1";
+
+/// Liveness refresh (Ping).
+const PING: &str = "UPDATE node SET online_until = ?1, ping_interval = ?2 WHERE node_id = ?3";
+
+/// Whether one node is online; no row for an unknown node.
+const NODE_ONLINE: &str = "SELECT online_until > ?2 FROM node WHERE node_id = ?1";
+
+/// The node bound to a public key; served by the column's UNIQUE index.
+const NODE_OF_KEY: &str = "SELECT node_id FROM node WHERE public_key = ?1";
+
+/// Whether a node id is registered.
+const NODE_EXISTS: &str = "SELECT 1 FROM node WHERE node_id = ?1";
+
+/// Registers a node.
+const INSERT_NODE: &str = "INSERT INTO node (node_id, online_until, ping_interval, public_key) \
+     VALUES (?1, ?2, ?3, ?4)";
+
+/// Ids of online nodes; covered by `idx_online_until`.
+const ONLINE_NODES: &str = "SELECT node_id FROM node WHERE online_until > ?1";
 
 /// Columns of `run`, in the order [`run_from_row`] reads them.
 const RUN_COLUMNS: &str = "run_id, fab_id, fab_version, fab_hash, override_config, pending_at, \
@@ -34,6 +79,12 @@ const RUN_COLUMNS: &str = "run_id, fab_id, fab_version, fab_hash, override_confi
 /// reference opened a fresh, empty in-memory database per call). The lock is held for one
 /// call's statements only; calls block on SQLite I/O, so run them in `spawn_blocking`.
 /// Files use WAL journaling and foreign keys are enforced.
+///
+/// The SuperNode-facing calls are index lookups on cached prepared statements: a pull reads
+/// only the requesting node's queue (`idx_task_ins_queue`), Ping, `is_node_online` and
+/// `create_node` touch one `node` row (by rowid or the `public_key` UNIQUE index).
+/// `online_nodes` and the online count of `node_counts` range-scan `idx_online_until`; the
+/// registered count is SQLite's `COUNT(*)`, a walk of the smallest index (metrics only).
 #[derive(Debug)]
 pub struct SqliteLinkState {
     clock: Arc<dyn Clock>,
@@ -68,11 +119,16 @@ impl SqliteLinkState {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StateError> {
         connection.busy_timeout(BUSY_TIMEOUT)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         connection.pragma_update(None, "foreign_keys", "ON")?;
         // Returns the resulting mode: "wal" for files, "memory" for in-memory databases.
         let _mode: String =
             connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        // With WAL, NORMAL syncs only at checkpoints: a commit is in the WAL file before the
+        // call returns, so it survives a killed process; only an OS crash or power loss can
+        // lose the last commits (never corrupt the database).
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "cache_size", -CACHE_KIB)?;
         migrate(&mut connection)?;
         Ok(Self {
             clock,
@@ -219,7 +275,7 @@ impl LinkState for SqliteLinkState {
         }
         if !consumer.anonymous {
             let known = tx
-                .prepare_cached("SELECT 1 FROM node WHERE node_id = ?1")?
+                .prepare_cached(NODE_EXISTS)?
                 .exists([sql_id(consumer.node_id)])?;
             if !known {
                 return Ok(None);
@@ -247,37 +303,40 @@ impl LinkState for SqliteLinkState {
         node_id: Option<u64>,
         limit: usize,
     ) -> Result<Vec<TaskIns>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let now = self.clock.now();
         let delivered_at = isoformat(now);
         let mut connection = self.lock();
         let tx = connection.transaction()?;
-        let rows: Vec<(i64, Vec<u8>)> = {
-            let mut statement = tx.prepare_cached(
-                "SELECT seq, task_ins FROM task_ins WHERE delivered = 0 \
-                 AND consumer_anonymous = ?1 AND (?1 OR consumer_node_id = ?2) ORDER BY seq",
-            )?;
-            let rows = statement.query_map(
-                params![node_id.is_none(), sql_id(node_id.unwrap_or(0))],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?;
-            rows.collect::<Result<_, _>>()?
-        };
         let mut out = Vec::new();
-        for (seq, blob) in rows {
-            if out.len() >= limit {
+        // Each round reads at most the still-missing count; expired rows met on the way leave
+        // the queue, so a round that comes back full but short of deliverable rows is retried.
+        loop {
+            let wanted = limit - out.len();
+            let rows = queued_task_ins(&tx, node_id, wanted)?;
+            let fetched = rows.len();
+            for (seq, blob) in rows {
+                let mut task_ins: TaskIns = decode(&blob)?;
+                let deliverable = task_ins
+                    .task
+                    .as_mut()
+                    .filter(|task| !expired_for_delivery(task, now));
+                // An expired TaskIns can never be delivered again (time only moves forward):
+                // it leaves the queue but stays stored until its results are pulled.
+                let Some(task) = deliverable else {
+                    tx.prepare_cached(DROP_EXPIRED)?.execute([seq])?;
+                    continue;
+                };
+                delivered_at.clone_into(&mut task.delivered_at);
+                tx.prepare_cached(DELIVER)?
+                    .execute(params![task_ins.encode_to_vec(), seq])?;
+                out.push(task_ins);
+            }
+            if fetched < wanted || out.len() >= limit {
                 break;
             }
-            let mut task_ins: TaskIns = decode(&blob)?;
-            let Some(task) = task_ins.task.as_mut() else {
-                continue;
-            };
-            if expired_for_delivery(task, now) {
-                continue;
-            }
-            delivered_at.clone_into(&mut task.delivered_at);
-            tx.prepare_cached("UPDATE task_ins SET delivered = 1, task_ins = ?1 WHERE seq = ?2")?
-                .execute(params![task_ins.encode_to_vec(), seq])?;
-            out.push(task_ins);
         }
         tx.commit()?;
         Ok(out)
@@ -400,7 +459,7 @@ impl LinkState for SqliteLinkState {
         let tx = connection.transaction()?;
         if let Some(key) = public_key {
             let bound: Option<i64> = tx
-                .prepare_cached("SELECT node_id FROM node WHERE public_key = ?1")?
+                .prepare_cached(NODE_OF_KEY)?
                 .query_row([key], |row| row.get(0))
                 .optional()?;
             if let Some(existing) = bound {
@@ -408,16 +467,10 @@ impl LinkState for SqliteLinkState {
             }
         }
         let node_id = fresh_id(|id| {
-            let taken = tx
-                .prepare_cached("SELECT 1 FROM node WHERE node_id = ?1")?
-                .exists([sql_id(id)])?;
+            let taken = tx.prepare_cached(NODE_EXISTS)?.exists([sql_id(id)])?;
             Ok(taken)
         })?;
-        tx.prepare_cached(
-            "INSERT INTO node (node_id, online_until, ping_interval, public_key) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
+        tx.prepare_cached(INSERT_NODE)?.execute(params![
             sql_id(node_id),
             now + ping_interval,
             ping_interval,
@@ -431,7 +484,8 @@ impl LinkState for SqliteLinkState {
         // The key binding lives in the node row, so it goes with it.
         let deleted = self
             .lock()
-            .execute("DELETE FROM node WHERE node_id = ?1", [sql_id(node_id)])?;
+            .prepare_cached("DELETE FROM node WHERE node_id = ?1")?
+            .execute([sql_id(node_id)])?;
         if deleted == 0 {
             return Err(StateError::NodeNotFound(node_id));
         }
@@ -441,7 +495,7 @@ impl LinkState for SqliteLinkState {
     fn node_id_for_public_key(&self, public_key: &[u8]) -> Result<Option<u64>, StateError> {
         let connection = self.lock();
         let id: Option<i64> = connection
-            .prepare_cached("SELECT node_id FROM node WHERE public_key = ?1")?
+            .prepare_cached(NODE_OF_KEY)?
             .query_row([public_key], |row| row.get(0))
             .optional()?;
         Ok(id.map(id_from_sql))
@@ -449,11 +503,37 @@ impl LinkState for SqliteLinkState {
 
     fn acknowledge_ping(&self, node_id: u64, ping_interval: f64) -> Result<bool, StateError> {
         let now = self.clock.now();
-        let updated = self.lock().execute(
-            "UPDATE node SET online_until = ?1, ping_interval = ?2 WHERE node_id = ?3",
-            params![now + ping_interval, ping_interval, sql_id(node_id)],
-        )?;
+        let updated = self.lock().prepare_cached(PING)?.execute(params![
+            now + ping_interval,
+            ping_interval,
+            sql_id(node_id)
+        ])?;
         Ok(updated > 0)
+    }
+
+    fn is_node_online(&self, node_id: u64) -> Result<bool, StateError> {
+        let now = self.clock.now();
+        let connection = self.lock();
+        let online: Option<bool> = connection
+            .prepare_cached(NODE_ONLINE)?
+            .query_row(params![sql_id(node_id), now], |row| row.get(0))
+            .optional()?;
+        Ok(online.unwrap_or(false))
+    }
+
+    fn node_counts(&self) -> Result<NodeCounts, StateError> {
+        let now = self.clock.now();
+        let connection = self.lock();
+        let registered: i64 = connection
+            .prepare_cached("SELECT COUNT(*) FROM node")?
+            .query_row([], |row| row.get(0))?;
+        let online: i64 = connection
+            .prepare_cached("SELECT COUNT(*) FROM node WHERE online_until > ?1")?
+            .query_row([now], |row| row.get(0))?;
+        Ok(NodeCounts {
+            registered: usize::try_from(registered).unwrap_or(0),
+            online: usize::try_from(online).unwrap_or(0),
+        })
     }
 
     fn online_nodes(&self, run_id: u64) -> Result<Vec<u64>, StateError> {
@@ -462,8 +542,7 @@ impl LinkState for SqliteLinkState {
         if !run_exists(&connection, run_id)? {
             return Err(StateError::RunNotFound(run_id));
         }
-        let mut statement =
-            connection.prepare_cached("SELECT node_id FROM node WHERE online_until > ?1")?;
+        let mut statement = connection.prepare_cached(ONLINE_NODES)?;
         let rows = statement.query_map([now], |row| row.get::<_, i64>(0))?;
         let mut ids = rows
             .map(|id| id.map(id_from_sql))
@@ -659,6 +738,28 @@ impl LinkState for SqliteLinkState {
     }
 }
 
+/// Up to `limit` queued (undelivered, not yet found expired) TaskIns of a consumer, oldest
+/// first, as `(seq, blob)`.
+fn queued_task_ins(
+    tx: &Transaction<'_>,
+    node_id: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let row = |row: &Row<'_>| Ok((row.get(0)?, row.get(1)?));
+    let rows = match node_id {
+        Some(node_id) => tx
+            .prepare_cached(NAMED_QUEUE)?
+            .query_map(params![sql_id(node_id), limit], row)?
+            .collect::<Result<_, _>>()?,
+        None => tx
+            .prepare_cached(ANONYMOUS_QUEUE)?
+            .query_map([limit], row)?
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(rows)
+}
+
 /// Adds keys to the allow-list, ignoring ones already present.
 fn insert_public_keys(tx: &Transaction<'_>, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
     let mut statement = tx.prepare_cached("INSERT OR IGNORE INTO public_key VALUES (?1)")?;
@@ -685,11 +786,58 @@ mod tests {
         let mut connection = Connection::open_in_memory().unwrap();
         migrate(&mut connection).unwrap();
         migrate(&mut connection).unwrap();
-        // Re-running the script itself is harmless too (`IF NOT EXISTS` everywhere).
-        connection.execute_batch(MIGRATIONS[0].1).unwrap();
+        // Re-running the scripts themselves is harmless too (`IF NOT EXISTS` everywhere).
+        for (_, sql) in MIGRATIONS {
+            connection.execute_batch(sql).unwrap();
+        }
         let version: i64 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, MIGRATIONS.last().unwrap().0);
+    }
+
+    /// The query plan of `sql`, one detail line per step.
+    fn plan(connection: &Connection, sql: &str) -> Vec<String> {
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(nulls), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn hot_statements_use_indexes() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        migrate(&mut connection).unwrap();
+        let hot = [
+            (NAMED_QUEUE, "idx_task_ins_queue"),
+            (ANONYMOUS_QUEUE, "idx_task_ins_queue"),
+            (DELIVER, "INTEGER PRIMARY KEY"),
+            (DROP_EXPIRED, "INTEGER PRIMARY KEY"),
+            (PING, "INTEGER PRIMARY KEY"),
+            (NODE_ONLINE, "INTEGER PRIMARY KEY"),
+            (NODE_EXISTS, "INTEGER PRIMARY KEY"),
+            (NODE_OF_KEY, "sqlite_autoindex_node"),
+            (ONLINE_NODES, "idx_online_until"),
+        ];
+        for (sql, index) in hot {
+            let steps = plan(&connection, sql);
+            assert!(
+                steps.iter().any(|step| step.contains(index)),
+                "{sql}: {steps:?}"
+            );
+            // A full scan reads "SCAN <table>"; a sort would be a "USE TEMP B-TREE" step.
+            assert!(
+                steps
+                    .iter()
+                    .all(|step| !step.starts_with("SCAN") && !step.contains("TEMP B-TREE")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 }

@@ -14,8 +14,8 @@ use flwr_state::task::{
     REPLY_MESSAGE_UNAVAILABLE_REASON,
 };
 use flwr_state::{
-    guard_denial, isoformat, Guard, InMemoryLinkState, LinkState, ManualClock, SqliteLinkState,
-    StateError, TaskCounts,
+    guard_denial, isoformat, Clock, Guard, InMemoryLinkState, LinkState, ManualClock, NodeCounts,
+    SqliteLinkState, StateError, TaskCounts,
 };
 
 /// The injected clock the stories drive.
@@ -190,6 +190,135 @@ fn story_nodes_and_liveness(state: &dyn LinkState, clock: &TestClock) {
         state.online_nodes(run_id.wrapping_add(1)),
         Err(StateError::RunNotFound(_))
     ));
+}
+
+fn story_node_online(state: &dyn LinkState, clock: &TestClock) {
+    let counts = |registered, online| NodeCounts { registered, online };
+    assert_eq!(state.node_counts().unwrap(), counts(0, 0));
+    let a = state.create_node(30.0, None).unwrap();
+    let b = state.create_node(10.0, None).unwrap();
+    assert!(state.is_node_online(a).unwrap());
+    assert!(state.is_node_online(b).unwrap());
+    assert_eq!(state.node_counts().unwrap(), counts(2, 2));
+    assert!(!state.is_node_online(12345).unwrap());
+    assert!(!state.is_node_online(0).unwrap());
+
+    // Online means `online_until > now`: offline exactly when the interval has passed.
+    clock.advance(10.0);
+    assert!(!state.is_node_online(b).unwrap());
+    assert!(state.is_node_online(a).unwrap());
+    assert_eq!(state.node_counts().unwrap(), counts(2, 1));
+    assert!(state.acknowledge_ping(b, 30.0).unwrap());
+    assert!(state.is_node_online(b).unwrap());
+    assert_eq!(state.node_counts().unwrap(), counts(2, 2));
+
+    clock.advance(30.0);
+    assert!(!state.is_node_online(a).unwrap());
+    assert!(!state.is_node_online(b).unwrap());
+    assert_eq!(state.node_counts().unwrap(), counts(2, 0));
+    assert!(state.acknowledge_ping(a, 30.0).unwrap());
+    assert!(state.is_node_online(a).unwrap());
+    assert_eq!(state.node_counts().unwrap(), counts(2, 1));
+
+    // A deleted node is neither online nor counted, even with time left on its interval.
+    state.delete_node(a).unwrap();
+    assert!(!state.is_node_online(a).unwrap());
+    assert_eq!(state.node_counts().unwrap(), counts(1, 0));
+    // Pulling TaskIns is not a heartbeat.
+    assert!(state.task_ins_for_node(Some(b), 1).unwrap().is_empty());
+    assert!(!state.is_node_online(b).unwrap());
+}
+
+/// Nodes registered by [`story_many_nodes`].
+const MANY_NODES: usize = 20_000;
+
+/// Answers stay right with many registered nodes and a queue for each of some of them.
+fn story_many_nodes(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let key = |i: usize| format!("key-{i}").into_bytes();
+    let nodes: Vec<u64> = (0..MANY_NODES)
+        .map(|i| state.create_node(30.0, Some(&key(i))).unwrap())
+        .collect();
+    assert_eq!(
+        state.node_counts().unwrap(),
+        NodeCounts {
+            registered: MANY_NODES,
+            online: MANY_NODES
+        }
+    );
+    for i in [0, 1, MANY_NODES / 2, MANY_NODES - 1] {
+        assert_eq!(
+            state.node_id_for_public_key(&key(i)).unwrap(),
+            Some(nodes[i])
+        );
+    }
+
+    // Only the even nodes keep pinging.
+    clock.advance(20.0);
+    for node_id in nodes.iter().step_by(2) {
+        assert!(state.acknowledge_ping(*node_id, 30.0).unwrap());
+    }
+    clock.advance(20.0);
+    let mut even: Vec<u64> = nodes.iter().step_by(2).copied().collect();
+    even.sort_unstable();
+    assert_eq!(state.online_nodes(run_id).unwrap(), even);
+    assert_eq!(
+        state.node_counts().unwrap(),
+        NodeCounts {
+            registered: MANY_NODES,
+            online: MANY_NODES / 2
+        }
+    );
+    for (i, node_id) in nodes.iter().enumerate().take(50) {
+        assert_eq!(state.is_node_online(*node_id).unwrap(), i % 2 == 0, "{i}");
+    }
+
+    // One TaskIns for each of the first 100 nodes, and a second one for node 7.
+    let now = clock.now();
+    let mut queued = HashMap::new();
+    for (i, node_id) in nodes.iter().enumerate().take(100) {
+        let id = state
+            .store_task_ins(task_ins(run_id, *node_id, now, 600.0))
+            .unwrap()
+            .unwrap();
+        queued.insert(id, i);
+    }
+    let second = state
+        .store_task_ins(task_ins(run_id, nodes[7], now, 600.0))
+        .unwrap()
+        .unwrap();
+    let pulled = state.task_ins_for_node(Some(nodes[7]), 5).unwrap();
+    assert_eq!(pulled.len(), 2);
+    assert_eq!(queued.get(&pulled[0].task_id), Some(&7));
+    assert_eq!(pulled[1].task_id, second);
+    for ins in &pulled {
+        assert_eq!(ins.task.as_ref().unwrap().consumer, node(nodes[7]));
+    }
+    assert!(state
+        .task_ins_for_node(Some(nodes[7]), 5)
+        .unwrap()
+        .is_empty());
+    assert!(state
+        .task_ins_for_node(Some(nodes[MANY_NODES - 1]), 5)
+        .unwrap()
+        .is_empty());
+    assert!(state.task_ins_for_node(None, 5).unwrap().is_empty());
+    let got = state.task_ins_for_node(Some(nodes[42]), 5).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(queued.get(&got[0].task_id), Some(&42));
+
+    // A deleted node drops out of every answer.
+    state.delete_node(nodes[2]).unwrap();
+    assert!(!state.is_node_online(nodes[2]).unwrap());
+    assert_eq!(state.node_id_for_public_key(&key(2)).unwrap(), None);
+    assert!(!state.online_nodes(run_id).unwrap().contains(&nodes[2]));
+    assert_eq!(
+        state.node_counts().unwrap(),
+        NodeCounts {
+            registered: MANY_NODES - 1,
+            online: MANY_NODES / 2 - 1
+        }
+    );
 }
 
 fn story_task_roundtrip(state: &dyn LinkState, clock: &TestClock) {
@@ -942,6 +1071,8 @@ conformance!(
     story_guards,
     story_concurrent_start,
     story_nodes_and_liveness,
+    story_node_online,
+    story_many_nodes,
     story_node_key_binding,
     story_public_key_allow_list,
     story_task_roundtrip,
@@ -957,6 +1088,13 @@ conformance!(
     story_log_epsilon,
     story_context,
 );
+
+#[test]
+fn only_sqlite_blocks() {
+    let clock = Arc::new(TestClock::new(T0));
+    assert!(!InMemoryLinkState::new(clock.clone()).blocks());
+    assert!(SqliteLinkState::open_in_memory(clock).unwrap().blocks());
+}
 
 // ----- SQLite only -----
 
