@@ -1,0 +1,418 @@
+//! `flower-loadgen`: acts as N Flower 1.14 SuperNodes against any SuperLink (ours or the
+//! Python reference) over the real Fleet gRPC API, with TLS and node authentication or
+//! without, and measures throughput, latency percentiles and the SuperLink's CPU time and
+//! memory.
+//!
+//! A test has two phases. **Registration**: every node sends CreateNode with its
+//! `public-key` header, a bounded number at a time, over one HTTP/2 connection per
+//! `--nodes-per-connection` nodes. **Measurement**, for a fixed window: either every node idles
+//! as a reference SuperNode (`cadence`) or C requests of one RPC stay in flight
+//! (`closed-loop`). Requests are signed once per node, so the generator spends its time on
+//! gRPC, not on cryptography. Every call has a deadline and the whole test a hard one, so it
+//! ends by itself even if the SuperLink hangs.
+//!
+//! # Layout
+//!
+//! - [`config`]: the flags ([`Args`]) and the validated [`Config`].
+//! - [`keys`]: node and SuperLink keys in `flower-keygen`'s layout, generated or read on every
+//!   core.
+//! - [`limits`]: the open-file limit, raised to fit one descriptor per connection.
+//! - [`connection`]: the connections, spread over loopback source addresses.
+//! - [`signed`]: request bodies and their `public-key` / `auth-token` headers.
+//! - [`push_run`]: a running run for PushTaskRes, made through the ServerAppIo API.
+//! - [`server`]: the SuperLink's CPU time and memory from `/proc`.
+//! - [`report`]: the [`Report`], as JSON or a table.
+//! - [`run`]: the test itself; private modules hold registration, the cadence loops, the
+//!   closed-loop workers and the latency recorder.
+
+#![warn(missing_docs)]
+
+mod cadence;
+mod closed_loop;
+pub mod config;
+pub mod connection;
+pub mod keys;
+pub mod limits;
+mod node;
+mod parallel;
+pub mod push_run;
+mod recorder;
+mod registration;
+pub mod report;
+pub mod server;
+pub mod signed;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Args, Config, ConfigError, KeySource, Mode, PushRun, Rpc, Tls};
+pub use report::Report;
+
+use crate::connection::Connections;
+use crate::keys::KeyError;
+use crate::node::SimNode;
+use crate::recorder::{Call, Recorder, Tally};
+use crate::registration::{Identity, Registrar};
+use crate::report::{Latency, RpcReport};
+use crate::server::ServerProbe;
+use crate::signed::{PushTemplate, SignError};
+
+/// Deadline of every call but the cadence Ping (whose 5 s is the reference's).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Extra time after the last possible call deadline before pending calls are abandoned.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a test could not run. Failed calls are not errors: they are counted in the [`Report`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The connections could not be configured.
+    #[error(transparent)]
+    Connection(#[from] connection::ConnectionError),
+    /// The latency histograms could not be created.
+    #[error("latency histogram: {0}")]
+    Histogram(#[from] hdrhistogram::CreationError),
+    /// Node keys could not be generated or read.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// Too many connections for the open-file limit.
+    #[error(transparent)]
+    Limit(#[from] limits::LimitError),
+    /// The run for PushTaskRes could not be set running.
+    #[error(transparent)]
+    PushRun(#[from] push_run::PushRunError),
+    /// A node key and the SuperLink key do not make a secret.
+    #[error("node keys and server_credentials.pub: {0}")]
+    Secret(#[source] flwr_auth::AuthError),
+    /// A request could not be signed.
+    #[error("signing requests: {0}")]
+    Sign(#[from] SignError),
+    /// A worker thread for keys or signatures died.
+    #[error("a key or signing thread failed: {0}")]
+    Thread(#[from] tokio::task::JoinError),
+}
+
+/// Writes the keys of `--generate-keys DIR` without running a test (`--generate-only`).
+///
+/// # Errors
+///
+/// [`KeyError`] when a file exists already or cannot be written.
+pub fn generate_keys(dir: &std::path::Path, nodes: usize) -> Result<(), KeyError> {
+    keys::generate(dir, nodes).map(drop)
+}
+
+/// Runs one test: keys, registration, then the measurement window.
+///
+/// # Errors
+///
+/// [`LoadError`] when the test cannot start: keys, the open-file limit, the endpoint or the
+/// push run. Calls that fail once it runs are counted in the report instead.
+pub async fn run(config: Config) -> Result<Report, LoadError> {
+    limits::raise_open_files(config.connections(), config.nodes)?;
+    let (identities, expected_superlink) = identities(&config).await?;
+    let push_template = match &config.push_run {
+        None => None,
+        Some(PushRun::Existing(run_id)) => Some(PushTemplate::new(*run_id, config.payload_bytes)),
+        Some(PushRun::Create(address)) => {
+            let run_id = push_run::create_running_run(address).await?;
+            Some(PushTemplate::new(run_id, config.payload_bytes))
+        }
+    };
+    let connections =
+        Arc::new(Connections::new(&config.superlink, &config.tls, config.connections()).await?);
+    let registrar = Registrar {
+        connections: Arc::clone(&connections),
+        identities,
+        expected_superlink,
+        nodes_per_connection: config.nodes_per_connection,
+        call_timeout: CALL_TIMEOUT,
+        recorder: Recorder::new()?,
+    };
+    let recorder = Arc::new(Recorder::new()?);
+    let probe = config.server_pid.map(ServerProbe::new);
+    let mut tasks = JoinSet::new();
+
+    let registration_started = Instant::now();
+    let registration_deadline = registration_started + config.registration_timeout;
+    let (nodes, measured) = match config.mode {
+        Mode::Cadence => {
+            let shared = cadence::Shared {
+                window: Arc::default(),
+                recorder: Arc::clone(&recorder),
+                stop: CancellationToken::new(),
+                pull_interval: config.pull_interval,
+                call_timeout: CALL_TIMEOUT,
+            };
+            let nodes = registrar
+                .register_all(
+                    config.nodes,
+                    config.register_concurrency,
+                    registration_deadline,
+                    |node| {
+                        let node = Arc::new(node.clone());
+                        tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
+                        tasks.spawn(cadence::pull_loop(node, shared.clone()));
+                    },
+                )
+                .await;
+            let registration = registration_started.elapsed();
+            let cpu_start = probe.as_ref().and_then(|probe| probe.cpu_micros().ok());
+            let start = Instant::now();
+            let end = start + config.window;
+            shared.window.open(start, end);
+            tokio::time::sleep_until(end).await;
+            shared.stop.cancel();
+            let hard_stopped = drain(&mut tasks, end + CALL_TIMEOUT + DRAIN_GRACE).await;
+            let measured = Measured {
+                registration,
+                window: config.window,
+                cpu_start,
+                hard_stopped,
+            };
+            (nodes.len(), measured)
+        }
+        Mode::ClosedLoop => {
+            let mut nodes = registrar
+                .register_all(
+                    config.nodes,
+                    config.register_concurrency,
+                    registration_deadline,
+                    |_| {},
+                )
+                .await;
+            let registration = registration_started.elapsed();
+            if let Some(template) = &push_template {
+                nodes = prepare_push(nodes, Arc::clone(template)).await?;
+            }
+            let nodes = Arc::new(nodes);
+            let cpu_start = probe.as_ref().and_then(|probe| probe.cpu_micros().ok());
+            let start = Instant::now();
+            let end = start + config.window;
+            closed_loop::spawn_workers(
+                &mut tasks,
+                &nodes,
+                config.rpc,
+                config.concurrency,
+                end,
+                CALL_TIMEOUT,
+                &recorder,
+            );
+            let hard_stopped = drain(&mut tasks, end + CALL_TIMEOUT + DRAIN_GRACE).await;
+            let measured = Measured {
+                registration,
+                window: if nodes.is_empty() {
+                    Duration::ZERO
+                } else {
+                    start.elapsed()
+                },
+                cpu_start,
+                hard_stopped,
+            };
+            (nodes.len(), measured)
+        }
+    };
+    let cpu_end = probe.as_ref().and_then(|probe| probe.cpu_micros().ok());
+    let memory = probe.as_ref().and_then(|probe| probe.memory().ok());
+    let registration = registrar.recorder.total()?;
+    let mut calls = recorder.total()?;
+    let run_id = push_template.as_ref().map(|template| template.run_id());
+    let opened = connections.opened();
+    let mut report = report(
+        &config,
+        &registration,
+        &mut calls,
+        nodes,
+        opened,
+        &measured,
+        run_id,
+    );
+    if let (Some(start), Some(end)) = (measured.cpu_start, cpu_end) {
+        if report.requests > 0 {
+            report.server_cpu_us_per_req =
+                Some(end.saturating_sub(start) as f64 / report.requests as f64);
+        }
+    }
+    if let Some(memory) = memory {
+        report.server_rss_mib = Some(memory.rss_kib as f64 / 1024.0);
+        report.server_rss_peak_mib = Some(memory.peak_kib as f64 / 1024.0);
+    }
+    Ok(report)
+}
+
+/// Timings of the two phases.
+#[derive(Debug)]
+struct Measured {
+    registration: Duration,
+    window: Duration,
+    cpu_start: Option<u64>,
+    hard_stopped: bool,
+}
+
+/// Each node's `public-key` header and, when `server_credentials.pub` is known, its secret
+/// derived ahead of registration; plus that key's header value.
+async fn identities(config: &Config) -> Result<(Option<Vec<Identity>>, Option<String>), LoadError> {
+    let nodes = config.nodes;
+    let source = config.keys.clone();
+    tokio::task::spawn_blocking(move || {
+        let set = match source {
+            KeySource::None => return Ok((None, None)),
+            KeySource::Generate(dir) => keys::generate(&dir, nodes)?,
+            KeySource::Read(dir) => keys::load(&dir, nodes)?,
+        };
+        let secrets = match &set.superlink {
+            Some(superlink) => keys::derive_secrets(&set.nodes, superlink)
+                .map_err(LoadError::Secret)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => vec![None; set.nodes.len()],
+        };
+        let identities = set
+            .nodes
+            .into_iter()
+            .zip(secrets)
+            .map(|(key, secret)| {
+                let public_key =
+                    tonic::metadata::MetadataValue::try_from(key.public.header_value())
+                        .map_err(SignError::from)?;
+                Ok(Identity {
+                    public_key,
+                    private: key.private,
+                    secret,
+                })
+            })
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        let expected = set.superlink.map(|key| key.header_value());
+        Ok((Some(identities), expected))
+    })
+    .await?
+}
+
+/// Signs every node's PushTaskRes on every core.
+async fn prepare_push(
+    mut nodes: Vec<SimNode>,
+    template: Arc<PushTemplate>,
+) -> Result<Vec<SimNode>, LoadError> {
+    tokio::task::spawn_blocking(move || {
+        let tokens = parallel::map(nodes.len(), |index| nodes[index].push_token(&template))?;
+        for (node, token) in nodes.iter_mut().zip(tokens) {
+            node.set_push(Arc::clone(&template), token);
+        }
+        Ok(nodes)
+    })
+    .await?
+}
+
+/// Waits for every task until `deadline`, then abandons the rest; whether any was abandoned.
+async fn drain(tasks: &mut JoinSet<()>, deadline: Instant) -> bool {
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return false,
+            Err(_) => {
+                tasks.abort_all();
+                return true;
+            }
+        }
+    }
+}
+
+/// The report of a finished test (server figures are added by the caller).
+fn report(
+    config: &Config,
+    registration: &Tally,
+    calls: &mut Tally,
+    nodes_connected: usize,
+    connections: usize,
+    measured: &Measured,
+    run_id: Option<u64>,
+) -> Report {
+    let seconds = measured.window.as_secs_f64();
+    let rate = |count: u64| {
+        if seconds > 0.0 {
+            count as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let sent: Vec<Call> = match config.mode {
+        Mode::Cadence => vec![Call::Ping, Call::PullTaskIns],
+        Mode::ClosedLoop => vec![config.rpc.into()],
+    };
+    let by_rpc: BTreeMap<String, RpcReport> = sent
+        .iter()
+        .map(|call| {
+            let histogram = calls.latency(*call);
+            let name = match call {
+                Call::PullTaskIns => "pull",
+                Call::PushTaskRes => "push",
+                Call::Ping | Call::CreateNode => "ping",
+            };
+            (
+                name.to_owned(),
+                RpcReport {
+                    requests: histogram.len(),
+                    requests_per_s: rate(histogram.len()),
+                    latency: Latency::of(histogram),
+                },
+            )
+        })
+        .collect();
+    let all = calls.measured_latencies();
+    let registration_errors: BTreeMap<String, u64> = registration
+        .errors
+        .iter()
+        .map(|(code, count)| ((*code).to_owned(), *count))
+        .collect();
+    calls.merge(registration);
+    // Registration failures come first in time, so they name the first error.
+    let first_error = registration
+        .first_error
+        .clone()
+        .or_else(|| calls.first_error.clone());
+    Report {
+        mode: config.mode.as_str().to_owned(),
+        rpc: match config.mode {
+            Mode::Cadence => "ping+pull".to_owned(),
+            Mode::ClosedLoop => config.rpc.as_str().to_owned(),
+        },
+        superlink: config.superlink.to_string(),
+        tls: config.tls(),
+        auth: config.auth(),
+        nodes: config.nodes,
+        nodes_connected,
+        connections,
+        nodes_per_connection: config.nodes_per_connection,
+        concurrency: config.concurrency,
+        payload_bytes: config.payload_bytes,
+        registration_s: measured.registration.as_secs_f64(),
+        registration: Latency::of(registration.latency(Call::CreateNode)),
+        registration_errors,
+        seconds,
+        requests: all.len(),
+        requests_per_s: rate(all.len()),
+        latency: Latency::of(&all),
+        errors_total: calls.errors_total(),
+        errors: calls
+            .errors
+            .iter()
+            .map(|(code, count)| ((*code).to_owned(), *count))
+            .collect(),
+        first_error,
+        by_rpc,
+        ping_unsuccessful: calls.ping_unsuccessful,
+        push_not_stored: calls.push_not_stored,
+        task_ins_received: calls.task_ins_received,
+        run_id,
+        server_cpu_us_per_req: None,
+        server_rss_mib: None,
+        server_rss_peak_mib: None,
+        hard_stopped: measured.hard_stopped,
+    }
+}
