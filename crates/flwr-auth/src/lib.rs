@@ -15,7 +15,8 @@
 //!   SubjectPublicKeyInfo bytes that are sent and compared ([`PublicKey::to_spki_pem`]), and
 //!   fingerprints for logs.
 //! * [`SharedSecret`], [`Token`]: ECDH, then HKDF-SHA256, then the HMAC-SHA256 `auth-token`,
-//!   verified in constant time. [`primitives`] exposes the individual steps for test vectors.
+//!   verified in constant time; [`TokenMac`] computes it over a message fed in pieces.
+//!   [`primitives`] exposes the individual steps for test vectors.
 //! * [`header`]: the `public-key` / `auth-token` header names and their base64url coding,
 //!   with the reference decoder's exact leniency.
 //! * [`AllowList`], [`CsvError`]: the `--auth-list-public-keys` CSV file.
@@ -89,4 +90,4 @@ pub use curve::Curve;
 pub use error::AuthError;
 pub use header::Base64Error;
 pub use keys::{generate_keypair, PrivateKey, PublicKey};
-pub use secret::{primitives, SharedSecret, Token};
+pub use secret::{primitives, SharedSecret, Token, TokenMac};

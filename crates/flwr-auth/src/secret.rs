@@ -4,7 +4,8 @@ use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine as _;
-use hmac::Mac as _;
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::AuthError;
@@ -86,11 +87,50 @@ impl SharedSecret {
             .verify_slice(mac)
             .is_ok()
     }
+
+    /// Starts a token over a message that arrives in pieces, e.g. canonical bytes streamed by
+    /// the encoder instead of collected first. Feeding the pieces in order gives the same
+    /// token as [`SharedSecret::sign`] over their concatenation.
+    pub fn mac(&self) -> TokenMac {
+        TokenMac(primitives::hmac(self.hmac_key()))
+    }
 }
 
 impl fmt::Debug for SharedSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SharedSecret(<redacted>)")
+    }
+}
+
+/// An `auth-token` being computed incrementally: [`SharedSecret::mac`], then
+/// [`TokenMac::update`] per piece, then [`TokenMac::verify`] or [`TokenMac::finish`].
+///
+/// The keyed HMAC state is as sensitive as the secret, and `hmac` 0.12 cannot zeroize it, so the
+/// type is neither `Clone` nor printable: it lives for one message and is consumed at the end.
+pub struct TokenMac(Hmac<Sha256>);
+
+impl TokenMac {
+    /// Appends the next piece of the message.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Checks a received MAC over everything fed so far, in constant time. `mac` may have any
+    /// length; only the correct 32-byte tag is accepted.
+    pub fn verify(self, mac: &[u8]) -> bool {
+        // `verify_slice` compares in constant time (via `subtle`), never with `==`.
+        self.0.verify_slice(mac).is_ok()
+    }
+
+    /// The token over everything fed so far.
+    pub fn finish(self) -> Token {
+        Token(self.0.finalize().into_bytes().into())
+    }
+}
+
+impl fmt::Debug for TokenMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenMac(<redacted>)")
     }
 }
 
@@ -195,6 +235,12 @@ pub mod primitives {
             .into()
     }
 
+    /// Incremental HMAC-SHA256 under an arbitrary `key`, for test vectors; protocol code uses
+    /// [`SharedSecret::mac`](super::SharedSecret::mac).
+    pub fn hmac_sha256_mac(key: &[u8]) -> super::TokenMac {
+        super::TokenMac(hmac(key))
+    }
+
     /// A fresh HMAC-SHA256 state keyed with `key`.
     #[allow(clippy::expect_used)] // Cannot fail, see the invariant below.
     pub(super) fn hmac(key: &[u8]) -> Hmac<Sha256> {
@@ -213,6 +259,7 @@ mod tests {
         let secret = SharedSecret::from_hkdf_output(&[7; 32]);
         assert_eq!(format!("{secret:?}"), "SharedSecret(<redacted>)");
         assert_eq!(format!("{:?}", secret.sign(b"x")), "Token(<redacted>)");
+        assert_eq!(format!("{:?}", secret.mac()), "TokenMac(<redacted>)");
     }
 
     #[test]

@@ -5,7 +5,42 @@ use base64::Engine as _;
 use flwr_auth::{header, AllowList, Base64Error, PrivateKey, PublicKey, SharedSecret, Token};
 use proptest::prelude::*;
 
+/// Feeds `message` to a fresh [`flwr_auth::TokenMac`] in pieces cut at `cuts`.
+fn mac_in_pieces(secret: &SharedSecret, message: &[u8], cuts: &[usize]) -> flwr_auth::TokenMac {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (message.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut mac = secret.mac();
+    let mut start = 0;
+    for cut in cuts.into_iter().chain([message.len()]) {
+        mac.update(&message[start..cut]);
+        start = cut;
+    }
+    mac
+}
+
 proptest! {
+    #[test]
+    fn incremental_mac_equals_one_shot(
+        okm in any::<[u8; 32]>(),
+        message in prop::collection::vec(any::<u8>(), 0..512),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+        bit in any::<prop::sample::Index>(),
+    ) {
+        let secret = SharedSecret::from_hkdf_output(&okm);
+        let token = secret.sign(&message);
+        let streamed = mac_in_pieces(&secret, &message, &cuts).finish();
+        prop_assert_eq!(streamed.as_bytes(), token.as_bytes());
+        prop_assert!(mac_in_pieces(&secret, &message, &cuts).verify(token.as_bytes()));
+        // Tampered, truncated or extended tags are refused, as by `SharedSecret::verify`.
+        let mut flipped = *token.as_bytes();
+        let i = bit.index(flipped.len() * 8);
+        flipped[i / 8] ^= 1 << (i % 8);
+        prop_assert!(!mac_in_pieces(&secret, &message, &cuts).verify(&flipped));
+        prop_assert!(!mac_in_pieces(&secret, &message, &cuts).verify(&token.as_bytes()[..31]));
+        let longer = [token.as_bytes().as_slice(), &[0]].concat();
+        prop_assert!(!mac_in_pieces(&secret, &message, &cuts).verify(&longer));
+    }
+
     #[test]
     fn sign_then_verify_accepts(okm in any::<[u8; 32]>(), message in prop::collection::vec(any::<u8>(), 0..512)) {
         let secret = SharedSecret::from_hkdf_output(&okm);

@@ -186,6 +186,19 @@ fn check_requests(
         assert!(link_secret.verify(&message, &mac), "{context}");
         let parsed = Token::from_header(expected_token).unwrap();
         assert!(link_secret.verify(&message, parsed.as_bytes()), "{context}");
+        // And incrementally, as the SuperLink streams the canonical bytes into the MAC.
+        let mut streamed = link_secret.mac();
+        for piece in message.chunks(5) {
+            streamed.update(piece);
+        }
+        assert!(streamed.verify(&mac), "{context}");
+        let mut streamed = node_secret.mac();
+        streamed.update(&message);
+        assert_eq!(
+            streamed.finish().header_value(),
+            expected_token,
+            "{context}"
+        );
 
         // A token made with the raw HKDF bytes as key is wrong (AUTH.md §5.2 quirk).
         let raw_key_mac = primitives::hmac_sha256(okm, &message);
