@@ -54,7 +54,11 @@ fn start(runtime: &Runtime, authenticated: bool) -> Bench {
         let router = if authenticated {
             let auth =
                 Arc::new(NodeAuthenticator::new(superlink_key.clone(), allowed).expect("auth"));
-            tonic::transport::Server::builder().add_service(FleetAuth::new(fleet, auth, state))
+            tonic::transport::Server::builder().add_service(FleetAuth::new(
+                fleet,
+                auth,
+                flwr_proto::MAX_MESSAGE_SIZE,
+            ))
         } else {
             tonic::transport::Server::builder().add_service(fleet)
         };

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, ValueEnum};
 use flwr_core::{config, Address, AddressError};
 use flwr_proto::scalar;
+use flwr_runtime::listener::Limits;
 
 /// Default `--database`: one in-process, in-memory LinkState.
 pub const IN_MEMORY_DATABASE: &str = ":flwr-in-memory-state:";
@@ -118,6 +119,21 @@ pub struct Args {
     /// executor only).
     #[arg(long, default_value = "0.0.0.0:9096")]
     pub simulationio_api_address: String,
+
+    /// Most connections held at once over all APIs; past it new connections are closed with a
+    /// log line [default: the open-file limit, raised to its hard limit at start, less 128].
+    #[arg(long, value_name = "N", help_heading = "Connections (flower-rs)")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client has to complete its TLS handshake (or, without TLS, to send its first
+    /// bytes) before the connection is dropped.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::DEFAULT.handshake_timeout.as_secs_f64(), help_heading = "Connections (flower-rs)")]
+    pub handshake_timeout: f64,
+
+    /// Seconds a client may stay completely silent (not even answering HTTP/2 keep-alive pings,
+    /// sent after 210 s) before its connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::DEFAULT.idle_timeout.as_secs_f64(), help_heading = "Connections (flower-rs)")]
+    pub idle_timeout: f64,
 }
 
 /// How ServerApps are run.
@@ -207,6 +223,10 @@ pub struct Config {
     pub node_auth: Option<NodeAuthFiles>,
     /// Warnings the reference logs for accepted-but-ignored flags; logged at startup.
     pub warnings: Vec<String>,
+    /// `--max-connections`; `None` derives the cap from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// `--handshake-timeout` and `--idle-timeout`.
+    pub connection_limits: Limits,
 }
 
 /// A flag combination or file that cannot be used. Every message names the flag.
@@ -278,6 +298,14 @@ pub enum ConfigError {
          `--ssl-ca-certfile` to create a secure connection in Fleet API server (gRPC-rere)."
     )]
     TlsIncomplete,
+    /// A duration flag that is not a positive, finite number of seconds.
+    #[error("--{flag} {value}: expected a positive number of seconds")]
+    Seconds {
+        /// The flag without dashes.
+        flag: &'static str,
+        /// The refused value.
+        value: f64,
+    },
     /// A flag value the reference accepts but this implementation does not support yet.
     #[error("{flag} {value}: not supported yet")]
     Unsupported {
@@ -372,6 +400,17 @@ impl Config {
             None => flwr_home().join("superlink").join("ffs"),
         };
 
+        if args.max_connections == Some(0) {
+            return Err(ConfigError::Unsupported {
+                flag: "--max-connections",
+                value: "0".to_owned(),
+            });
+        }
+        let connection_limits = Limits {
+            handshake_timeout: seconds("handshake-timeout", args.handshake_timeout)?,
+            idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+        };
+
         Ok(Self {
             serverappio_address,
             fleet_address,
@@ -382,8 +421,18 @@ impl Config {
             storage_dir,
             node_auth,
             warnings,
+            max_connections: args.max_connections,
+            connection_limits,
         })
     }
+}
+
+/// A positive, finite duration flag (at most a day, which is longer than any bound needs).
+fn seconds(flag: &'static str, value: f64) -> Result<std::time::Duration, ConfigError> {
+    if !(value > 0.0 && value <= 86_400.0) {
+        return Err(ConfigError::Seconds { flag, value });
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 fn address(flag: &'static str, text: &str) -> Result<Address, ConfigError> {

@@ -13,6 +13,10 @@ use flwr_state::StateError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Node authentication refused the caller (the reason was logged): `UNAUTHENTICATED`
+    /// `Access denied`, the same answer for every reason.
+    #[error("Access denied")]
+    AccessDenied,
     /// A precondition of the call does not hold: `FAILED_PRECONDITION`.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -40,6 +44,7 @@ pub enum Error {
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         match error {
+            Error::AccessDenied => Self::unauthenticated("Access denied"),
             Error::FailedPrecondition(details) => Self::failed_precondition(details),
             Error::Internal(details) => Self::internal(details),
             Error::NotFound(details) => Self::not_found(details),

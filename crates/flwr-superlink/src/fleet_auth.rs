@@ -3,16 +3,29 @@
 //!
 //! The token is an HMAC over the *canonical re-encoding of the request body*, so it cannot be
 //! checked in a tonic interceptor (which sees metadata only) and should not be checked on the
-//! decoded struct (prost forgets unknown fields and `-0.0`). [`FleetAuth`] therefore buffers
-//! each unary request, verifies it from its wire bytes, and hands the unchanged bytes on to the
-//! Fleet handlers, which learn who called through an [`AuthenticatedNode`] request extension.
+//! decoded struct (prost forgets unknown fields and `-0.0`). [`FleetAuth`] therefore reads each
+//! unary request body once, verifies the token over the canonical encoding of those bytes, and
+//! hands the same bytes on to the Fleet server, which decodes them once. The caller's key
+//! travels in an [`AuthenticatedNode`] request extension; the Fleet handlers check that the
+//! node ids a request names are bound to that key, on the typed request, inside the same
+//! state call that serves it (no second lookup).
+//!
+//! What the body read bounds, before any work is spent on the content:
+//!
+//! - the key must be on the allow-list before a byte of the body is read;
+//! - the gRPC frame header announces the length: a length over the message-size limit is
+//!   refused with `RESOURCE_EXHAUSTED` once the first five bytes are in;
+//! - the body must arrive within [`BODY_DEADLINE_BASE`] plus one second per MiB;
+//! - verifying a large body runs on the blocking pool, at most [`LARGE_VERIFICATIONS`] at a
+//!   time, so it cannot stall the async workers that serve every other request.
 //!
 //! Differences from the reference, all on the refusing side:
 //!
 //! - the shared secret is derived once per allowed key and cached, never per request (the
 //!   reference runs an ECDH for every call, chosen by whoever knows a listed public key);
 //! - every refusal, including undecodable headers and curve mismatches, is
-//!   `UNAUTHENTICATED "Access denied"`; the reason and the key's fingerprint go to the log only;
+//!   `UNAUTHENTICATED "Access denied"`; the reason and the key's fingerprint go to the log only,
+//!   at most one line per second;
 //! - `PushTaskRes` binds every TaskRes producer to the caller, not only the first;
 //! - the allow-list can be replaced at run time ([`NodeAuthenticator::replace_allow_list`]),
 //!   which also drops the cached secrets of removed keys.
@@ -28,20 +41,26 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf as _, Bytes};
+use bytes::{Bytes, BytesMut};
 use flwr_auth::{AllowList, PrivateKey, PublicKey, SharedSecret};
-use flwr_proto::{
-    canonical, DeleteNodeRequest, GetFabRequest, GetRunRequest, PingRequest, PullTaskInsRequest,
-    PushTaskResRequest,
-};
-use flwr_state::LinkState;
+use flwr_proto::canonical;
+use flwr_runtime::RateLimited;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body_util::BodyExt as _;
-use prost::Message as _;
+use http_body_util::{BodyExt as _, Full};
+use tokio::sync::Semaphore;
 use tonic::{body::BoxBody, server::NamedService, Status};
 use tower_service::Service;
 
 use crate::service::fleet::AuthenticatedNode;
+
+/// Bodies larger than this are verified on the blocking pool.
+const LARGE_BODY: usize = 1 << 20;
+/// Large bodies verified at once; more wait their turn.
+pub const LARGE_VERIFICATIONS: usize = 2;
+/// Time allowed for any request body, on top of one second per MiB it announces.
+pub const BODY_DEADLINE_BASE: Duration = Duration::from_secs(10);
+/// At most one refusal line per this interval; the rest are counted into the next line.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The SuperLink's side of node authentication: its key pair, the allow-list and the cache of
 /// shared secrets.
@@ -52,6 +71,8 @@ pub struct NodeAuthenticator {
     /// One derived secret per allowed key: ECDH happens once per key, not per request.
     // A std mutex: held only for a map lookup or insert, never across an await.
     secrets: Mutex<HashMap<Vec<u8>, SharedSecret>>,
+    large_verifications: Arc<Semaphore>,
+    refusal_log: Mutex<RateLimited>,
 }
 
 impl std::fmt::Debug for NodeAuthenticator {
@@ -80,6 +101,8 @@ impl NodeAuthenticator {
             public_key_header,
             allowed: RwLock::new(Arc::new(allowed)),
             secrets: Mutex::new(HashMap::new()),
+            large_verifications: Arc::new(Semaphore::new(LARGE_VERIFICATIONS)),
+            refusal_log: Mutex::new(RateLimited::new(REFUSAL_LOG_INTERVAL)),
         })
     }
 
@@ -106,6 +129,13 @@ impl NodeAuthenticator {
         }
     }
 
+    fn is_allowed(&self, pem: &[u8]) -> bool {
+        match self.allowed.read() {
+            Ok(list) => list.contains(pem),
+            Err(poisoned) => poisoned.into_inner().contains(pem),
+        }
+    }
+
     fn secret_for(&self, pem: &[u8]) -> Result<SharedSecret, Refusal> {
         if let Some(secret) = self.secrets.lock().ok().and_then(|s| s.get(pem).cloned()) {
             return Ok(secret);
@@ -116,11 +146,33 @@ impl NodeAuthenticator {
             .map_err(|_| Refusal::new("cannot derive a shared secret (curve mismatch?)"))?;
         if let Ok(mut secrets) = self.secrets.lock() {
             // Only cache for keys still allowed, so a concurrent removal is not undone.
-            if self.allow_list().contains(pem) {
+            if self.is_allowed(pem) {
                 secrets.insert(pem.to_vec(), secret.clone());
             }
         }
         Ok(secret)
+    }
+
+    /// Logs a refused request, at most once per [`REFUSAL_LOG_INTERVAL`]: whoever can reach
+    /// the port can trigger refusals at will.
+    pub(crate) fn log_refusal(&self, method: &str, pem: Option<&[u8]>, reason: &str) {
+        let held_back = match self.refusal_log.lock() {
+            Ok(mut log) => log.check(),
+            Err(_) => None,
+        };
+        let Some(held_back) = held_back else {
+            return;
+        };
+        let fingerprint = pem
+            .and_then(|pem| PublicKey::from_spki_pem(pem).ok())
+            .map_or_else(|| "-".to_owned(), |key| key.fingerprint());
+        tracing::warn!(
+            method,
+            key = %fingerprint,
+            reason,
+            refusals_not_logged = held_back,
+            "refused Fleet request"
+        );
     }
 }
 
@@ -141,14 +193,18 @@ impl Refusal {
 pub struct FleetAuth<S> {
     inner: S,
     auth: Arc<NodeAuthenticator>,
-    state: Arc<dyn LinkState>,
+    max_message_size: usize,
 }
 
 impl<S> FleetAuth<S> {
-    /// Wraps `inner` (a `FleetServer`) so every call is authenticated against `auth`, with node
-    /// bindings looked up in `state`.
-    pub fn new(inner: S, auth: Arc<NodeAuthenticator>, state: Arc<dyn LinkState>) -> Self {
-        Self { inner, auth, state }
+    /// Wraps `inner` (a `FleetServer`) so every call is authenticated against `auth`; request
+    /// bodies over `max_message_size` bytes are refused before they are read.
+    pub fn new(inner: S, auth: Arc<NodeAuthenticator>, max_message_size: usize) -> Self {
+        Self {
+            inner,
+            auth,
+            max_message_size,
+        }
     }
 }
 
@@ -179,60 +235,106 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let auth = Arc::clone(&self.auth);
-        let state = Arc::clone(&self.state);
-        Box::pin(authenticate(inner, auth, state, request))
+        Box::pin(authenticate(inner, auth, self.max_message_size, request))
+    }
+}
+
+/// The Fleet methods and the request type each one's token signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    CreateNode,
+    DeleteNode,
+    GetFab,
+    GetRun,
+    Ping,
+    PullTaskIns,
+    PushTaskRes,
+}
+
+impl Method {
+    fn from_path(path: &str) -> Option<Self> {
+        Some(match path.rsplit('/').next()? {
+            "CreateNode" => Self::CreateNode,
+            "DeleteNode" => Self::DeleteNode,
+            "GetFab" => Self::GetFab,
+            "GetRun" => Self::GetRun,
+            "Ping" => Self::Ping,
+            "PullTaskIns" => Self::PullTaskIns,
+            "PushTaskRes" => Self::PushTaskRes,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::CreateNode => "CreateNode",
+            Self::DeleteNode => "DeleteNode",
+            Self::GetFab => "GetFab",
+            Self::GetRun => "GetRun",
+            Self::Ping => "Ping",
+            Self::PullTaskIns => "PullTaskIns",
+            Self::PushTaskRes => "PushTaskRes",
+        }
+    }
+
+    fn request_type(self) -> &'static str {
+        match self {
+            Self::CreateNode => "flwr.proto.CreateNodeRequest",
+            Self::DeleteNode => "flwr.proto.DeleteNodeRequest",
+            Self::GetFab => "flwr.proto.GetFabRequest",
+            Self::GetRun => "flwr.proto.GetRunRequest",
+            Self::Ping => "flwr.proto.PingRequest",
+            Self::PullTaskIns => "flwr.proto.PullTaskInsRequest",
+            Self::PushTaskRes => "flwr.proto.PushTaskResRequest",
+        }
     }
 }
 
 async fn authenticate<S>(
     mut inner: S,
     auth: Arc<NodeAuthenticator>,
-    state: Arc<dyn LinkState>,
+    max_message_size: usize,
     request: Request<BoxBody>,
 ) -> Result<Response<BoxBody>, Infallible>
 where
     S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Infallible>,
 {
     let (mut parts, body) = request.into_parts();
-    let method = parts
-        .uri
-        .path()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let path = parts.uri.path();
+    let Some(method) = Method::from_path(path) else {
+        auth.log_refusal(path, None, "unknown Fleet method");
+        return Ok(access_denied());
+    };
     let pem = match header_bytes(&parts.headers, "public-key") {
-        Some(pem) if auth.allow_list().contains(&pem) => pem,
+        Some(pem) if auth.is_allowed(&pem) => pem,
         pem => {
-            return Ok(deny(
-                &method,
-                pem.as_deref(),
-                Refusal::new("public key not allowed"),
-            ))
+            auth.log_refusal(method.name(), pem.as_deref(), "public key not allowed");
+            return Ok(access_denied());
         }
     };
 
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(status) => return Ok(status.into_http()),
-    };
-    let Some(message) = grpc_message(&body) else {
-        return Ok(Status::internal("Exception deserializing request!").into_http());
+    let framed = match read_message(body, max_message_size).await {
+        Ok(framed) => framed,
+        Err(error) => return Ok(error.into_status(max_message_size).into_http()),
     };
 
     // No token on CreateNode: knowing a listed key is enough, as in the reference.
-    if method != "CreateNode" {
-        if let Err(refusal) = verify(&auth, &state, &parts.headers, &method, &pem, message).await {
-            return Ok(deny(&method, Some(&pem), refusal));
+    if method != Method::CreateNode {
+        let message = framed.slice(5..);
+        if let Err(refusal) = verify(&auth, &parts.headers, method, &pem, message).await {
+            auth.log_refusal(method.name(), Some(&pem), refusal.reason);
+            return Ok(access_denied());
         }
     }
 
-    parts
-        .extensions
-        .insert(AuthenticatedNode { public_key: pem });
-    let request = Request::from_parts(parts, tonic::body::boxed(http_body_util::Full::new(body)));
+    parts.extensions.insert(AuthenticatedNode {
+        public_key: pem,
+        authenticator: Arc::clone(&auth),
+    });
+    // The inner server decodes the very bytes that were verified.
+    let request = Request::from_parts(parts, tonic::body::boxed(Full::new(framed)));
     let mut response = inner.call(request).await?;
-    if method == "CreateNode" {
+    if method == Method::CreateNode {
         // The SuperNode derives its secret from this header (initial metadata, not trailers).
         response
             .headers_mut()
@@ -241,129 +343,147 @@ where
     Ok(response)
 }
 
-/// Checks the token over the canonical request bytes and the binding of node ids in the
-/// request to the caller's key; returns the caller's node id.
+/// Checks the token over the canonical encoding of `message`; a large message is verified on
+/// the blocking pool, a bounded number at a time.
 async fn verify(
-    auth: &NodeAuthenticator,
-    state: &Arc<dyn LinkState>,
+    auth: &Arc<NodeAuthenticator>,
     headers: &HeaderMap,
-    method: &str,
+    method: Method,
     pem: &[u8],
-    message: &[u8],
-) -> Result<u64, Refusal> {
-    let type_name = request_type(method).ok_or(Refusal::new("unknown Fleet method"))?;
+    message: Bytes,
+) -> Result<(), Refusal> {
     let token = header_bytes(headers, "auth-token")
         .ok_or(Refusal::new("missing or undecodable auth-token"))?;
-    // The sender signed its own deterministic encoding; re-encode what arrived the same way.
-    let canonical = canonical::canonicalize(type_name, message)
-        .map_err(|_| Refusal::new("request does not parse"))?;
-    if !auth.secret_for(pem)?.verify(&canonical, &token) {
-        return Err(Refusal::new("auth-token does not match"));
-    }
-    let binding = Binding::of(method, message)?;
-    let state = Arc::clone(state);
-    let pem = pem.to_vec();
-    tokio::task::spawn_blocking(move || binding.check(state.as_ref(), &pem))
-        .await
-        .map_err(|_| Refusal::new("node lookup failed"))?
-}
-
-/// What a request claims about its sender, to be checked against the key's node id.
-#[derive(Debug)]
-enum Binding {
-    /// `request.node.node_id` (DeleteNode, Ping, PullTaskIns, GetFab).
-    Node(u64),
-    /// The producer of every TaskRes (PushTaskRes).
-    Producers(Vec<u64>),
-    /// The node must be online and the run must exist (GetRun).
-    Run(u64),
-}
-
-impl Binding {
-    fn of(method: &str, message: &[u8]) -> Result<Self, Refusal> {
-        let bad = |_| Refusal::new("request does not parse");
-        let node = |node: Option<flwr_proto::Node>| Self::Node(node.unwrap_or_default().node_id);
-        Ok(match method {
-            "DeleteNode" => node(DeleteNodeRequest::decode(message).map_err(bad)?.node),
-            "Ping" => node(PingRequest::decode(message).map_err(bad)?.node),
-            "PullTaskIns" => node(PullTaskInsRequest::decode(message).map_err(bad)?.node),
-            "GetFab" => node(GetFabRequest::decode(message).map_err(bad)?.node),
-            "GetRun" => Self::Run(GetRunRequest::decode(message).map_err(bad)?.run_id),
-            "PushTaskRes" => {
-                let request = PushTaskResRequest::decode(message).map_err(bad)?;
-                let producers: Vec<u64> = request
-                    .task_res_list
-                    .iter()
-                    .map(|res| {
-                        let producer = res.task.as_ref().and_then(|task| task.producer.as_ref());
-                        producer.map_or(0, |p| p.node_id)
-                    })
-                    .collect();
-                if producers.is_empty() {
-                    return Err(Refusal::new("PushTaskRes without a TaskRes"));
-                }
-                Self::Producers(producers)
-            }
-            _ => return Err(Refusal::new("unknown Fleet method")),
-        })
-    }
-
-    fn check(self, state: &dyn LinkState, pem: &[u8]) -> Result<u64, Refusal> {
-        let id = state
-            .node_id_for_public_key(pem)
-            .map_err(|_| Refusal::new("node lookup failed"))?
-            .ok_or(Refusal::new("no node registered for this key"))?;
-        let bound = match self {
-            Self::Node(node_id) => node_id == id,
-            Self::Producers(producers) => producers.iter().all(|&node_id| node_id == id),
-            Self::Run(run_id) => state
-                .online_nodes(run_id)
-                .is_ok_and(|nodes| nodes.contains(&id)),
-        };
-        if bound {
-            Ok(id)
+    let secret = auth.secret_for(pem)?;
+    let check = move |message: &[u8]| -> Result<(), Refusal> {
+        // The sender signed its own deterministic encoding; re-encode what arrived the same way.
+        let canonical = canonical::canonicalize(method.request_type(), message)
+            .map_err(|_| Refusal::new("request does not parse"))?;
+        if secret.verify(&canonical, &token) {
+            Ok(())
         } else {
-            Err(Refusal::new(
-                "node id in the request is not bound to this key",
-            ))
+            Err(Refusal::new("auth-token does not match"))
+        }
+    };
+    if message.len() <= LARGE_BODY {
+        return check(&message);
+    }
+    let _slot = Arc::clone(&auth.large_verifications)
+        .acquire_owned()
+        .await
+        .map_err(|_| Refusal::new("shutting down"))?;
+    tokio::task::spawn_blocking(move || check(&message))
+        .await
+        .map_err(|_| Refusal::new("verification did not complete"))?
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    /// The frame announces more than the limit.
+    TooLarge(u64),
+    /// Not one uncompressed gRPC frame.
+    Malformed,
+    /// The body did not arrive in time.
+    TimedOut,
+    /// The transport failed.
+    Transport(Status),
+}
+
+impl BodyError {
+    fn into_status(self, limit: usize) -> Status {
+        match self {
+            Self::TooLarge(length) => Status::resource_exhausted(format!(
+                "request message of {length} bytes exceeds the SuperLink's limit of {limit} bytes"
+            )),
+            Self::Malformed => Status::internal("Exception deserializing request!"),
+            Self::TimedOut => Status::deadline_exceeded("request body did not arrive in time"),
+            Self::Transport(status) => status,
         }
     }
 }
 
-fn request_type(method: &str) -> Option<&'static str> {
-    Some(match method {
-        "DeleteNode" => "flwr.proto.DeleteNodeRequest",
-        "Ping" => "flwr.proto.PingRequest",
-        "PullTaskIns" => "flwr.proto.PullTaskInsRequest",
-        "PushTaskRes" => "flwr.proto.PushTaskResRequest",
-        "GetRun" => "flwr.proto.GetRunRequest",
-        "GetFab" => "flwr.proto.GetFabRequest",
-        _ => return None,
-    })
+/// Reads the one frame of a unary gRPC request body (5-byte header and message), refusing an
+/// announced length over `limit` as soon as the header is in, within [`BODY_DEADLINE_BASE`]
+/// plus a second per announced MiB. A body that arrives in one chunk is not copied.
+async fn read_message(mut body: BoxBody, limit: usize) -> Result<Bytes, BodyError> {
+    let started = tokio::time::Instant::now();
+    let mut deadline = started + BODY_DEADLINE_BASE;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut expected: Option<usize> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyError::TimedOut),
+            Ok(None) => break,
+            Ok(Some(Err(status))) => return Err(BodyError::Transport(status)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing for a unary request
+        };
+        if data.is_empty() {
+            continue;
+        }
+        // The first chunk is kept as is; only a second chunk makes us copy into one buffer.
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(head), None) => {
+                let mut buffer = BytesMut::with_capacity(head.len() + data.len());
+                buffer.extend_from_slice(head);
+                buffer.extend_from_slice(&data);
+                first = None;
+                joined = Some(buffer);
+            }
+            (_, Some(buffer)) => buffer.extend_from_slice(&data),
+        }
+        let received: &[u8] = match (&first, &joined) {
+            (Some(head), _) => head,
+            (_, Some(buffer)) => buffer,
+            (None, None) => &[],
+        };
+        if expected.is_none() && received.len() >= 5 {
+            let length = frame_length(received)?;
+            if length > limit as u64 {
+                return Err(BodyError::TooLarge(length));
+            }
+            let length = usize::try_from(length).map_err(|_| BodyError::Malformed)?;
+            deadline = started + BODY_DEADLINE_BASE + Duration::from_secs((length >> 20) as u64);
+            expected = Some(length);
+        }
+        if let Some(length) = expected {
+            if received.len() > 5 + length {
+                return Err(BodyError::Malformed); // a second message in a unary call
+            }
+        }
+    }
+    let framed = match (first, joined) {
+        (Some(head), _) => head,
+        (_, Some(buffer)) => buffer.freeze(),
+        (None, None) => Bytes::new(),
+    };
+    match expected {
+        Some(length) if framed.len() == 5 + length => Ok(framed),
+        _ => Err(BodyError::Malformed),
+    }
+}
+
+/// The announced message length of an uncompressed gRPC frame starting `bytes`.
+fn frame_length(bytes: &[u8]) -> Result<u64, BodyError> {
+    match bytes {
+        [0, a, b, c, d, ..] => Ok(u64::from(u32::from_be_bytes([*a, *b, *c, *d]))),
+        _ => Err(BodyError::Malformed),
+    }
+}
+
+fn access_denied() -> Response<BoxBody> {
+    Status::unauthenticated("Access denied").into_http()
 }
 
 /// The first value of a metadata header, decoded like Python's `urlsafe_b64decode`.
 fn header_bytes(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     let value = headers.get(name)?.to_str().ok()?;
     flwr_auth::header::decode(value).ok()
-}
-
-/// The message of a gRPC unary request body: one uncompressed length-prefixed frame.
-fn grpc_message(body: &Bytes) -> Option<&[u8]> {
-    let mut frame = body.as_ref();
-    if frame.len() < 5 || frame.get_u8() != 0 {
-        return None;
-    }
-    let len = usize::try_from(frame.get_u32()).ok()?;
-    (frame.len() == len).then_some(frame)
-}
-
-fn deny(method: &str, pem: Option<&[u8]>, refusal: Refusal) -> Response<BoxBody> {
-    let fingerprint = pem
-        .and_then(|pem| PublicKey::from_spki_pem(pem).ok())
-        .map_or_else(|| "-".to_owned(), |key| key.fingerprint());
-    tracing::warn!(method, key = %fingerprint, reason = refusal.reason, "refused Fleet request");
-    Status::unauthenticated("Access denied").into_http()
 }
 
 /// How often the allow-list file is looked at; a removed key is refused within this time
@@ -415,6 +535,79 @@ pub async fn watch_allow_list(
                 %error,
                 "--auth-list-public-keys no longer parses; keeping the previous list"
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(chunks: Vec<Vec<u8>>) -> BoxBody {
+        let frames = chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, Status>(http_body::Frame::data(Bytes::from(chunk))));
+        tonic::body::boxed(http_body_util::StreamBody::new(futures::stream::iter(
+            frames.collect::<Vec<_>>(),
+        )))
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_message_in_any_chunking_is_read_whole() {
+        let message: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let whole = framed(&message);
+        for split in [
+            vec![whole.len()],
+            vec![1, whole.len()],
+            vec![3, 7, 5000, whole.len()],
+        ] {
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for end in split {
+                chunks.push(whole[start..end].to_vec());
+                start = end;
+            }
+            let read = read_message(body(chunks), 1 << 20).await.expect("read");
+            assert_eq!(read.as_ref(), whole.as_slice());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_over_the_limit_is_refused_from_the_header_alone() {
+        // The header promises 1 GiB; only the header and a few bytes ever exist.
+        let mut chunks = vec![vec![0, 0x40, 0, 0, 0], vec![1, 2, 3]];
+        chunks.extend(std::iter::repeat_with(|| vec![0u8; 16]).take(4));
+        let error = read_message(body(chunks), 1 << 20)
+            .await
+            .expect_err("refused");
+        assert!(matches!(error, BodyError::TooLarge(length) if length == 1 << 30));
+        let status = error.into_status(1 << 20);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn truncated_compressed_or_trailing_bodies_are_malformed() {
+        let mut long = framed(b"abc");
+        long.push(0);
+        let mut compressed = framed(b"abc");
+        compressed[0] = 1;
+        for chunks in [
+            vec![vec![0, 0, 0, 0, 9, 1]],
+            vec![long],
+            vec![compressed],
+            vec![],
+        ] {
+            let error = read_message(body(chunks), 1 << 20)
+                .await
+                .expect_err("refused");
+            assert!(matches!(error, BodyError::Malformed), "{error:?}");
         }
     }
 }

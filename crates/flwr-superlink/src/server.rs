@@ -17,13 +17,15 @@ use flwr_proto::exec_server::ExecServer;
 use flwr_proto::fleet_server::FleetServer;
 use flwr_proto::server_app_io_server::ServerAppIoServer;
 use flwr_proto::MAX_MESSAGE_SIZE;
+use flwr_runtime::limits;
+use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
 use flwr_state::{Ffs, InMemoryLinkState, LinkState, SqliteLinkState, SystemClock};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::server::Router;
+use tonic::transport::Server;
 
-use crate::config::{Config, Database, Isolation, NodeAuthFiles, TlsFiles};
+use crate::config::{Config, Database, Isolation, NodeAuthFiles};
 use crate::fleet_auth::{self, FleetAuth, NodeAuthenticator};
 use crate::launcher::{self, LauncherHandle, LauncherSettings};
 use crate::service::exec::ExecService;
@@ -96,9 +98,15 @@ pub enum StartError {
         /// The OS error.
         source: io::Error,
     },
+    /// An API server ended although no shutdown was asked for.
+    #[error("{api} API server stopped unexpectedly")]
+    Stopped {
+        /// `Exec`, `ServerAppIo` or `Fleet`.
+        api: &'static str,
+    },
     /// The certificate or key was refused by the TLS stack.
     #[error("--ssl-certfile/--ssl-keyfile: unusable TLS identity: {0}")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(#[source] listener::TlsError),
 }
 
 /// A SuperLink with its stores open and its ports bound, not serving yet.
@@ -112,6 +120,7 @@ pub struct SuperLink {
     serverapp_program: std::path::PathBuf,
     launcher_poll_interval: Duration,
     node_auth: Option<Arc<NodeAuthenticator>>,
+    tls: Option<ServerTls>,
 }
 
 impl SuperLink {
@@ -123,11 +132,12 @@ impl SuperLink {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let node_auth = config.node_auth.as_ref().map(load_node_auth).transpose()?;
         // Validate the TLS identity with the TLS stack before binding anything.
-        if let Some(tls) = &config.tls {
-            Server::builder()
-                .tls_config(tls_config(tls))
-                .map_err(StartError::Tls)?;
-        }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| listener::tls_acceptor(&tls.cert, &tls.key))
+            .transpose()
+            .map_err(StartError::Tls)?;
         let exec = listen("exec-api-address", &config.exec_address).await?;
         let serverappio = listen("serverappio-api-address", &config.serverappio_address).await?;
         let fleet = listen("fleet-api-address", &config.fleet_address).await?;
@@ -148,6 +158,7 @@ impl SuperLink {
             serverapp_program: "flwr-serverapp".into(),
             launcher_poll_interval: launcher::POLL_INTERVAL,
             node_auth,
+            tls,
         })
     }
 
@@ -233,40 +244,34 @@ impl SuperLink {
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
-        let tls = self.config.tls.as_ref();
-        let mut servers: Vec<(
-            &'static str,
-            TaskHandle<Result<(), tonic::transport::Error>>,
-        )> = Vec::with_capacity(3);
-        let exec_router = builder(tls)?.add_service(exec);
+        let budget = connection_budget(self.config.max_connections);
+        let settings = |api: &'static str, tls: Option<&ServerTls>| ListenerSettings {
+            api,
+            tls: tls.cloned(),
+            limits: self.config.connection_limits,
+            budget: budget.clone(),
+        };
+        let tls = self.tls.as_ref();
+        let mut servers = Vec::with_capacity(3);
         tracing::info!(
             "Flower Deployment Engine: Starting Exec API on {}",
             self.config.exec_address
         );
-        servers.push((
-            "Exec",
-            task::spawn(
-                "exec-api",
-                exec_router.serve_with_incoming_shutdown(
-                    TcpListenerStream::new(self.exec),
-                    stop.clone().cancelled_owned(),
-                ),
-            ),
+        servers.push(serve_api(
+            builder().add_service(exec),
+            self.exec,
+            settings("Exec", tls),
+            &stop,
         ));
-        let serverappio_router = builder(None)?.add_service(serverappio);
         tracing::info!(
             "Flower ECE: Starting ServerAppIo API (gRPC-rere) on {}",
             self.config.serverappio_address
         );
-        servers.push((
-            "ServerAppIo",
-            task::spawn(
-                "serverappio-api",
-                serverappio_router.serve_with_incoming_shutdown(
-                    TcpListenerStream::new(self.serverappio),
-                    stop.clone().cancelled_owned(),
-                ),
-            ),
+        servers.push(serve_api(
+            builder().add_service(serverappio),
+            self.serverappio,
+            settings("ServerAppIo", None),
+            &stop,
         ));
         let mut watcher = None;
         let fleet_router = match &self.node_auth {
@@ -280,24 +285,19 @@ impl SuperLink {
                     );
                     watcher = Some(task::spawn("allow-list-watcher", reload));
                 }
-                let state = Arc::clone(&self.stores.state);
-                builder(tls)?.add_service(FleetAuth::new(fleet, auth, state))
+                builder().add_service(FleetAuth::new(fleet, auth, MAX_MESSAGE_SIZE))
             }
-            None => builder(tls)?.add_service(fleet),
+            None => builder().add_service(fleet),
         };
         tracing::info!(
             "Flower ECE: Starting Fleet API (gRPC-rere) on {}",
             self.config.fleet_address
         );
-        servers.push((
-            "Fleet",
-            task::spawn(
-                "fleet-api",
-                fleet_router.serve_with_incoming_shutdown(
-                    TcpListenerStream::new(self.fleet),
-                    stop.clone().cancelled_owned(),
-                ),
-            ),
+        servers.push(serve_api(
+            fleet_router,
+            self.fleet,
+            settings("Fleet", tls),
+            &stop,
         ));
 
         // Serve until asked to stop or until a server dies.
@@ -309,12 +309,14 @@ impl SuperLink {
             );
             tokio::select! {
                 () = shutdown => None,
+                // Nobody asked this server to stop: whatever ended it, the SuperLink is no longer
+                // whole, and a supervisor must see a failure.
                 ((api, result), _, _) = first_exit => Some(match result {
-                    Ok(Ok(())) => None,
-                    Ok(Err(source)) => Some(StartError::Serve { api, source }),
+                    Ok(Ok(())) => StartError::Stopped { api },
+                    Ok(Err(source)) => StartError::Serve { api, source },
                     Err(join) => {
                         tracing::error!(api, %join, "API server task ended abnormally");
-                        None
+                        StartError::Stopped { api }
                     }
                 }),
             }
@@ -345,8 +347,8 @@ impl SuperLink {
             let _ = launcher_task.await;
         }
         match failure {
-            Some(Some(error)) => Err(error),
-            _ => Ok(()),
+            Some(error) => Err(error),
+            None => Ok(()),
         }
     }
 }
@@ -361,23 +363,61 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     SuperLink::bind(config).await?.run(shutdown).await
 }
 
-/// A tonic server builder with the reference's transport settings, with TLS if given.
-fn builder(tls: Option<&TlsFiles>) -> Result<Server, StartError> {
-    let server = Server::builder()
+/// A tonic server builder with the reference's transport settings. TLS is not tonic's: the
+/// listener does the handshake, with a deadline (see [`flwr_runtime::listener`]).
+fn builder() -> Server {
+    Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL));
-    match tls {
-        None => Ok(server),
-        Some(tls) => server.tls_config(tls_config(tls)).map_err(StartError::Tls),
-    }
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
 }
 
-/// Server identity from `--ssl-certfile`/`--ssl-keyfile`. The CA file is not used: like the
-/// reference (`require_client_auth=False`), the server does not ask for client certificates.
-/// tonic's rustls acceptor advertises ALPN `h2`, which gRPC-core clients require.
-fn tls_config(tls: &TlsFiles) -> ServerTlsConfig {
-    ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key))
+type ServerTask = (
+    &'static str,
+    TaskHandle<Result<(), tonic::transport::Error>>,
+);
+
+/// Serves `router` on `listener` until `stop` is cancelled, through the bounded accept loop.
+fn serve_api(
+    router: Router,
+    listener: TcpListener,
+    settings: ListenerSettings,
+    stop: &CancellationToken,
+) -> ServerTask {
+    let api = settings.api;
+    let connections = listener::incoming(listener, settings, stop.child_token());
+    let served = router.serve_with_incoming_shutdown(connections, stop.clone().cancelled_owned());
+    (api, task::spawn(api, served))
+}
+
+/// Raises the open-file limit as far as allowed and sizes the connection cap: `--max-connections`
+/// when given, else what the descriptors allow.
+fn connection_budget(max_connections: Option<usize>) -> ConnectionBudget {
+    let soft = match limits::raise_open_file_limit() {
+        Ok(limit) => {
+            if limit.soft > limit.before {
+                tracing::info!(
+                    "Raised the open-file limit from {} to {}",
+                    limit.before,
+                    limit.soft
+                );
+            }
+            limit.soft
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            limits::open_file_limit().unwrap_or(1024)
+        }
+    };
+    let budget = match max_connections {
+        Some(max) => ConnectionBudget::new(max),
+        None => ConnectionBudget::for_open_file_limit(soft),
+    };
+    tracing::info!(
+        "Accepting up to {} connections (open-file limit {soft})",
+        budget.max()
+    );
+    budget
 }
 
 async fn listen(flag: &'static str, address: &Address) -> Result<TcpListener, StartError> {

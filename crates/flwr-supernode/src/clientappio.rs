@@ -14,7 +14,6 @@
 //! Unlike the reference, the node loop always resets the exchange after an attempt, so one
 //! crashed ClientApp does not poison every later message.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,9 +23,10 @@ use flwr_proto::{
     Message, PullClientAppInputsRequest, PullClientAppInputsResponse, PushClientAppOutputsRequest,
     PushClientAppOutputsResponse, Run,
 };
+use flwr_runtime::listener::{self, ConnectionBudget, Limits, ListenerSettings};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// Everything one ClientApp execution receives.
@@ -290,8 +290,12 @@ impl ClientAppIo for ClientAppIoService {
     }
 }
 
-/// Serves ClientAppIo on `listener` (plaintext, the reference's server options) until
-/// `shutdown` completes.
+/// Connections the ClientAppIo port holds at once: its clients are this SuperNode's ClientApps.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves ClientAppIo on `listener` (plaintext, the reference's server options) until `stop`
+/// is cancelled, through the bounded accept loop of [`flwr_runtime::listener`] (accept errors
+/// retried, silent and excess connections closed).
 ///
 /// # Errors
 ///
@@ -299,8 +303,15 @@ impl ClientAppIo for ClientAppIoService {
 pub async fn serve(
     listener: TcpListener,
     exchange: Arc<Exchange>,
-    shutdown: impl Future<Output = ()>,
+    stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let settings = ListenerSettings {
+        api: "ClientAppIo",
+        tls: None,
+        limits: Limits::DEFAULT,
+        budget: ConnectionBudget::new(MAX_CONNECTIONS),
+    };
+    let connections = listener::incoming(listener, settings, stop.child_token());
     let service = ClientAppIoServer::new(ClientAppIoService::new(exchange))
         .max_decoding_message_size(flwr_proto::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(flwr_proto::MAX_MESSAGE_SIZE);
@@ -309,7 +320,7 @@ pub async fn serve(
         .concurrency_limit_per_connection(1000)
         .http2_keepalive_interval(Some(Duration::from_secs(210)))
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(connections, stop.cancelled_owned())
         .await
 }
 

@@ -67,6 +67,9 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The ClientAppIo API server ended although no shutdown was asked for.
+    #[error("ClientAppIo API server stopped unexpectedly: {0}")]
+    ClientAppIoStopped(String),
     /// The Fleet channel could not be configured.
     #[error(transparent)]
     Channel(#[from] ChannelError),
@@ -126,13 +129,9 @@ pub async fn run_with_signer(
         })?;
     let exchange = Arc::new(Exchange::new());
     let io_stop = CancellationToken::new();
-    let io_server = spawn(
+    let mut io_server = spawn(
         "clientappio",
-        clientappio::serve(
-            listener,
-            Arc::clone(&exchange),
-            io_stop.clone().cancelled_owned(),
-        ),
+        clientappio::serve(listener, Arc::clone(&exchange), io_stop.clone()),
     );
     tracing::info!(
         "ClientAppIo API listening on {} (isolation: {:?})",
@@ -175,6 +174,17 @@ pub async fn run_with_signer(
         tokio::pin!(main);
         tokio::select! {
             outcome = &mut main => outcome,
+            // Nothing asked the ClientAppIo server to stop: without it no ClientApp can be
+            // served, so the SuperNode must fail rather than idle on.
+            ended = &mut io_server => {
+                cancel.cancel();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut main).await;
+                return Err(NodeError::ClientAppIoStopped(match ended {
+                    Ok(Ok(())) => "it stopped".to_owned(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(join) => join.to_string(),
+                }));
+            }
             () = shutdown => {
                 tracing::info!("Shutting down: stopping the current ClientApp, if any");
                 cancel.cancel();

@@ -56,7 +56,7 @@ impl ExecService {
         let override_config = request.override_config;
         let outcome = self
             .stores
-            .call(move |state, ffs| {
+            .call_blocking(move |state, ffs| {
                 let attempt = || -> Result<(u64, FabMetadata), StartFailure> {
                     // `fab.hash_str` is ignored: the SuperLink hashes the content itself.
                     let fab_hash = ffs

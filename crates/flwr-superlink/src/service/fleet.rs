@@ -4,13 +4,12 @@
 //! # Where node authentication plugs in
 //!
 //! [`FleetHandler`] holds the behaviour as plain async fns over decoded requests plus an
-//! optional [`AuthenticatedNode`]; [`FleetService`] is a thin tonic adapter. Node auth (AUTH.md
-//! §7) must HMAC the canonical re-encoding of the *received bytes*, which only exist before
-//! tonic decodes them, so it belongs in a tower layer around [`FleetService`]'s
-//! `FleetServer` (`Server::builder().layer(..)` on the Fleet port): the layer buffers the
-//! body, verifies it with `flwr_proto::canonical`, answers `UNAUTHENTICATED` itself, and on
-//! success inserts an [`AuthenticatedNode`] into the request extensions, where the adapter picks
-//! it up. No handler changes.
+//! optional [`AuthenticatedNode`]; [`FleetService`] is a thin tonic adapter. The token (AUTH.md
+//! §7) is an HMAC over the canonical re-encoding of the *received bytes*, which only exist
+//! before tonic decodes them, so [`crate::fleet_auth::FleetAuth`] checks it around the
+//! `FleetServer` and inserts an [`AuthenticatedNode`] into the request extensions. What the
+//! token cannot tell — whether the node ids the request names belong to that key — is checked
+//! here, on the typed request, in the same state call that serves it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,10 +21,11 @@ use flwr_proto::{
     PullTaskInsRequest, PullTaskInsResponse, PushTaskResRequest, PushTaskResResponse, Reconnect,
     Run,
 };
-use flwr_state::Guard;
+use flwr_state::{Guard, LinkState};
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
+use crate::fleet_auth::NodeAuthenticator;
 use crate::service::{fab_content, guarded_run, respond, Stores};
 
 /// `PushTaskResResponse.reconnect`: the reference always sends 5 (clients ignore it).
@@ -33,10 +33,81 @@ const RECONNECT_SECONDS: u64 = 5;
 
 /// The identity node authentication established for a request, placed in the request's
 /// extensions by the auth layer. Absent when node authentication is off.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AuthenticatedNode {
     /// The node's public key as the LinkState stores it.
     pub public_key: Vec<u8>,
+    /// Where refusals are reported.
+    pub(crate) authenticator: Arc<NodeAuthenticator>,
+}
+
+/// What a request says about its sender, to be checked against the node bound to its key
+/// (AUTH.md §7; stricter than the reference for PushTaskRes).
+#[derive(Debug)]
+enum Claim {
+    /// `request.node.node_id` (DeleteNode, Ping, PullTaskIns, GetFab).
+    Node(u64),
+    /// Whether every TaskRes names the caller as its producer (PushTaskRes).
+    Producers {
+        all_the_caller: Option<bool>,
+        first: u64,
+    },
+    /// The run exists and the caller's node is online (GetRun).
+    OnlineFor(u64),
+}
+
+impl Claim {
+    fn producers(list: &[flwr_proto::TaskRes]) -> Self {
+        let producer = |res: &flwr_proto::TaskRes| {
+            res.task
+                .as_ref()
+                .and_then(|task| task.producer.as_ref())
+                .map_or(0, |node| node.node_id)
+        };
+        let first = list.first().map_or(0, producer);
+        Self::Producers {
+            all_the_caller: (!list.is_empty()).then(|| list.iter().all(|r| producer(r) == first)),
+            first,
+        }
+    }
+}
+
+/// Checks `claim` for an authenticated caller (and nothing without node auth); a failure is
+/// logged with its reason and answered `UNAUTHENTICATED "Access denied"`.
+fn authorize(
+    method: &str,
+    node: Option<&AuthenticatedNode>,
+    state: &dyn LinkState,
+    claim: Claim,
+) -> Result<(), Error> {
+    let Some(node) = node else {
+        return Ok(());
+    };
+    let refuse = |reason: &str| {
+        node.authenticator
+            .log_refusal(method, Some(&node.public_key), reason);
+        Err(Error::AccessDenied)
+    };
+    let Some(id) = state.node_id_for_public_key(&node.public_key)? else {
+        return refuse("no node registered for this key");
+    };
+    let bound = match claim {
+        Claim::Node(node_id) => node_id == id,
+        Claim::Producers {
+            all_the_caller: None,
+            ..
+        } => return refuse("PushTaskRes without a TaskRes"),
+        Claim::Producers {
+            all_the_caller: Some(same),
+            first,
+        } => same && first == id,
+        Claim::OnlineFor(run_id) => state.run(run_id)?.is_some() && state.is_node_online(id)?,
+    };
+    if bound {
+        Ok(())
+    } else {
+        refuse("node id in the request is not bound to this key")
+    }
 }
 
 /// The Fleet behaviour, independent of the transport.
@@ -98,17 +169,24 @@ impl FleetHandler {
     pub async fn delete_node(
         &self,
         request: DeleteNodeRequest,
-        _node: Option<AuthenticatedNode>,
+        caller: Option<AuthenticatedNode>,
     ) -> Result<DeleteNodeResponse, Error> {
         let node = request.node.unwrap_or_default();
-        if node.anonymous || node.node_id == 0 {
-            return Ok(DeleteNodeResponse {});
-        }
         let node_id = node.node_id;
-        self.stores
-            .call(move |state, _| Ok(state.delete_node(node_id)?))
+        let deleted = self
+            .stores
+            .call(move |state, _| {
+                authorize("DeleteNode", caller.as_ref(), state, Claim::Node(node_id))?;
+                if node.anonymous || node_id == 0 {
+                    return Ok(false);
+                }
+                state.delete_node(node_id)?;
+                Ok(true)
+            })
             .await?;
-        tracing::info!("Deleted node_id={node_id}");
+        if deleted {
+            tracing::info!("Deleted node_id={node_id}");
+        }
         Ok(DeleteNodeResponse {})
     }
 
@@ -121,13 +199,16 @@ impl FleetHandler {
     pub async fn ping(
         &self,
         request: PingRequest,
-        _node: Option<AuthenticatedNode>,
+        caller: Option<AuthenticatedNode>,
     ) -> Result<PingResponse, Error> {
         let node_id = request.node.unwrap_or_default().node_id;
         let ping_interval = request.ping_interval;
         let success = self
             .stores
-            .call(move |state, _| Ok(state.acknowledge_ping(node_id, ping_interval)?))
+            .call(move |state, _| {
+                authorize("Ping", caller.as_ref(), state, Claim::Node(node_id))?;
+                Ok(state.acknowledge_ping(node_id, ping_interval)?)
+            })
             .await?;
         Ok(PingResponse { success })
     }
@@ -141,13 +222,21 @@ impl FleetHandler {
     pub async fn pull_task_ins(
         &self,
         request: PullTaskInsRequest,
-        _node: Option<AuthenticatedNode>,
+        caller: Option<AuthenticatedNode>,
     ) -> Result<PullTaskInsResponse, Error> {
         let node = request.node.unwrap_or_default();
         let consumer = (!node.anonymous).then_some(node.node_id);
         let task_ins_list = self
             .stores
-            .call(move |state, _| Ok(state.task_ins_for_node(consumer, 1)?))
+            .call(move |state, _| {
+                authorize(
+                    "PullTaskIns",
+                    caller.as_ref(),
+                    state,
+                    Claim::Node(node.node_id),
+                )?;
+                Ok(state.task_ins_for_node(consumer, 1)?)
+            })
             .await?;
         Ok(PullTaskInsResponse {
             reconnect: None,
@@ -165,16 +254,19 @@ impl FleetHandler {
     pub async fn push_task_res(
         &self,
         request: PushTaskResRequest,
-        _node: Option<AuthenticatedNode>,
+        caller: Option<AuthenticatedNode>,
     ) -> Result<PushTaskResResponse, Error> {
-        let Some(task_res) = request.task_res_list.into_iter().next() else {
-            return Err(Error::Unknown(
-                "`task_res_list` must not be empty".to_owned(),
-            ));
-        };
+        let claim = Claim::producers(&request.task_res_list);
+        let first = request.task_res_list.into_iter().next();
         let task_id = self
             .stores
             .call(move |state, _| {
+                authorize("PushTaskRes", caller.as_ref(), state, claim)?;
+                let Some(task_res) = first else {
+                    return Err(Error::Unknown(
+                        "`task_res_list` must not be empty".to_owned(),
+                    ));
+                };
                 guarded_run(state, task_res.run_id, Guard::RequireRunning)?;
                 // The store stamps `pushed_at` itself before validating.
                 Ok(state.store_task_res(task_res)?)
@@ -198,12 +290,13 @@ impl FleetHandler {
     pub async fn get_run(
         &self,
         request: GetRunRequest,
-        _node: Option<AuthenticatedNode>,
+        caller: Option<AuthenticatedNode>,
     ) -> Result<GetRunResponse, Error> {
         let run_id = request.run_id;
         let run = self
             .stores
             .call(move |state, _| {
+                authorize("GetRun", caller.as_ref(), state, Claim::OnlineFor(run_id))?;
                 if state.run(run_id)?.is_none() {
                     return Ok(None);
                 }
@@ -231,12 +324,14 @@ impl FleetHandler {
     pub async fn get_fab(
         &self,
         request: GetFabRequest,
-        _node: Option<AuthenticatedNode>,
+        caller: Option<AuthenticatedNode>,
     ) -> Result<GetFabResponse, Error> {
         let hash_str = request.hash_str;
         let run_id = request.run_id;
+        let node_id = request.node.unwrap_or_default().node_id;
         self.stores
-            .call(move |state, ffs| {
+            .call_blocking(move |state, ffs| {
+                authorize("GetFab", caller.as_ref(), state, Claim::Node(node_id))?;
                 guarded_run(state, run_id, Guard::RequireRunning)?;
                 let content = fab_content(ffs, &hash_str)?;
                 Ok(GetFabResponse {

@@ -1,9 +1,10 @@
 //! The three gRPC services of the SuperLink, one file each, and what they share.
 //!
 //! Every handler is an async fn returning a domain [`Result`](crate::error::Error); the tonic
-//! trait impls only unwrap the request and convert the error at the edge. LinkState and FAB
-//! storage calls may block (SQLite, files), so they run on the blocking pool through
-//! `Stores::call`.
+//! trait impls only unwrap the request and convert the error at the edge. LinkState calls go
+//! through `Stores::call`, which runs them on the blocking pool when the store may block
+//! (SQLite) and in place when it cannot (in memory); calls that touch FAB files use
+//! `Stores::call_blocking`.
 
 pub mod exec;
 pub mod fleet;
@@ -26,8 +27,23 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Runs `call` on the blocking thread pool with both stores.
+    /// Runs a LinkState `call`: in place when the store never blocks, else like
+    /// [`call_blocking`](Self::call_blocking). The in-memory store holds its lock only for work
+    /// proportional to the request, so a hop to another thread would cost more than the call.
     pub(crate) async fn call<T, F>(&self, call: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn LinkState, &Ffs) -> Result<T, Error> + Send + 'static,
+    {
+        if self.state.blocks() {
+            self.call_blocking(call).await
+        } else {
+            call(self.state.as_ref(), self.ffs.as_ref())
+        }
+    }
+
+    /// Runs `call` on the blocking thread pool with both stores (for SQLite and FAB files).
+    pub(crate) async fn call_blocking<T, F>(&self, call: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&dyn LinkState, &Ffs) -> Result<T, Error> + Send + 'static,

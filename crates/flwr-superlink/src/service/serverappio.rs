@@ -66,7 +66,7 @@ impl ServerAppIoService {
     ) -> Result<CreateRunResponse, Error> {
         let run_id = self
             .stores
-            .call(move |state, ffs| {
+            .call_blocking(move |state, ffs| {
                 let fab_hash = match request.fab {
                     None => String::new(),
                     Some(fab) => {
@@ -175,7 +175,7 @@ impl ServerAppIoService {
     async fn inner_get_fab(&self, request: GetFabRequest) -> Result<GetFabResponse, Error> {
         let hash_str = request.hash_str;
         self.stores
-            .call(move |_, ffs| {
+            .call_blocking(move |_, ffs| {
                 let content = fab_content(ffs, &hash_str)?;
                 Ok(GetFabResponse {
                     fab: Some(Fab { hash_str, content }),
@@ -191,7 +191,7 @@ impl ServerAppIoService {
         let _serialised = self.pull_inputs.lock().await;
         let response = self
             .stores
-            .call(|state, ffs| {
+            .call_blocking(|state, ffs| {
                 let Some(run_id) = state.pending_run_id()? else {
                     return Ok(PullServerAppInputsResponse::default());
                 };

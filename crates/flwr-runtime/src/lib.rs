@@ -1,0 +1,14 @@
+//! Process plumbing shared by the flower-rs servers.
+//!
+//! * [`listener`]: the accept loop behind every gRPC port: it never ends because `accept()`
+//!   failed (descriptor exhaustion is logged and retried), caps concurrent connections,
+//!   bounds TLS handshakes and silent peers, and hands tonic ready connections.
+//! * [`limits`]: raising the open-file limit at start, so the connection cap is what bounds
+//!   connections rather than `EMFILE`.
+//! * [`RateLimited`]: one log line per interval for events a peer can trigger at will.
+
+pub mod limits;
+pub mod listener;
+mod rate_limit;
+
+pub use rate_limit::RateLimited;
