@@ -36,14 +36,18 @@ use std::{
     future::Future,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
 use flwr_auth::{AllowList, PrivateKey, PublicKey, SharedSecret};
-use flwr_proto::canonical;
+use flwr_proto::canonical::MessageType;
+use flwr_proto::{
+    CreateNodeRequest, DeleteNodeRequest, GetFabRequest, GetRunRequest, PingRequest,
+    PullTaskInsRequest, PushTaskResRequest,
+};
 use flwr_runtime::RateLimited;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt as _, Full};
@@ -241,6 +245,7 @@ where
 
 /// The Fleet methods and the request type each one's token signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 enum Method {
     CreateNode,
     DeleteNode,
@@ -277,16 +282,21 @@ impl Method {
         }
     }
 
-    fn request_type(self) -> &'static str {
-        match self {
-            Self::CreateNode => "flwr.proto.CreateNodeRequest",
-            Self::DeleteNode => "flwr.proto.DeleteNodeRequest",
-            Self::GetFab => "flwr.proto.GetFabRequest",
-            Self::GetRun => "flwr.proto.GetRunRequest",
-            Self::Ping => "flwr.proto.PingRequest",
-            Self::PullTaskIns => "flwr.proto.PullTaskInsRequest",
-            Self::PushTaskRes => "flwr.proto.PushTaskResRequest",
-        }
+    /// The schema handle of the request type, resolved once per process.
+    fn request_type(self) -> Option<MessageType> {
+        static TYPES: OnceLock<Option<[MessageType; 7]>> = OnceLock::new();
+        let types = TYPES.get_or_init(|| {
+            Some([
+                MessageType::of::<CreateNodeRequest>().ok()?,
+                MessageType::of::<DeleteNodeRequest>().ok()?,
+                MessageType::of::<GetFabRequest>().ok()?,
+                MessageType::of::<GetRunRequest>().ok()?,
+                MessageType::of::<PingRequest>().ok()?,
+                MessageType::of::<PullTaskInsRequest>().ok()?,
+                MessageType::of::<PushTaskResRequest>().ok()?,
+            ])
+        });
+        types.as_ref().map(|types| types[self as usize])
     }
 }
 
@@ -355,11 +365,17 @@ async fn verify(
     let token = header_bytes(headers, "auth-token")
         .ok_or(Refusal::new("missing or undecodable auth-token"))?;
     let secret = auth.secret_for(pem)?;
+    let request_type = method
+        .request_type()
+        .ok_or(Refusal::new("request type missing from the schema"))?;
     let check = move |message: &[u8]| -> Result<(), Refusal> {
-        // The sender signed its own deterministic encoding; re-encode what arrived the same way.
-        let canonical = canonical::canonicalize(method.request_type(), message)
+        // The sender signed its own deterministic encoding; re-encode what arrived the same way,
+        // straight into the MAC: the canonical bytes are never materialized.
+        let mut mac = secret.mac();
+        request_type
+            .canonicalize_into(message, &mut |bytes: &[u8]| mac.update(bytes))
             .map_err(|_| Refusal::new("request does not parse"))?;
-        if secret.verify(&canonical, &token) {
+        if mac.verify(&token) {
             Ok(())
         } else {
             Err(Refusal::new("auth-token does not match"))
