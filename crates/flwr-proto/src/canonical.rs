@@ -1038,7 +1038,7 @@ impl<'a> Builder<'a> {
         };
         if width > 0 {
             // Fixed-width values need no normalization: the run is canonical if it is whole.
-            if run.len() % width != 0 {
+            if !run.len().is_multiple_of(width) {
                 return Err(CanonicalError::Truncated(message.name.clone()));
             }
             self.stats.fields += (run.len() / width) as u64;
