@@ -11,8 +11,12 @@
 //! reference's ping thread dies; that is counted as `ping_unsuccessful` here), and a TaskIns
 //! is counted and dropped rather than run.
 //!
-//! Nodes start their loops as soon as they are registered, as real ones do, but only calls
-//! sent inside the measurement window are recorded.
+//! Nodes start their loops as soon as they are registered, but each at a random phase of its
+//! ping period and pull interval: a fleet at rest has nodes that joined at all times, while
+//! nodes registered within a second of each other and started in step would all pull in the
+//! same instant every 3 s and measure a burst instead. (CreateNode already keeps a node online
+//! for 30 s, longer than the first ping may wait.) Only calls sent inside the measurement
+//! window are recorded.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -75,15 +79,18 @@ pub(crate) struct Shared {
 /// The reference's heartbeat loop for one node.
 pub(crate) async fn ping_loop(node: Arc<SimNode>, shared: Shared) {
     let mut backoff = Backoff::default();
+    let phase = ping_period().mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+    if !pause_for(&shared, phase).await {
+        return;
+    }
     loop {
         let sent = Instant::now();
         let outcome = node.call(Rpc::Ping, PING_CALL_TIMEOUT).await;
-        let pause = match outcome {
+        let wait = match outcome {
             Outcome::Failed(..) | Outcome::Local(..) => backoff.next(),
             _ => {
                 backoff = Backoff::default();
-                let jitter = rand::thread_rng().gen_range(-PING_RANDOM_RANGE..PING_RANDOM_RANGE);
-                Duration::from_secs_f64(PING_PERIOD_SECONDS * (PING_BASE_MULTIPLIER + jitter))
+                ping_period()
             }
         };
         if shared.window.contains(sent) {
@@ -91,9 +98,8 @@ pub(crate) async fn ping_loop(node: Arc<SimNode>, shared: Shared) {
                 .recorder
                 .record(node.index, Call::Ping, sent.elapsed(), outcome);
         }
-        tokio::select! {
-            () = shared.stop.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
+        if !pause_for(&shared, wait).await {
+            return;
         }
     }
 }
@@ -101,10 +107,16 @@ pub(crate) async fn ping_loop(node: Arc<SimNode>, shared: Shared) {
 /// The reference's main loop for one node, without tasks to run.
 pub(crate) async fn pull_loop(node: Arc<SimNode>, shared: Shared) {
     let mut backoff = Backoff::default();
+    let phase = shared
+        .pull_interval
+        .mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+    if !pause_for(&shared, phase).await {
+        return;
+    }
     loop {
         let sent = Instant::now();
         let outcome = node.call(Rpc::Pull, shared.call_timeout).await;
-        let pause = match outcome {
+        let wait = match outcome {
             Outcome::Failed(..) | Outcome::Local(..) => backoff.next(),
             _ => {
                 backoff = Backoff::default();
@@ -116,10 +128,23 @@ pub(crate) async fn pull_loop(node: Arc<SimNode>, shared: Shared) {
                 .recorder
                 .record(node.index, Call::PullTaskIns, sent.elapsed(), outcome);
         }
-        tokio::select! {
-            () = shared.stop.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
+        if !pause_for(&shared, wait).await {
+            return;
         }
+    }
+}
+
+/// One wait of the reference's ping thread: `(30 − 5) × (0.8 + U(−0.1, 0.1))` seconds.
+fn ping_period() -> Duration {
+    let jitter = rand::thread_rng().gen_range(-PING_RANDOM_RANGE..PING_RANDOM_RANGE);
+    Duration::from_secs_f64(PING_PERIOD_SECONDS * (PING_BASE_MULTIPLIER + jitter))
+}
+
+/// Sleeps for `duration`; `false` if the window closed first and the loop must end.
+async fn pause_for(shared: &Shared, duration: Duration) -> bool {
+    tokio::select! {
+        () = shared.stop.cancelled() => false,
+        () = tokio::time::sleep(duration) => true,
     }
 }
 
@@ -158,6 +183,14 @@ mod tests {
         window.open(now, now + Duration::from_secs(1));
         assert!(window.contains(now));
         assert!(!window.contains(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn ping_periods_follow_the_reference_jitter() {
+        for _ in 0..100 {
+            let period = ping_period().as_secs_f64();
+            assert!((17.5..=22.5).contains(&period), "{period}");
+        }
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub async fn create_running_run(address: &Address) -> Result<u64, PushRunError> 
     let channel = Endpoint::from_shared(format!("http://{text}"))
         .map_err(connect)?
         .connect_timeout(CONNECT_TIMEOUT)
+        // Bounds every call, so a SuperLink that hangs cannot hold the test up.
+        .timeout(crate::CALL_TIMEOUT)
         .connect()
         .await
         .map_err(connect)?;
