@@ -27,7 +27,7 @@ use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
 ///
 /// | call | cost |
 /// |---|---|
-/// | `task_ins_for_node` | O(log n + delivered + expired entries skipped) in that consumer's queue |
+/// | `task_ins_for_node` | O(log q) per TaskIns returned or expired one dropped; q: own queue |
 /// | `acknowledge_ping`, `create_node`, `delete_node` | O(log nodes) |
 /// | `is_node_online`, `node_id_for_public_key` | O(log nodes) / one hash lookup |
 /// | `node_counts` | O(nodes gone offline since the previous call) |
@@ -262,7 +262,8 @@ impl LinkState for InMemoryLinkState {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let delivered_at = isoformat(now);
+        // Formatted only once something is delivered: most pulls find nothing.
+        let mut delivered_at = None;
         let mut inner = self.lock();
         let Inner {
             queues, task_ins, ..
@@ -286,7 +287,9 @@ impl LinkState for InMemoryLinkState {
             if expired_for_delivery(task, now) {
                 continue;
             }
-            delivered_at.clone_into(&mut task.delivered_at);
+            delivered_at
+                .get_or_insert_with(|| isoformat(now))
+                .clone_into(&mut task.delivered_at);
             out.push(stored.clone());
         }
         if queue.is_empty() {

@@ -307,7 +307,8 @@ impl LinkState for SqliteLinkState {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let delivered_at = isoformat(now);
+        // Formatted only once something is delivered: most pulls find nothing.
+        let mut delivered_at = None;
         let mut connection = self.lock();
         let tx = connection.transaction()?;
         let mut out = Vec::new();
@@ -329,7 +330,9 @@ impl LinkState for SqliteLinkState {
                     tx.prepare_cached(DROP_EXPIRED)?.execute([seq])?;
                     continue;
                 };
-                delivered_at.clone_into(&mut task.delivered_at);
+                delivered_at
+                    .get_or_insert_with(|| isoformat(now))
+                    .clone_into(&mut task.delivered_at);
                 tx.prepare_cached(DELIVER)?
                     .execute(params![task_ins.encode_to_vec(), seq])?;
                 out.push(task_ins);
