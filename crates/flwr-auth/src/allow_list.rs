@@ -10,6 +10,7 @@
 
 use std::collections::{btree_set, BTreeSet};
 
+use crate::curve::Curve;
 use crate::error::AuthError;
 use crate::keys::PublicKey;
 
@@ -50,6 +51,20 @@ pub enum CsvError {
         /// The OpenSSH key type, e.g. `ssh-ed25519`.
         algorithm: String,
     },
+    /// A field is an EC key on another curve than the SuperLink's own key
+    /// ([`AllowList::parse_for_curve`]): no shared secret can be derived with it, so the node
+    /// would register and then fail every later call.
+    #[error("line {line}, column {column}: key is on {found}, the SuperLink key on {expected}")]
+    WrongCurve {
+        /// Line on which the field starts.
+        line: usize,
+        /// Field number within the row.
+        column: usize,
+        /// The curve of the listed key.
+        found: Curve,
+        /// The curve every listed key must be on.
+        expected: Curve,
+    },
 }
 
 /// The set of SuperNode public keys allowed to authenticate, held as canonical PEM SPKI bytes
@@ -74,11 +89,35 @@ impl AllowList {
     /// The first bad field in file order, as [`CsvError::InvalidPublicKey`],
     /// [`CsvError::NotEllipticCurve`] or [`CsvError::FieldTooLarge`].
     pub fn parse(text: &str) -> Result<Self, CsvError> {
+        Self::parse_with(text, None)
+    }
+
+    /// Parses like [`parse`](Self::parse), and also refuses keys that are not on `curve` (the
+    /// curve of the SuperLink's key pair): the reference accepts them and then fails every
+    /// call of that node after `CreateNode` (AUTH.md §5.4).
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](Self::parse), plus [`CsvError::WrongCurve`] for the first key on another
+    /// curve.
+    pub fn parse_for_curve(text: &str, curve: Curve) -> Result<Self, CsvError> {
+        Self::parse_with(text, Some(curve))
+    }
+
+    fn parse_with(text: &str, curve: Option<Curve>) -> Result<Self, CsvError> {
         let mut list = Self::new();
         read_records(text, |fields| {
             for field in fields {
                 let key = PublicKey::from_openssh(field.text.as_bytes())
                     .map_err(|error| field.error(error))?;
+                if let Some(expected) = curve.filter(|&expected| expected != key.curve()) {
+                    return Err(CsvError::WrongCurve {
+                        line: field.line,
+                        column: field.column,
+                        found: key.curve(),
+                        expected,
+                    });
+                }
                 list.insert(&key);
             }
             Ok(())
@@ -397,6 +436,38 @@ mod tests {
                 ("c".to_owned(), 4, 3),
             ]
         );
+    }
+
+    fn vector(path: &str) -> String {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vectors/");
+        std::fs::read_to_string(format!("{root}{path}")).expect("test vector")
+    }
+
+    #[test]
+    fn keys_on_another_curve_than_the_superlink_key_are_refused_with_their_position() {
+        let p384 = vector("keys/supernode_p384_derived.pub");
+        let p256 = vector("keys/supernode_p256_derived.pub");
+        let text = format!("{}\n{},{}", p384.trim_end(), p384.trim_end(), p256.trim_end());
+        // The plain parser keeps the reference's behaviour for other callers.
+        assert_eq!(AllowList::parse(&text).expect("parses").len(), 2);
+        let error = AllowList::parse_for_curve(&text, Curve::P384).expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                CsvError::WrongCurve {
+                    line: 2,
+                    column: 2,
+                    found: Curve::P256,
+                    expected: Curve::P384
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with("line 2, column 2: "), "{error}");
+        let same = AllowList::parse_for_curve(&text, Curve::P256).expect_err("P-384 refused");
+        assert!(matches!(same, CsvError::WrongCurve { line: 1, column: 1, .. }));
+        let only_p384 = AllowList::parse_for_curve(&p384, Curve::P384).expect("same curve");
+        assert_eq!(only_p384.len(), 1);
     }
 
     #[test]
