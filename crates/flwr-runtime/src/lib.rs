@@ -5,10 +5,12 @@
 //!   bounds TLS handshakes and silent peers, and hands tonic ready connections.
 //! * [`limits`]: raising the open-file limit at start, so the connection cap is what bounds
 //!   connections rather than `EMFILE`.
+//! * [`process`]: children (ServerApps, ClientApps) that get SIGKILL when their parent dies.
 //! * [`RateLimited`]: one log line per interval for events a peer can trigger at will.
 
 pub mod limits;
 pub mod listener;
+pub mod process;
 mod rate_limit;
 
 pub use rate_limit::RateLimited;
