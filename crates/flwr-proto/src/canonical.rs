@@ -596,8 +596,16 @@ struct Entry<'a> {
     values: u32,
     /// The whole entry, re-read only to merge repeated message values.
     body: &'a [u8],
-    /// Position among the field's occurrences: the last occurrence of a key wins.
-    seq: usize,
+}
+
+/// What map entries are sorted by: 16 bytes instead of the entry itself, and for most pairs of
+/// keys an integer comparison instead of a byte-string one.
+#[derive(Debug, Clone, Copy)]
+struct SortKey {
+    /// Consistent with upb's key order wherever two prefixes differ; see [`sort_prefix`].
+    prefix: u64,
+    /// Index into `Builder::entries`, which holds a field's entries in wire order.
+    index: usize,
 }
 
 /// The output, in emission order.
@@ -676,6 +684,7 @@ impl<'a> Tree<'a> {
             schema: ty.schema,
             events: Vec::new(),
             entries: Vec::new(),
+            order: Vec::new(),
             oneofs: Vec::new(),
             tokens: Vec::new(),
             len: 0,
@@ -730,6 +739,7 @@ struct Builder<'a> {
     schema: &'static Schema,
     events: Vec<Event<'a>>,
     entries: Vec<Entry<'a>>,
+    order: Vec<SortKey>,
     oneofs: Vec<OneofState>,
     tokens: Vec<Token<'a>>,
     /// Output length of the tokens so far (an `Open` counts once closed).
@@ -939,21 +949,34 @@ impl<'a> Builder<'a> {
         depth: usize,
     ) -> Result<(), CanonicalError> {
         let start = self.entries.len();
-        for seq in i..j {
-            let body = self.events[seq].value.bytes();
-            let entry = self.entry(&message.name, body, key_kind, value_kind, seq)?;
+        let order_start = self.order.len();
+        for k in i..j {
+            let body = self.events[k].value.bytes();
+            let entry = self.entry(&message.name, body, key_kind, value_kind)?;
+            self.order.push(SortKey {
+                prefix: sort_prefix(entry.key),
+                index: self.entries.len(),
+            });
             self.entries.push(entry);
         }
-        // Equal keys end up adjacent with the latest occurrence first.
-        let stats = &mut self.stats;
-        self.entries[start..].sort_unstable_by(|a, b| {
+        // Equal keys end up adjacent with the latest occurrence (highest index) first.
+        let (entries, stats) = (&self.entries, &mut self.stats);
+        self.order[order_start..].sort_unstable_by(|a, b| {
             stats.comparisons += 1;
-            upb_key_order(a.key, b.key).then_with(|| b.seq.cmp(&a.seq))
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| match (entries.get(a.index), entries.get(b.index)) {
+                    (Some(x), Some(y)) => upb_key_order(x.key, y.key),
+                    _ => Ordering::Equal,
+                })
+                .then_with(|| b.index.cmp(&a.index))
         });
-        let end = self.entries.len();
+        let order_end = self.order.len();
         let mut previous: Option<Raw<'a>> = None;
-        for k in start..end {
-            let entry = self.entries[k];
+        for k in order_start..order_end {
+            let Some(&entry) = self.entries.get(self.order[k].index) else {
+                continue;
+            };
             self.stats.comparisons += 1;
             if previous == Some(entry.key) {
                 continue;
@@ -986,6 +1009,7 @@ impl<'a> Builder<'a> {
             self.close(open);
         }
         self.entries.truncate(start);
+        self.order.truncate(order_start);
         Ok(())
     }
 
@@ -997,14 +1021,12 @@ impl<'a> Builder<'a> {
         body: &'a [u8],
         key_kind: Kind,
         value_kind: Kind,
-        seq: usize,
     ) -> Result<Entry<'a>, CanonicalError> {
         let mut entry = Entry {
             key: Raw::default_of(key_kind),
             value: Raw::default_of(value_kind),
             values: 0,
             body,
-            seq,
         };
         let mut reader = Reader::new(body, context);
         while !reader.done() {
@@ -1139,6 +1161,27 @@ fn normalize_varint(kind: Kind, v: u64) -> u64 {
         Kind::Int32 => i64::from(v as u32 as i32) as u64,
         Kind::Uint32 => u64::from(v as u32),
         _ => v,
+    }
+}
+
+/// A key's first eight bytes, padded with `0xff`, read big-endian; an integer key inverted.
+///
+/// Where two prefixes differ they order the keys as [`upb_key_order`] does: at the first
+/// differing byte either both keys have real bytes, or the shorter key ended there (padding
+/// `0xff` is at least any real byte, and upb puts the longer key first). Equal prefixes need
+/// the full comparison.
+fn sort_prefix(key: Raw<'_>) -> u64 {
+    match key {
+        Raw::Len(bytes) => {
+            let mut prefix = [0xff; 8];
+            for (dst, src) in prefix.iter_mut().zip(bytes) {
+                *dst = *src;
+            }
+            u64::from_be_bytes(prefix)
+        }
+        // Descending order of the value.
+        Raw::Varint(v) | Raw::Fixed64(v) => !v,
+        Raw::Fixed32(v) => !u64::from(v),
     }
 }
 
@@ -1388,6 +1431,39 @@ mod tests {
         });
         assert!(result.is_err());
         assert!(!called);
+    }
+
+    #[test]
+    fn sort_prefixes_agree_with_upb_order_wherever_they_differ() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"a",
+            b"ab",
+            b"abcdefgh",
+            b"abcdefghi",
+            b"abcdefgg\xff",
+            b"abcdefg",
+            b"abcdefg\xff",
+            b"abcdefg\xff\xff",
+            b"\xff",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"\xff\xff\xff\xff\xff\xff\xff",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\x00",
+            b"b",
+        ];
+        for a in &keys {
+            for b in &keys {
+                let (a, b) = (Raw::Len(a), Raw::Len(b));
+                let by_prefix = sort_prefix(a).cmp(&sort_prefix(b));
+                if by_prefix != Ordering::Equal {
+                    assert_eq!(by_prefix, upb_key_order(a, b), "{a:?} {b:?}");
+                }
+            }
+        }
+        for (x, y) in [(0u64, 1u64), (7, u64::MAX), (1 << 63, 5)] {
+            let by_prefix = sort_prefix(Raw::Varint(x)).cmp(&sort_prefix(Raw::Varint(y)));
+            assert_eq!(by_prefix, upb_key_order(Raw::Varint(x), Raw::Varint(y)));
+        }
     }
 
     #[test]
