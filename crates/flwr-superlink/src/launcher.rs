@@ -6,6 +6,8 @@
 //! each child here is supervised:
 //!
 //! - it runs in its own process group, is killed on drop, and is always reaped;
+//! - it gets SIGKILL from the kernel when the SuperLink dies, even by SIGKILL
+//!   ([`flwr_runtime::process::tie_to_parent`]);
 //! - when it exits before its run finished, the run is marked `finished:failed` with the exit
 //!   status in `details` (a run still `pending` gets [`MAX_ATTEMPTS`] tries first), so a broken
 //!   app cannot make the SuperLink spawn forever;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use flwr_core::Address;
 use flwr_proto::RunStatus;
+use flwr_runtime::process::tie_to_parent;
 use flwr_state::lifecycle::{FAILED, FINISHED, PENDING};
 use flwr_state::LinkState;
 use nix::sys::signal::{killpg, Signal};
@@ -172,15 +175,19 @@ impl Launcher {
             self.settings.program.display(),
             self.settings.serverappio_address
         );
-        let child = Command::new(&self.settings.program)
+        let mut command = Command::new(&self.settings.program);
+        command
             .arg("--run-once")
             .arg("--serverappio-api-address")
             .arg(self.settings.serverappio_address.to_string())
             .arg("--insecure")
             .stdin(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn();
+            .kill_on_drop(true);
+        // Own process group, and SIGKILL if the SuperLink dies. The parent-death signal follows
+        // the forking *thread*: this runs in the launcher task on a runtime worker thread, which
+        // lives as long as the runtime (never move this spawn into `spawn_blocking`).
+        tie_to_parent(command.as_std_mut());
+        let child = command.spawn();
         let outcome = match child {
             Ok(child) => {
                 let kill = CancellationToken::new();
@@ -289,5 +296,109 @@ async fn fail_run(state: &Arc<dyn LinkState>, run_id: u64, details: String) {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::error!(run_id, %error, "could not mark the run failed"),
         Err(error) => tracing::error!(run_id, %error, "marking the run failed panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+    use std::time::Instant;
+
+    use flwr_proto::ConfigsRecord;
+    use flwr_state::{InMemoryLinkState, SystemClock};
+
+    use super::*;
+
+    /// Set for the re-executed test binary that plays the SuperLink.
+    const DIR_ENV: &str = "FLWR_LAUNCHER_TEST_DIR";
+
+    /// Whether `pid` still runs (a zombie waiting for PID 1 to reap it counts as gone).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+    }
+
+    fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        condition()
+    }
+
+    fn read_pid(path: &Path) -> Option<i32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    /// A SuperLink in miniature: a pending run and the real launcher, whose `flwr-serverapp`
+    /// records its pid and sleeps. Only runs when re-executed by
+    /// `serverapp_dies_with_a_killed_superlink`.
+    #[test]
+    #[ignore = "helper process of serverapp_dies_with_a_killed_superlink"]
+    fn superlink_helper() {
+        let Some(dir) = std::env::var_os(DIR_ENV).map(PathBuf::from) else {
+            return;
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let state: Arc<dyn LinkState> = Arc::new(InMemoryLinkState::new(Arc::new(SystemClock)));
+            state
+                .create_run("", "", "", HashMap::new(), ConfigsRecord::default())
+                .expect("create run");
+            let settings = LauncherSettings {
+                program: dir.join("flwr-serverapp"),
+                serverappio_address: "127.0.0.1:9091".parse().expect("address"),
+                poll_interval: Duration::from_millis(100),
+            };
+            let shutdown = CancellationToken::new();
+            let (_handle, _task) = start(state, settings, shutdown);
+            tokio::time::sleep(Duration::from_secs(300)).await;
+        });
+    }
+
+    #[test]
+    fn serverapp_dies_with_a_killed_superlink() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pidfile = dir.path().join("serverapp.pid");
+        let program = dir.path().join("flwr-serverapp");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
+                pidfile.display()
+            ),
+        )
+        .expect("write the fake flwr-serverapp");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))
+            .expect("make it executable");
+        let exe = std::env::current_exe().expect("test binary");
+        let mut superlink = std::process::Command::new(exe)
+            .args(["--exact", "launcher::tests::superlink_helper", "--ignored"])
+            .env(DIR_ENV, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the SuperLink stand-in");
+        wait_for(Duration::from_secs(20), || read_pid(&pidfile).is_some());
+        let serverapp = read_pid(&pidfile);
+        // SIGKILL: the SuperLink gets no chance to stop its children itself.
+        let _ = superlink.kill();
+        let _ = superlink.wait();
+        let serverapp = serverapp.expect("the launcher never started flwr-serverapp");
+        let gone = wait_for(Duration::from_secs(10), || !alive(serverapp));
+        if !gone {
+            let _ = killpg(Pid::from_raw(serverapp), Signal::SIGKILL);
+        }
+        assert!(gone, "flwr-serverapp outlived the SIGKILLed SuperLink");
     }
 }
