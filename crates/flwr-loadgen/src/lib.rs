@@ -11,6 +11,27 @@
 //! gRPC, not on cryptography. Every call has a deadline and the whole test a hard one, so it
 //! ends by itself even if the SuperLink hangs.
 //!
+//! # Usage
+//!
+//! ```text
+//! # keys for 1000 nodes (and the SuperLink), then a SuperLink that lists them
+//! flower-loadgen --generate-keys keys --generate-only --nodes 1000
+//! flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key \
+//!     --auth-list-public-keys keys/client_public_keys.csv \
+//!     --auth-superlink-private-key keys/server_credentials \
+//!     --auth-superlink-public-key keys/server_credentials.pub --isolation process
+//! # 64 authenticated Pings in flight for 10 s, with the SuperLink's CPU time per request
+//! flower-loadgen --keys keys --nodes 1000 --root-certificates ca.crt --server-pid PID
+//! # the same nodes at rest, as reference SuperNodes, for 60 s, as one JSON line
+//! flower-loadgen --keys keys --nodes 1000 --root-certificates ca.crt --mode cadence \
+//!     --seconds 60 --json
+//! # PushTaskRes of 1 MB arrays (a running run is made through the ServerAppIo API)
+//! flower-loadgen --keys keys --nodes 1000 --root-certificates ca.crt --rpc push \
+//!     --payload-bytes 1000000 --serverappio-api-address 127.0.0.1:9091
+//! ```
+//!
+//! `scripts/bench` runs these against our SuperLink and the Python one and prints a table.
+//!
 //! # Layout
 //!
 //! - [`config`]: the flags ([`Args`]) and the validated [`Config`].
