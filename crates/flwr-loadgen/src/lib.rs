@@ -157,86 +157,15 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     };
     let recorder = Arc::new(Recorder::new()?);
     let probe = config.server_pid.map(ServerProbe::new);
-    let mut tasks = JoinSet::new();
-
-    let registration_started = Instant::now();
-    let registration_deadline = registration_started + config.registration_timeout;
+    let phases = Phases {
+        config: &config,
+        registrar: &registrar,
+        recorder: &recorder,
+        probe: probe.as_ref(),
+    };
     let (nodes, measured) = match config.mode {
-        Mode::Cadence => {
-            let shared = cadence::Shared {
-                window: Arc::default(),
-                recorder: Arc::clone(&recorder),
-                stop: CancellationToken::new(),
-                pull_interval: config.pull_interval,
-                call_timeout: CALL_TIMEOUT,
-            };
-            let nodes = registrar
-                .register_all(
-                    config.nodes,
-                    config.register_concurrency,
-                    registration_deadline,
-                    |node| {
-                        let node = Arc::new(node.clone());
-                        tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
-                        tasks.spawn(cadence::pull_loop(node, shared.clone()));
-                    },
-                )
-                .await;
-            let registration = registration_started.elapsed();
-            let cpu_start = probe.as_ref().and_then(|probe| probe.cpu_micros().ok());
-            let start = Instant::now();
-            let end = start + config.window;
-            shared.window.open(start, end);
-            tokio::time::sleep_until(end).await;
-            shared.stop.cancel();
-            let hard_stopped = drain(&mut tasks, end + CALL_TIMEOUT + DRAIN_GRACE).await;
-            let measured = Measured {
-                registration,
-                window: config.window,
-                cpu_start,
-                hard_stopped,
-            };
-            (nodes.len(), measured)
-        }
-        Mode::ClosedLoop => {
-            let mut nodes = registrar
-                .register_all(
-                    config.nodes,
-                    config.register_concurrency,
-                    registration_deadline,
-                    |_| {},
-                )
-                .await;
-            let registration = registration_started.elapsed();
-            if let Some(template) = &push_template {
-                nodes = prepare_push(nodes, Arc::clone(template)).await?;
-            }
-            let nodes = Arc::new(nodes);
-            let cpu_start = probe.as_ref().and_then(|probe| probe.cpu_micros().ok());
-            let start = Instant::now();
-            let end = start + config.window;
-            closed_loop::spawn_workers(
-                &mut tasks,
-                &nodes,
-                config.rpc,
-                config.concurrency,
-                end,
-                CALL_TIMEOUT,
-                &recorder,
-            );
-            let hard_stopped = drain(&mut tasks, end + CALL_TIMEOUT + DRAIN_GRACE).await;
-            let measured = Measured {
-                registration,
-                window: if nodes.is_empty() {
-                    Duration::ZERO
-                } else {
-                    start.elapsed()
-                },
-                cpu_start,
-                hard_stopped,
-            };
-            (nodes.len(), measured)
-        }
+        Mode::Cadence => phases.cadence().await,
+        Mode::ClosedLoop => phases.closed_loop(push_template.as_ref()).await?,
     };
     let cpu_end = probe.as_ref().and_then(|probe| probe.cpu_micros().ok());
     let memory = probe.as_ref().and_then(|probe| probe.memory().ok());
@@ -264,6 +193,114 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         report.server_rss_peak_mib = Some(memory.peak_kib as f64 / 1024.0);
     }
     Ok(report)
+}
+
+/// What registration and the measurement window share.
+#[derive(Debug)]
+struct Phases<'a> {
+    config: &'a Config,
+    registrar: &'a Registrar,
+    recorder: &'a Arc<Recorder>,
+    probe: Option<&'a ServerProbe>,
+}
+
+impl Phases<'_> {
+    /// Registers the nodes, starting each one's reference loops at once, then records the
+    /// window; returns the registered nodes' count.
+    async fn cadence(&self) -> (usize, Measured) {
+        let config = self.config;
+        let shared = cadence::Shared {
+            window: Arc::default(),
+            recorder: Arc::clone(self.recorder),
+            stop: CancellationToken::new(),
+            pull_interval: config.pull_interval,
+            call_timeout: CALL_TIMEOUT,
+        };
+        let mut tasks = JoinSet::new();
+        let registration_started = Instant::now();
+        let nodes = self
+            .registrar
+            .register_all(
+                config.nodes,
+                config.register_concurrency,
+                registration_started + config.registration_timeout,
+                |node| {
+                    let node = Arc::new(node.clone());
+                    tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
+                    tasks.spawn(cadence::pull_loop(node, shared.clone()));
+                },
+            )
+            .await;
+        let registration = registration_started.elapsed();
+        let cpu_start = self.cpu_micros();
+        let start = Instant::now();
+        let end = start + config.window;
+        shared.window.open(start, end);
+        tokio::time::sleep_until(end).await;
+        shared.stop.cancel();
+        let hard_stopped = drain(&mut tasks, end + CALL_TIMEOUT + DRAIN_GRACE).await;
+        let measured = Measured {
+            registration,
+            window: config.window,
+            cpu_start,
+            hard_stopped,
+        };
+        (nodes.len(), measured)
+    }
+
+    /// Registers the nodes, signs their PushTaskRes if needed, then keeps `--concurrency`
+    /// calls in flight for the window; returns the registered nodes' count.
+    async fn closed_loop(
+        &self,
+        push_template: Option<&Arc<PushTemplate>>,
+    ) -> Result<(usize, Measured), LoadError> {
+        let config = self.config;
+        let registration_started = Instant::now();
+        let mut nodes = self
+            .registrar
+            .register_all(
+                config.nodes,
+                config.register_concurrency,
+                registration_started + config.registration_timeout,
+                |_| {},
+            )
+            .await;
+        let registration = registration_started.elapsed();
+        if let Some(template) = push_template {
+            nodes = prepare_push(nodes, Arc::clone(template)).await?;
+        }
+        let nodes = Arc::new(nodes);
+        let mut tasks = JoinSet::new();
+        let cpu_start = self.cpu_micros();
+        let start = Instant::now();
+        let end = start + config.window;
+        closed_loop::spawn_workers(
+            &mut tasks,
+            &nodes,
+            config.rpc,
+            config.concurrency,
+            end,
+            CALL_TIMEOUT,
+            self.recorder,
+        );
+        let hard_stopped = drain(&mut tasks, end + CALL_TIMEOUT + DRAIN_GRACE).await;
+        let measured = Measured {
+            registration,
+            // Until the last call of the window was answered.
+            window: if nodes.is_empty() {
+                Duration::ZERO
+            } else {
+                start.elapsed()
+            },
+            cpu_start,
+            hard_stopped,
+        };
+        Ok((nodes.len(), measured))
+    }
+
+    fn cpu_micros(&self) -> Option<u64> {
+        self.probe.and_then(|probe| probe.cpu_micros().ok())
+    }
 }
 
 /// Timings of the two phases.
