@@ -598,12 +598,13 @@ struct Entry<'a> {
     body: &'a [u8],
 }
 
-/// What map entries are sorted by: 16 bytes instead of the entry itself, and for most pairs of
-/// keys an integer comparison instead of a byte-string one.
+/// What map entries are sorted by: 32 bytes instead of the entry itself, and for most pairs of
+/// keys one integer comparison instead of a byte-string one (which would also have to fetch
+/// the entry and the key from wherever they sit in memory).
 #[derive(Debug, Clone, Copy)]
 struct SortKey {
     /// Consistent with upb's key order wherever two prefixes differ; see [`sort_prefix`].
-    prefix: u64,
+    prefix: u128,
     /// Index into `Builder::entries`, which holds a field's entries in wire order.
     index: usize,
 }
@@ -950,6 +951,9 @@ impl<'a> Builder<'a> {
     ) -> Result<(), CanonicalError> {
         let start = self.entries.len();
         let order_start = self.order.len();
+        // Each entry takes at least three tokens (entry, key, value); growing the token list
+        // from small would copy it a dozen times.
+        self.tokens.reserve(3 * (j - i));
         for k in i..j {
             let body = self.events[k].value.bytes();
             let entry = self.entry(&message.name, body, key_kind, value_kind)?;
@@ -1164,24 +1168,24 @@ fn normalize_varint(kind: Kind, v: u64) -> u64 {
     }
 }
 
-/// A key's first eight bytes, padded with `0xff`, read big-endian; an integer key inverted.
+/// A key's first sixteen bytes, padded with `0xff`, read big-endian; an integer key inverted.
 ///
 /// Where two prefixes differ they order the keys as [`upb_key_order`] does: at the first
 /// differing byte either both keys have real bytes, or the shorter key ended there (padding
 /// `0xff` is at least any real byte, and upb puts the longer key first). Equal prefixes need
 /// the full comparison.
-fn sort_prefix(key: Raw<'_>) -> u64 {
+fn sort_prefix(key: Raw<'_>) -> u128 {
     match key {
         Raw::Len(bytes) => {
-            let mut prefix = [0xff; 8];
+            let mut prefix = [0xff; 16];
             for (dst, src) in prefix.iter_mut().zip(bytes) {
                 *dst = *src;
             }
-            u64::from_be_bytes(prefix)
+            u128::from_be_bytes(prefix)
         }
         // Descending order of the value.
-        Raw::Varint(v) | Raw::Fixed64(v) => !v,
-        Raw::Fixed32(v) => !u64::from(v),
+        Raw::Varint(v) | Raw::Fixed64(v) => u128::from(!v),
+        Raw::Fixed32(v) => u128::from(!u64::from(v)),
     }
 }
 
@@ -1439,16 +1443,17 @@ mod tests {
             b"",
             b"a",
             b"ab",
-            b"abcdefgh",
-            b"abcdefghi",
-            b"abcdefgg\xff",
-            b"abcdefg",
-            b"abcdefg\xff",
-            b"abcdefg\xff\xff",
+            b"abcdefghijklmnop",
+            b"abcdefghijklmnopq",
+            b"abcdefghijklmnoo\xff",
+            b"abcdefghijklmno",
+            b"abcdefghijklmno\xff",
+            b"abcdefghijklmno\xff\xff",
             b"\xff",
-            b"\xff\xff\xff\xff\xff\xff\xff\xff",
-            b"\xff\xff\xff\xff\xff\xff\xff",
-            b"\xff\xff\xff\xff\xff\xff\xff\xff\x00",
+            &[0xff; 16],
+            &[0xff; 15],
+            &[0xff; 17],
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x00",
             b"b",
         ];
         for a in &keys {

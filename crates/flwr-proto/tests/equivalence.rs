@@ -250,6 +250,20 @@ proptest! {
     }
 
     #[test]
+    fn long_keys_sharing_prefixes_encode_like_the_oracle(
+        a in prop::collection::hash_map("a{14}[ab]{0,4}", configs_value(), 0..12),
+        b in prop::collection::hash_map("a{14}[ab]{0,4}", configs_value(), 0..12),
+    ) {
+        // Keys around the 16 bytes the encoder sorts by before comparing whole keys.
+        let wire = [
+            flwr_proto::ConfigsRecord { data: a }.encode_to_vec(),
+            flwr_proto::ConfigsRecord { data: b }.encode_to_vec(),
+        ]
+        .concat();
+        assert_same("flwr.proto.ConfigsRecord", &wire)?;
+    }
+
+    #[test]
     fn packed_unpacked_and_padded_numerics_encode_like_the_oracle(wire in array_wire()) {
         assert_same("flwr.proto.Array", &wire)?;
     }
