@@ -447,7 +447,12 @@ mod tests {
     fn keys_on_another_curve_than_the_superlink_key_are_refused_with_their_position() {
         let p384 = vector("keys/supernode_p384_derived.pub");
         let p256 = vector("keys/supernode_p256_derived.pub");
-        let text = format!("{}\n{},{}", p384.trim_end(), p384.trim_end(), p256.trim_end());
+        let text = format!(
+            "{}\n{},{}",
+            p384.trim_end(),
+            p384.trim_end(),
+            p256.trim_end()
+        );
         // The plain parser keeps the reference's behaviour for other callers.
         assert_eq!(AllowList::parse(&text).expect("parses").len(), 2);
         let error = AllowList::parse_for_curve(&text, Curve::P384).expect_err("refused");
@@ -463,9 +468,19 @@ mod tests {
             ),
             "{error:?}"
         );
-        assert!(error.to_string().starts_with("line 2, column 2: "), "{error}");
+        assert!(
+            error.to_string().starts_with("line 2, column 2: "),
+            "{error}"
+        );
         let same = AllowList::parse_for_curve(&text, Curve::P256).expect_err("P-384 refused");
-        assert!(matches!(same, CsvError::WrongCurve { line: 1, column: 1, .. }));
+        assert!(matches!(
+            same,
+            CsvError::WrongCurve {
+                line: 1,
+                column: 1,
+                ..
+            }
+        ));
         let only_p384 = AllowList::parse_for_curve(&p384, Curve::P384).expect("same curve");
         assert_eq!(only_p384.len(), 1);
     }

@@ -23,6 +23,9 @@ pub enum Error {
     /// Our own machinery failed (a blocking task panicked): `INTERNAL`.
     #[error("{0}")]
     Internal(String),
+    /// The request carries a value outside what the call accepts: `INVALID_ARGUMENT`.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The named object does not exist: `NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),
@@ -47,6 +50,7 @@ impl From<Error> for tonic::Status {
             Error::AccessDenied => Self::unauthenticated("Access denied"),
             Error::FailedPrecondition(details) => Self::failed_precondition(details),
             Error::Internal(details) => Self::internal(details),
+            Error::InvalidArgument(details) => Self::invalid_argument(details),
             Error::NotFound(details) => Self::not_found(details),
             Error::PermissionDenied(details) => Self::permission_denied(details),
             Error::State(error) => Self::unknown(state_details(&error)),

@@ -42,7 +42,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use flwr_auth::{AllowList, PrivateKey, PublicKey, SharedSecret};
+use flwr_auth::{AllowList, Curve, PrivateKey, PublicKey, SharedSecret};
 use flwr_proto::canonical::MessageType;
 use flwr_proto::{
     CreateNodeRequest, DeleteNodeRequest, GetFabRequest, GetRunRequest, PingRequest,
@@ -108,6 +108,11 @@ impl NodeAuthenticator {
             large_verifications: Arc::new(Semaphore::new(LARGE_VERIFICATIONS)),
             refusal_log: Mutex::new(RateLimited::new(REFUSAL_LOG_INTERVAL)),
         })
+    }
+
+    /// The curve of the SuperLink's key; every admitted key must be on it.
+    pub fn curve(&self) -> Curve {
+        self.private_key.curve()
     }
 
     /// Number of keys currently admitted.
@@ -402,8 +407,8 @@ enum BodyError {
     Malformed,
     /// The body did not arrive in time.
     TimedOut,
-    /// The transport failed.
-    Transport(Status),
+    /// The transport failed (boxed: a `Status` is large and this error is returned often).
+    Transport(Box<Status>),
 }
 
 impl BodyError {
@@ -414,7 +419,7 @@ impl BodyError {
             )),
             Self::Malformed => Status::internal("Exception deserializing request!"),
             Self::TimedOut => Status::deadline_exceeded("request body did not arrive in time"),
-            Self::Transport(status) => status,
+            Self::Transport(status) => *status,
         }
     }
 }
@@ -432,7 +437,7 @@ async fn read_message(mut body: BoxBody, limit: usize) -> Result<Bytes, BodyErro
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(BodyError::TimedOut),
             Ok(None) => break,
-            Ok(Some(Err(status))) => return Err(BodyError::Transport(status)),
+            Ok(Some(Err(status))) => return Err(BodyError::Transport(Box::new(status))),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
@@ -502,20 +507,126 @@ fn header_bytes(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     flwr_auth::header::decode(value).ok()
 }
 
-/// How often the allow-list file is looked at; a removed key is refused within this time
-/// plus one request.
+/// How often the allow-list file is looked at. A change is applied once the file read the same
+/// on two consecutive looks, so a removed key is refused within two intervals plus one request.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why an allow-list file cannot be used, at start-up or on reload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AllowListError {
+    /// A line does not hold a usable key (position in the message).
+    #[error(transparent)]
+    Csv(#[from] flwr_auth::CsvError),
+    /// The file lists no key. The reference starts anyway and refuses every SuperNode; on
+    /// reload an empty file is far more often a file caught mid-write than a wish to lock
+    /// every node out, so it is refused in both places.
+    #[error("lists no public keys, so every SuperNode would be refused")]
+    Empty,
+    /// The file is not UTF-8 text.
+    #[error("not UTF-8 text")]
+    NotUtf8,
+}
+
+/// Parses an allow-list file under the start-up rules: UTF-8 CSV (AUTH.md §3), every key on
+/// `curve` (the SuperLink key's), at least one key.
+///
+/// # Errors
+///
+/// See [`AllowListError`].
+pub fn parse_allow_list(content: &[u8], curve: Curve) -> Result<AllowList, AllowListError> {
+    let text = std::str::from_utf8(content).map_err(|_| AllowListError::NotUtf8)?;
+    let list = AllowList::parse_for_curve(text, curve)?;
+    if list.is_empty() {
+        return Err(AllowListError::Empty);
+    }
+    Ok(list)
+}
+
+/// What one look at the allow-list file calls for.
+#[derive(Debug)]
+enum ReloadStep {
+    /// Apply this list.
+    Apply(AllowList),
+    /// Nothing to do: unchanged since it was last judged, or still changing.
+    Keep,
+    /// The file cannot be read (first look after it became unreadable).
+    Unreadable(std::io::Error),
+    /// The settled file is unusable; the previous list stays.
+    Refuse(AllowListError),
+}
+
+/// The reload decision, without I/O or clock: fed one read of the file per interval.
+///
+/// A file is judged only once it has stopped changing, i.e. two consecutive reads, one
+/// interval apart, returned the same bytes. An editor that writes in place (truncate, then
+/// write) is otherwise caught with half a list, which parses and would lock the missing nodes
+/// out. Replacing the file atomically (write a temporary file, rename it over) avoids that
+/// window altogether.
+#[derive(Debug)]
+struct Reloader {
+    curve: Curve,
+    /// The content last judged (applied or refused), to judge each version once.
+    judged: Option<Vec<u8>>,
+    /// The previous read, if it differed from `judged`: the candidate waiting to settle.
+    candidate: Option<Vec<u8>>,
+    /// Whether the last read failed, so an unreadable file is reported once.
+    unreadable: bool,
+}
+
+impl Reloader {
+    /// A reloader whose list currently in force was parsed from `initial`.
+    fn new(curve: Curve, initial: Option<Vec<u8>>) -> Self {
+        Self {
+            curve,
+            judged: initial,
+            candidate: None,
+            unreadable: false,
+        }
+    }
+
+    fn observe(&mut self, read: std::io::Result<Vec<u8>>) -> ReloadStep {
+        let content = match read {
+            Ok(content) => content,
+            Err(error) => {
+                self.candidate = None;
+                if std::mem::replace(&mut self.unreadable, true) {
+                    return ReloadStep::Keep;
+                }
+                return ReloadStep::Unreadable(error);
+            }
+        };
+        self.unreadable = false;
+        if self.judged.as_ref() == Some(&content) {
+            self.candidate = None;
+            return ReloadStep::Keep;
+        }
+        if self.candidate.as_ref() != Some(&content) {
+            // New or still changing: wait for the next look to see the same bytes.
+            self.candidate = Some(content);
+            return ReloadStep::Keep;
+        }
+        self.candidate = None;
+        let step = match parse_allow_list(&content, self.curve) {
+            Ok(list) => ReloadStep::Apply(list),
+            Err(error) => ReloadStep::Refuse(error),
+        };
+        self.judged = Some(content);
+        step
+    }
+}
 
 /// Keeps `auth`'s allow-list in step with the CSV file at `path` until `shutdown` resolves.
 ///
-/// A file that no longer parses (or cannot be read) is reported and ignored: the previous list
-/// stays in force, so a half-written edit never locks every node out.
+/// A changed file is applied only when it has stopped changing (see [`RELOAD_INTERVAL`]) and
+/// parses under the start-up rules ([`parse_allow_list`]); anything else is logged and the
+/// previous list stays in force, so a half-written or emptied file never locks every node out.
 pub async fn watch_allow_list(
     path: PathBuf,
     auth: Arc<NodeAuthenticator>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut last = tokio::fs::read(&path).await.ok();
+    let mut reloader = Reloader::new(auth.curve(), tokio::fs::read(&path).await.ok());
     let mut tick = tokio::time::interval(RELOAD_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -524,29 +635,19 @@ pub async fn watch_allow_list(
             () = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        let content = match tokio::fs::read(&path).await {
-            Ok(content) => content,
-            Err(error) => {
-                if last.take().is_some() {
-                    tracing::error!(file = %path.display(), %error, "cannot read --auth-list-public-keys; keeping the previous list");
-                }
-                continue;
-            }
-        };
-        if last.as_ref() == Some(&content) {
-            continue;
-        }
-        last = Some(content.clone());
-        let parsed = std::str::from_utf8(&content)
-            .map_err(|_| "not UTF-8".to_owned())
-            .and_then(|text| AllowList::parse(text).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(list) => {
+        match reloader.observe(tokio::fs::read(&path).await) {
+            ReloadStep::Keep => {}
+            ReloadStep::Apply(list) => {
                 let keys = list.len();
                 auth.replace_allow_list(list);
                 tracing::info!(file = %path.display(), keys, "reloaded --auth-list-public-keys");
             }
-            Err(error) => tracing::error!(
+            ReloadStep::Unreadable(error) => tracing::error!(
+                file = %path.display(),
+                %error,
+                "cannot read --auth-list-public-keys; keeping the previous list"
+            ),
+            ReloadStep::Refuse(error) => tracing::error!(
                 file = %path.display(),
                 %error,
                 "--auth-list-public-keys no longer parses; keeping the previous list"
@@ -559,6 +660,88 @@ pub async fn watch_allow_list(
 mod tests {
     use super::*;
 
+    fn key_line(name: &str) -> String {
+        let path = format!(
+            "{}/../../testdata/vectors/keys/{name}.pub",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(path)
+            .expect("vector")
+            .trim_end()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_changed_file_is_applied_only_after_reading_the_same_twice() {
+        let one = format!("{}\n", key_line("supernode_p384_derived"));
+        let two = format!("{one}{}\n", key_line("stranger_p384_derived"));
+        let mut reloader = Reloader::new(Curve::P384, Some(two.clone().into_bytes()));
+        assert!(matches!(
+            reloader.observe(Ok(two.clone().into_bytes())),
+            ReloadStep::Keep
+        ));
+        // Half of the rewrite is on disk: seen once, not applied.
+        assert!(matches!(
+            reloader.observe(Ok(one.clone().into_bytes())),
+            ReloadStep::Keep
+        ));
+        // The rest arrives before the next look: still changing.
+        let three = format!("{two}{}\n", key_line("supernode_p384_sshkeygen"));
+        assert!(matches!(
+            reloader.observe(Ok(three.clone().into_bytes())),
+            ReloadStep::Keep
+        ));
+        // Settled: applied once.
+        match reloader.observe(Ok(three.clone().into_bytes())) {
+            ReloadStep::Apply(list) => assert_eq!(list.len(), 3),
+            other => panic!("expected the settled list, got {other:?}"),
+        }
+        assert!(matches!(
+            reloader.observe(Ok(three.into_bytes())),
+            ReloadStep::Keep
+        ));
+    }
+
+    #[test]
+    fn an_empty_or_wrong_curve_file_is_refused_at_reload() {
+        let listed = format!("{}\n", key_line("supernode_p384_derived"));
+        let mut reloader = Reloader::new(Curve::P384, Some(listed.into_bytes()));
+        // Emptied (e.g. truncated by an editor that then crashed): refused once settled.
+        assert!(matches!(reloader.observe(Ok(Vec::new())), ReloadStep::Keep));
+        assert!(matches!(
+            reloader.observe(Ok(Vec::new())),
+            ReloadStep::Refuse(AllowListError::Empty)
+        ));
+        assert!(matches!(reloader.observe(Ok(Vec::new())), ReloadStep::Keep));
+        let p256 = format!("{}\n", key_line("supernode_p256_derived"));
+        assert!(matches!(
+            reloader.observe(Ok(p256.clone().into_bytes())),
+            ReloadStep::Keep
+        ));
+        match reloader.observe(Ok(p256.into_bytes())) {
+            ReloadStep::Refuse(error) => {
+                assert!(
+                    error.to_string().starts_with("line 1, column 1: "),
+                    "{error}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unreadable_file_is_reported_once() {
+        let mut reloader = Reloader::new(Curve::P384, None);
+        let gone = || Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(matches!(
+            reloader.observe(gone()),
+            ReloadStep::Unreadable(_)
+        ));
+        assert!(matches!(reloader.observe(gone()), ReloadStep::Keep));
+    }
+
+    // A request body's stream items are `Result<Frame, Status>` by tonic's definition.
+    #[allow(clippy::result_large_err)]
     fn body(chunks: Vec<Vec<u8>>) -> BoxBody {
         let frames = chunks
             .into_iter()

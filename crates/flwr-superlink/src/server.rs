@@ -202,6 +202,35 @@ impl SuperLink {
         self.exec.local_addr()
     }
 
+    /// Warns when an API without authentication listens beyond loopback: whoever reaches
+    /// ServerAppIo reads and writes every task, and whoever reaches Exec runs code on every
+    /// SuperNode of the federation. The defaults (`0.0.0.0`) are the reference's and stay.
+    fn warn_about_exposure(&self) {
+        let exposed = [
+            (
+                "--serverappio-api-address",
+                self.serverappio.local_addr(),
+                "ServerAppIo API (no authentication, plaintext): anyone who can reach it can read \
+                 and write every task and result of every run",
+            ),
+            (
+                "--exec-api-address",
+                self.exec.local_addr(),
+                "Exec API (no user authentication): anyone who can reach it can StartRun, i.e. \
+                 run code on every SuperNode of the federation",
+            ),
+        ];
+        for (flag, address, what) in exposed {
+            let Ok(address) = address else { continue };
+            if !address.ip().to_canonical().is_loopback() {
+                tracing::warn!(
+                    "{flag} {address} listens beyond loopback and exposes the {what}; bind it to \
+                     127.0.0.1 or restrict access with a firewall"
+                );
+            }
+        }
+    }
+
     /// The stores the services use (for tests and embedding).
     pub fn stores(&self) -> &Stores {
         &self.stores
@@ -218,6 +247,7 @@ impl SuperLink {
         for warning in &self.config.warnings {
             tracing::warn!("{warning}");
         }
+        self.warn_about_exposure();
         let stop = CancellationToken::new();
         let (launcher, launcher_task) = match self.config.isolation {
             Isolation::Subprocess => {
@@ -453,7 +483,8 @@ fn resolve(address: &Address) -> io::Result<SocketAddr> {
 }
 
 /// Reads the SuperLink key pair and the allow-list (AUTH.md §1.1), refusing a key pair whose
-/// halves do not belong together (the reference accepts it and then fails every request).
+/// halves do not belong together, listed keys on another curve, and an empty list (the
+/// reference accepts all three and then fails every request of the nodes concerned).
 fn load_node_auth(files: &NodeAuthFiles) -> Result<Arc<NodeAuthenticator>, StartError> {
     let fail = |flag: &'static str, path: &std::path::Path, reason: String| StartError::NodeAuth {
         flag,
@@ -495,15 +526,13 @@ fn load_node_auth(files: &NodeAuthFiles) -> Result<Arc<NodeAuthenticator>, Start
     }
     let csv_flag = "auth-list-public-keys";
     let csv_path = &files.public_keys_csv;
-    let text = String::from_utf8(read(csv_flag, csv_path)?)
-        .map_err(|_| fail(csv_flag, csv_path, "not UTF-8 text".into()))?;
-    let allowed =
-        flwr_auth::AllowList::parse(&text).map_err(|e| fail(csv_flag, csv_path, e.to_string()))?;
+    // The same rules as a live reload: keys on the SuperLink key's curve only (others would
+    // register and then fail every call), and at least one key (the reference starts with none
+    // and refuses every SuperNode, which is never what an operator wants).
+    let allowed = fleet_auth::parse_allow_list(&read(csv_flag, csv_path)?, private.curve())
+        .map_err(|e| fail(csv_flag, csv_path, e.to_string()))?;
     let keys = allowed.len();
     tracing::info!("Node authentication enabled with {keys} known public keys");
-    if keys == 0 {
-        tracing::warn!("Authentication enabled, but no known public keys configured");
-    }
     let auth = NodeAuthenticator::new(private, allowed)
         .map_err(|e| fail(public_flag, public_path, e.to_string()))?;
     Ok(Arc::new(auth))

@@ -31,6 +31,27 @@ use crate::service::{fab_content, guarded_run, respond, Stores};
 /// `PushTaskResResponse.reconnect`: the reference always sends 5 (clients ignore it).
 const RECONNECT_SECONDS: u64 = 5;
 
+/// The longest `ping_interval` a node may claim, in seconds. The reference SuperNode sends 30
+/// (BEHAVIOR.md §2.2, §2.3); a day leaves room for slow custom heartbeats while bounding how
+/// long a node that died stays "online".
+pub const MAX_PING_INTERVAL_SECONDS: f64 = 24.0 * 60.0 * 60.0;
+
+/// `ping_interval` as a usable liveness extension: finite, positive and at most
+/// [`MAX_PING_INTERVAL_SECONDS`]. The reference stores whatever arrives, so a negative value
+/// takes a node offline, `inf` keeps it online forever and `NaN` breaks the SQLite store.
+fn checked_ping_interval(method: &str, ping_interval: f64) -> Result<f64, Error> {
+    if ping_interval.is_finite()
+        && ping_interval > 0.0
+        && ping_interval <= MAX_PING_INTERVAL_SECONDS
+    {
+        return Ok(ping_interval);
+    }
+    Err(Error::InvalidArgument(format!(
+        "{method}: ping_interval must be a number of seconds in (0, {MAX_PING_INTERVAL_SECONDS}], \
+         got {ping_interval}"
+    )))
+}
+
 /// The identity node authentication established for a request, placed in the request's
 /// extensions by the auth layer. Absent when node authentication is off.
 #[derive(Debug, Clone)]
@@ -124,23 +145,35 @@ impl FleetHandler {
 
     /// Registers a node (bound to its public key when authenticated).
     ///
+    /// A key that already has a node gets that node back. CreateNode carries no token (AUTH.md
+    /// §7), so anyone who knows a listed public key can send it: it revives an offline node
+    /// for `ping_interval` but never touches the liveness of an online one, which only the
+    /// node's own (signed) Pings extend. Liveness is therefore never shortened.
+    ///
     /// # Errors
     ///
-    /// Store failures.
+    /// `ping_interval` outside (0, [`MAX_PING_INTERVAL_SECONDS`]]: `INVALID_ARGUMENT`; store
+    /// failures.
     pub async fn create_node(
         &self,
         request: CreateNodeRequest,
         node: Option<AuthenticatedNode>,
     ) -> Result<CreateNodeResponse, Error> {
-        let ping_interval = request.ping_interval;
+        let ping_interval = checked_ping_interval("CreateNode", request.ping_interval)?;
         let (node_id, created) = self
             .stores
             .call(move |state, _| {
                 let public_key = node.as_ref().map(|node| node.public_key.as_slice());
-                // A key that already has a node gets that node back, alive again (AUTH.md §7).
                 if let Some(key) = public_key {
                     if let Some(node_id) = state.node_id_for_public_key(key)? {
-                        state.acknowledge_ping(node_id, ping_interval)?;
+                        // online_until = max(current, now + interval): the store has no read of
+                        // `online_until`, and an online node's is already in the future, so it
+                        // is left alone; an offline node's lies in the past, so now + interval
+                        // is the larger. (A signed Ping racing in between these two calls may
+                        // be overwritten by a shorter interval; the node's next Ping repairs it.)
+                        if !state.is_node_online(node_id)? {
+                            state.acknowledge_ping(node_id, ping_interval)?;
+                        }
                         return Ok((node_id, false));
                     }
                 }
@@ -195,7 +228,8 @@ impl FleetHandler {
     ///
     /// # Errors
     ///
-    /// Store failures.
+    /// `ping_interval` outside (0, [`MAX_PING_INTERVAL_SECONDS`]]: `INVALID_ARGUMENT` (after
+    /// the node-auth binding check); store failures.
     pub async fn ping(
         &self,
         request: PingRequest,
@@ -207,6 +241,7 @@ impl FleetHandler {
             .stores
             .call(move |state, _| {
                 authorize("Ping", caller.as_ref(), state, Claim::Node(node_id))?;
+                let ping_interval = checked_ping_interval("Ping", ping_interval)?;
                 Ok(state.acknowledge_ping(node_id, ping_interval)?)
             })
             .await?;
