@@ -60,6 +60,29 @@ impl RetryPolicy {
     }
 }
 
+/// `UNAUTHENTICATED` answers in a row that one call retries before giving up. The reference
+/// gives up on the first; a SuperLink whose allow-list is being rewritten may refuse a listed
+/// key for a moment, so a few refusals are ridden out with the usual back-off.
+pub const UNAUTHENTICATED_RETRIES: u32 = 3;
+
+impl RetryPolicy {
+    /// Decides what follows an `UNAUTHENTICATED` answer: give up after the
+    /// [`UNAUTHENTICATED_RETRIES`]th refusal in a row (`refusals` is 1-based), otherwise as
+    /// [`RetryPolicy::after_failure`], whose limits still apply.
+    pub fn after_refusal(
+        &self,
+        refusals: u32,
+        tries: u32,
+        started_after: Duration,
+        jitter: f64,
+    ) -> Retry {
+        if refusals > UNAUTHENTICATED_RETRIES {
+            return Retry::GiveUp;
+        }
+        self.after_failure(tries, started_after, jitter)
+    }
+}
+
 /// Nominal delay after failure number `tries` (1-based): 1 s doubled per failure, optionally
 /// capped. `tries == 0` is treated as 1.
 pub fn exponential(tries: u32, cap: Option<Duration>) -> Duration {
@@ -167,6 +190,31 @@ mod tests {
             Retry::Wait(secs(0.5))
         );
         assert_eq!(policy.after_failure(5, secs(4.0), 0.1), Retry::GiveUp);
+    }
+
+    #[test]
+    fn refusals_are_retried_a_bounded_number_of_times() {
+        let unlimited = RetryPolicy::default();
+        for refusals in 1..=UNAUTHENTICATED_RETRIES {
+            assert!(matches!(
+                unlimited.after_refusal(refusals, refusals, Duration::ZERO, 0.5),
+                Retry::Wait(_)
+            ));
+        }
+        let last = UNAUTHENTICATED_RETRIES + 1;
+        assert_eq!(
+            unlimited.after_refusal(last, last, Duration::ZERO, 0.5),
+            Retry::GiveUp
+        );
+        // `--max-retries` still bounds the call.
+        let single = RetryPolicy {
+            max_retries: Some(0),
+            max_wait: None,
+        };
+        assert_eq!(
+            single.after_refusal(1, 1, Duration::ZERO, 0.5),
+            Retry::GiveUp
+        );
     }
 
     #[test]

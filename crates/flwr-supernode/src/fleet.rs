@@ -4,15 +4,25 @@
 //! Every request goes through one private method, `Fleet::invoke`, which
 //!
 //! 1. asks the [`RequestSigner`] for metadata over the request's canonical encoding;
-//! 2. sends it, racing the shutdown token;
-//! 3. on `UNAVAILABLE` (including connection failures) backs off per [`RetryPolicy`] and tries
-//!    again; `PERMISSION_DENIED` becomes [`CallError::RunNotRunning`]; any other status gives up
-//!    at once ([`CallError::Rejected`]), as the reference does.
+//! 2. sends it under a per-call deadline ([`Deadlines`]), racing the shutdown token;
+//! 3. on `UNAVAILABLE` (including connection failures) or its own deadline passing, backs off
+//!    per [`RetryPolicy`] and tries again; on `UNAUTHENTICATED` does the same at most
+//!    [`UNAUTHENTICATED_RETRIES`](crate::backoff::UNAUTHENTICATED_RETRIES) times in a row, then gives up with
+//!    [`CallError::Unauthenticated`]; `PERMISSION_DENIED` becomes [`CallError::RunNotRunning`];
+//!    any other status gives up at once ([`CallError::Rejected`]), as the reference does.
+//!
+//! The reference sets no deadline but `Ping`'s, so a call on a silently dead connection hangs
+//! forever. Here every call has one, generous where the payload can be large.
 //!
 //! The channel is plaintext or TLS (a `--root-certificates` CA or the system roots, with the
-//! server name taken from the target host), raises tonic's message limits to 512 MiB, and sends
-//! no HTTP/2 keep-alive pings (the reference's gRPC servers punish pings more often than every
-//! 300 s).
+//! server name taken from the target host) and raises tonic's message limits to 512 MiB. It
+//! sends HTTP/2 keep-alive pings every [`KEEPALIVE_INTERVAL`], also between calls, so a
+//! connection that died without a FIN (NAT timeout, cable pulled) is noticed within
+//! [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] rather than at the next deadline. The
+//! reference's gRPC servers count a ping arriving sooner than 300 s after the previous one as a
+//! strike and close the connection after the third, but every DATA or HEADERS frame they send
+//! clears the strikes: the heartbeat's `Ping` answer every 17.5–22.5 s does so well within one
+//! keep-alive interval.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +46,49 @@ use crate::signer::{RequestSigner, Rpc, SignError};
 /// How long establishing a TCP (and TLS) connection may take before the attempt counts as
 /// `UNAVAILABLE`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Idle time after which the channel sends an HTTP/2 PING to check the connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long an HTTP/2 PING may go unanswered before the connection counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long one attempt of each Fleet call may take before it counts as failed (and is retried
+/// like `UNAVAILABLE`). `Ping` keeps the reference's 5 s deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    /// `CreateNode`, `DeleteNode` and `GetRun`, whose messages are small.
+    pub control: Duration,
+    /// `PullTaskIns` and `GetFab`, whose answers carry models and app bundles of a size not
+    /// known before they arrive (up to 512 MiB).
+    pub download: Duration,
+    /// `PushTaskRes`: this much plus [`Deadlines::upload_per_mib`] per MiB of the request.
+    pub upload: Duration,
+    /// Added to [`Deadlines::upload`] per MiB of the encoded `PushTaskRes`.
+    pub upload_per_mib: Duration,
+}
+
+impl Default for Deadlines {
+    /// 60 s for small calls; 600 s for downloads (512 MiB at a little under 1 MiB/s); 60 s plus
+    /// 1 s per MiB (at least 1 MiB/s) for uploads.
+    fn default() -> Self {
+        Self {
+            control: Duration::from_secs(60),
+            download: Duration::from_secs(600),
+            upload: Duration::from_secs(60),
+            upload_per_mib: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Deadlines {
+    /// The `PushTaskRes` deadline for a request of `bytes` encoded bytes.
+    pub fn for_upload(&self, bytes: usize) -> Duration {
+        let mib = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        self.upload
+            .saturating_add(self.upload_per_mib.saturating_mul(mib))
+    }
+}
 
 /// How the Fleet channel is secured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +122,8 @@ pub enum CallError {
     /// The shutdown token fired while the call or its back-off was pending.
     #[error("{0} abandoned: shutting down")]
     Cancelled(Rpc),
-    /// The SuperLink stayed unreachable past `--max-retries` / `--max-wait-time`.
+    /// The SuperLink stayed unreachable (or silent past the call's deadline) beyond
+    /// `--max-retries` / `--max-wait-time`.
     #[error("{rpc}: gave up after {tries} {} in {:.2} s: {}", if *tries == 1 { "try" } else { "tries" }, elapsed.as_secs_f64(), describe(status))]
     GaveUp {
         /// The RPC.
@@ -78,7 +132,7 @@ pub enum CallError {
         tries: u32,
         /// Time since the first attempt.
         elapsed: Duration,
-        /// The last status (always `UNAVAILABLE`).
+        /// The last status (`UNAVAILABLE`, or `DEADLINE_EXCEEDED` from our own deadline).
         status: Box<Status>,
     },
     /// The SuperLink answered with a status the reference does not retry.
@@ -87,6 +141,17 @@ pub enum CallError {
         /// The RPC.
         rpc: Rpc,
         /// The status.
+        status: Box<Status>,
+    },
+    /// The SuperLink kept refusing this node's credentials (`UNAUTHENTICATED`), more than
+    /// [`UNAUTHENTICATED_RETRIES`](crate::backoff::UNAUTHENTICATED_RETRIES) times in a row or past the retry limits.
+    #[error("{rpc}: the SuperLink refused this node {refusals} {} in a row ({}); is the node's public key on its allow-list?", if *refusals == 1 { "time" } else { "times" }, describe(status))]
+    Unauthenticated {
+        /// The RPC.
+        rpc: Rpc,
+        /// `UNAUTHENTICATED` answers in a row.
+        refusals: u32,
+        /// The last status.
         status: Box<Status>,
     },
     /// `PERMISSION_DENIED`: the run is not in `RUNNING` status.
@@ -142,6 +207,7 @@ pub struct Fleet {
     client: FleetClient<Channel>,
     signer: Arc<dyn RequestSigner>,
     policy: RetryPolicy,
+    deadlines: Deadlines,
     cancel: CancellationToken,
 }
 
@@ -170,7 +236,10 @@ impl Fleet {
         };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
             .map_err(fail)?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let tls_config = match tls {
             Tls::Insecure => None,
             Tls::RootCertificates(pem) => {
@@ -200,8 +269,14 @@ impl Fleet {
             client,
             signer,
             policy,
+            deadlines: Deadlines::default(),
             cancel,
         }
+    }
+
+    /// The same client with other per-call deadlines.
+    pub fn with_deadlines(self, deadlines: Deadlines) -> Self {
+        Self { deadlines, ..self }
     }
 
     /// The same client, abandoning calls when `cancel` fires instead (used for `DeleteNode`
@@ -223,9 +298,12 @@ impl Fleet {
             ping_interval: PING_INTERVAL_SECONDS,
         };
         let response = self
-            .invoke(Rpc::CreateNode, request, |mut client, request| async move {
-                client.create_node(request).await
-            })
+            .invoke(
+                Rpc::CreateNode,
+                self.deadlines.control,
+                request,
+                |mut client, request| async move { client.create_node(request).await },
+            )
             .await?;
         self.signer.observe_create_node(response.metadata());
         Ok(response.into_inner().node.unwrap_or_default())
@@ -238,9 +316,12 @@ impl Fleet {
     /// See [`CallError`].
     pub async fn delete_node(&self, node: &Node) -> Result<(), CallError> {
         let request = DeleteNodeRequest { node: Some(*node) };
-        self.invoke(Rpc::DeleteNode, request, |mut client, request| async move {
-            client.delete_node(request).await
-        })
+        self.invoke(
+            Rpc::DeleteNode,
+            self.deadlines.control,
+            request,
+            |mut client, request| async move { client.delete_node(request).await },
+        )
         .await?;
         Ok(())
     }
@@ -258,6 +339,7 @@ impl Fleet {
         let response = self
             .invoke(
                 Rpc::PullTaskIns,
+                self.deadlines.download,
                 request,
                 |mut client, request| async move { client.pull_task_ins(request).await },
             )
@@ -275,8 +357,12 @@ impl Fleet {
             node: Some(*node),
             task_res_list: vec![task_res],
         };
+        let deadline = self
+            .deadlines
+            .for_upload(prost::Message::encoded_len(&request));
         self.invoke(
             Rpc::PushTaskRes,
+            deadline,
             request,
             |mut client, request| async move { client.push_task_res(request).await },
         )
@@ -295,9 +381,12 @@ impl Fleet {
             run_id,
         };
         let response = self
-            .invoke(Rpc::GetRun, request, |mut client, request| async move {
-                client.get_run(request).await
-            })
+            .invoke(
+                Rpc::GetRun,
+                self.deadlines.control,
+                request,
+                |mut client, request| async move { client.get_run(request).await },
+            )
             .await?;
         Ok(response.into_inner().run)
     }
@@ -314,9 +403,12 @@ impl Fleet {
             run_id,
         };
         let response = self
-            .invoke(Rpc::GetFab, request, |mut client, request| async move {
-                client.get_fab(request).await
-            })
+            .invoke(
+                Rpc::GetFab,
+                self.deadlines.download,
+                request,
+                |mut client, request| async move { client.get_fab(request).await },
+            )
             .await?;
         Ok(response.into_inner().fab.unwrap_or_default())
     }
@@ -372,10 +464,11 @@ impl Fleet {
         Ok(request)
     }
 
-    /// The retry invoker: sign, send, classify, back off (see the module docs).
+    /// The retry invoker: sign, send under `deadline`, classify, back off (see the module docs).
     async fn invoke<Req, Resp, F, Fut>(
         &self,
         rpc: Rpc,
+        deadline: Duration,
         message: Req,
         call: F,
     ) -> Result<Response<Resp>, CallError>
@@ -386,12 +479,20 @@ impl Fleet {
     {
         let start = Instant::now();
         let mut tries: u32 = 0;
+        let mut refusals: u32 = 0;
         loop {
             tries = tries.saturating_add(1);
             let started_after = start.elapsed();
             let request = self.sign(rpc, &message)?;
             let result = tokio::select! {
-                result = call(self.client.clone(), request) => result,
+                result = tokio::time::timeout(deadline, call(self.client.clone(), request)) => {
+                    // Our own deadline is a local verdict on the connection, like a failed
+                    // connect: it is retried. A DEADLINE_EXCEEDED the server sends is not.
+                    result.unwrap_or_else(|_| Err(Status::unavailable(format!(
+                        "no answer within {} s (DEADLINE_EXCEEDED)",
+                        deadline.as_secs_f64()
+                    ))))
+                }
                 () = self.cancel.cancelled() => return Err(CallError::Cancelled(rpc)),
             };
             let status = match result {
@@ -406,8 +507,30 @@ impl Fleet {
                 }
                 Err(status) => normalize(status),
             };
-            match status.code() {
-                Code::Unavailable => {}
+            let decision = match status.code() {
+                Code::Unavailable => {
+                    refusals = 0;
+                    self.policy
+                        .after_failure(tries, started_after, rand::random::<f64>())
+                }
+                Code::Unauthenticated => {
+                    refusals = refusals.saturating_add(1);
+                    match self.policy.after_refusal(
+                        refusals,
+                        tries,
+                        started_after,
+                        rand::random::<f64>(),
+                    ) {
+                        Retry::GiveUp => {
+                            return Err(CallError::Unauthenticated {
+                                rpc,
+                                refusals,
+                                status: Box::new(status),
+                            })
+                        }
+                        wait => wait,
+                    }
+                }
                 Code::PermissionDenied => {
                     return Err(CallError::RunNotRunning {
                         rpc,
@@ -420,12 +543,9 @@ impl Fleet {
                         status: Box::new(status),
                     })
                 }
-            }
+            };
             tracing::debug!(%rpc, tries, "{}", describe(&status));
-            match self
-                .policy
-                .after_failure(tries, started_after, rand::random::<f64>())
-            {
+            match decision {
                 Retry::GiveUp => {
                     if tries > 1 {
                         tracing::warn!(
@@ -442,7 +562,8 @@ impl Fleet {
                 }
                 Retry::Wait(wait) => {
                     tracing::warn!(
-                        "{rpc}: connection attempt failed, retrying in {:.2} seconds",
+                        "{rpc}: connection attempt failed ({}), retrying in {:.2} seconds",
+                        describe(&status),
                         wait.as_secs_f64()
                     );
                     tokio::select! {

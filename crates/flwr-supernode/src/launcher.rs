@@ -4,6 +4,8 @@
 //! --insecure` and waits for it without a time limit. Here the child also:
 //!
 //! - runs in its own process group, so whatever it starts is stopped with it;
+//! - gets SIGKILL from the kernel when the SuperNode dies, even by SIGKILL
+//!   ([`flwr_runtime::process::tie_to_parent`]);
 //! - is bounded by the message's remaining TTL (after which its reply would be refused anyway);
 //! - is stopped (SIGTERM to the group, then SIGKILL) when the SuperNode shuts down;
 //! - is always reaped, whichever way the wait ends.
@@ -18,6 +20,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use flwr_core::Address;
+use flwr_runtime::process::tie_to_parent;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -187,15 +190,16 @@ impl Launcher {
     ) -> Result<(), LaunchError> {
         let line = self.command_line(token);
         let args: Vec<OsString> = line[1..].iter().map(OsString::from).collect();
-        let mut child = Command::new(&self.program)
-            .args(&args)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| LaunchError::Spawn {
-                program: line[0].clone(),
-                source,
-            })?;
+        let mut command = Command::new(&self.program);
+        command.args(&args).kill_on_drop(true);
+        // Own process group, and SIGKILL if the SuperNode dies. The parent-death signal follows
+        // the forking *thread*: this async fn runs on a runtime worker thread, which lives as
+        // long as the runtime (never move this spawn into `spawn_blocking`).
+        tie_to_parent(command.as_std_mut());
+        let mut child = command.spawn().map_err(|source| LaunchError::Spawn {
+            program: line[0].clone(),
+            source,
+        })?;
         let group = ProcessGroup::of(&child);
         tracing::debug!(pid = child.id(), "started {}", line.join(" "));
         let outcome = tokio::select! {

@@ -15,6 +15,7 @@
 //! - [`signer`]: the seam where node authentication attaches `public-key`/`auth-token`;
 //! - [`fleet`]: the Fleet API client (TLS, message limits, signing, retries);
 //! - [`heartbeat`]: the ping task;
+//! - `cache`: the bounded maps of runs, FABs and contexts;
 //! - [`clientappio`]: the ClientAppIo gRPC service and its token state machine;
 //! - [`launcher`]: starting, timing out and reaping `flwr-clientapp`;
 //! - [`node`]: the connection loop tying it all together ([`run`]);
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+mod cache;
 pub mod cli;
 pub mod clientappio;
 pub mod fab;

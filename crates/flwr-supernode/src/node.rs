@@ -6,6 +6,7 @@
 //!     PullTaskIns → nothing usable: sleep 3 s
 //!                 → instruction: GetRun (cached per run) → GetFab (cached per hash, verified,
 //!                   installed) → run the ClientApp → validate the reply → PushTaskRes
+//!     PERMISSION_DENIED for a run → forget its cached run and context
 //!     heartbeat says the SuperLink forgot us → CreateNode again, carry on
 //! shutdown: abandon the current message (stop the ClientApp), DeleteNode, exit 0
 //! SuperLink unreachable past the retry limits, or a non-retried status: exit non-zero
@@ -15,7 +16,8 @@
 //! re-registers when the SuperLink forgot it (the reference keeps polling as a "zombie"); it exits
 //! when it gives up (the reference idles until killed); the ClientAppIo state is reset after
 //! every message (the reference can wedge after one crash); FABs are fetched once per hash; a
-//! ClientApp is bounded by its message's TTL.
+//! ClientApp is bounded by its message's TTL; the caches of runs, FABs and contexts are bounded
+//! ([`MAX_CACHED_RUNS`], [`MAX_CACHED_FABS`]) instead of growing for the life of the process.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::IDLE_POLL;
+use crate::cache::Lru;
 use crate::cli::{Config, Isolation};
 use crate::clientappio::{self, Exchange, Inputs, Outputs};
 use crate::fab;
@@ -53,6 +56,13 @@ const DELETE_NODE_BUDGET: Duration = Duration::from_secs(5);
 /// The least time a ClientApp gets, even when the message's TTL says less (clocks of the
 /// ServerApp's and this machine may disagree by a few seconds).
 const MIN_CLIENTAPP_TIME: Duration = Duration::from_secs(10);
+
+/// Runs whose `Run` and `Context` are kept; the least recently used beyond this is forgotten
+/// (its next message fetches the run again and starts from a fresh context).
+pub const MAX_CACHED_RUNS: usize = 64;
+
+/// FABs kept in memory by hash. FABs can be large and runs usually share a few.
+pub const MAX_CACHED_FABS: usize = 8;
 
 /// Why a SuperNode stopped working.
 #[derive(Debug, thiserror::Error)]
@@ -164,9 +174,9 @@ pub async fn run_with_signer(
         heartbeat: None,
         beats_tx,
         beats_rx,
-        runs: HashMap::new(),
-        fabs: HashMap::new(),
-        contexts: HashMap::new(),
+        runs: Lru::new(MAX_CACHED_RUNS),
+        fabs: Lru::new(MAX_CACHED_FABS),
+        contexts: Lru::new(MAX_CACHED_RUNS),
     };
 
     let outcome = {
@@ -289,9 +299,9 @@ struct SuperNode {
     heartbeat: Option<TaskHandle<()>>,
     beats_tx: mpsc::Sender<Beat>,
     beats_rx: mpsc::Receiver<Beat>,
-    runs: HashMap<u64, Run>,
-    fabs: HashMap<String, Arc<CachedFab>>,
-    contexts: HashMap<u64, RunContext>,
+    runs: Lru<u64, Run>,
+    fabs: Lru<String, Arc<CachedFab>>,
+    contexts: Lru<u64, RunContext>,
 }
 
 impl SuperNode {
@@ -379,10 +389,15 @@ impl SuperNode {
     }
 
     /// Sorts a failed call into "carry on" and "stop", or a fatal error.
-    fn on_call_error(&self, error: CallError, run_id: Option<u64>) -> Result<Flow, NodeError> {
+    /// A run that is not running any more will not come back: its cached run and context go.
+    fn on_call_error(&mut self, error: CallError, run_id: Option<u64>) -> Result<Flow, NodeError> {
         match error {
             CallError::Cancelled(_) => Ok(Flow::Stop),
             CallError::RunNotRunning { .. } => {
+                if let Some(run_id) = run_id {
+                    self.runs.remove(&run_id);
+                    self.contexts.remove(&run_id);
+                }
                 let run = run_id.map_or_else(|| "?".to_owned(), |id| id.to_string());
                 tracing::info!(
                     "SuperNode aborted sending the reply message. Run ID {run} is not in `RUNNING` status."
@@ -451,9 +466,9 @@ impl SuperNode {
         }
     }
 
-    /// `GetRun`, cached for the process lifetime; `None` for an unknown run.
+    /// `GetRun`, cached (see [`MAX_CACHED_RUNS`]); `None` for an unknown run.
     async fn run(&mut self, node: Node, run_id: u64) -> Result<Option<Run>, CallError> {
-        if let Some(run) = self.runs.get(&run_id) {
+        if let Some(run) = self.runs.get_mut(&run_id) {
             return Ok(Some(run.clone()));
         }
         let Some(run) = self.fleet.get_run(&node, run_id).await? else {
@@ -473,7 +488,7 @@ impl SuperNode {
         if run.fab_hash.is_empty() {
             return Ok(Ok(None));
         }
-        if let Some(cached) = self.fabs.get(&run.fab_hash) {
+        if let Some(cached) = self.fabs.get_mut(&run.fab_hash) {
             return Ok(Ok(Some(Arc::clone(cached))));
         }
         let fab = self.fleet.get_fab(&node, &run.fab_hash, run.run_id).await?;
@@ -486,12 +501,14 @@ impl SuperNode {
         };
         let content = fab.content.clone();
         let home = self.flwr_home.clone();
-        // Blocking file I/O; a failure is only logged because `flwr-clientapp` installs the FAB
-        // again itself and reports its own failure as the reply.
+        // Blocking file I/O. A FAB that is unsafe or does not match its listing is refused (and
+        // not cached): no ClientApp may run it. A local write failure is only logged because
+        // `flwr-clientapp` installs the FAB again itself and reports its own failure.
         match tokio::task::spawn_blocking(move || fab::install(&content, &home)).await {
             Ok(Ok(dir)) => {
                 tracing::info!("FAB {} installed in {}", metadata.fab_id(), dir.display())
             }
+            Ok(Err(error)) if error.is_refusal() => return Ok(Err(error.to_string())),
             Ok(Err(error)) => {
                 tracing::warn!("Could not install FAB {}: {error}", metadata.fab_id())
             }
@@ -517,23 +534,27 @@ impl SuperNode {
             run.fab_id = cached.metadata.fab_id();
             run.fab_version = cached.metadata.version.clone();
         }
-        let node_config = self.config.node_config.clone();
-        let run_context = self.contexts.entry(run_id).or_insert_with(|| {
+        if self.contexts.get_mut(&run_id).is_none() {
             let run_config = fab
                 .as_ref()
                 .map(|cached| cached.metadata.run_config(&run.override_config))
                 .unwrap_or_default();
-            RunContext {
+            let fresh = RunContext {
                 context: Context {
                     run_id,
                     node_id: node.node_id,
-                    node_config,
+                    node_config: self.config.node_config.clone(),
                     state: Some(RecordSet::default()),
                     run_config: run_config.clone(),
                 },
                 initial_run_config: run_config,
-            }
-        });
+            };
+            self.contexts.insert(run_id, fresh);
+        }
+        let Some(run_context) = self.contexts.get_mut(&run_id) else {
+            // Just inserted; only a zero-capacity map could lose it, and capacities are >= 1.
+            return Ok(None);
+        };
         // After a re-registration the node id changed; the state carries over.
         run_context.context.node_id = node.node_id;
         let inputs = Inputs {
