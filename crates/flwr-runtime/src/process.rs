@@ -95,6 +95,8 @@ mod tests {
         };
         let mut command = Command::new("sleep");
         command.arg("300").stdin(Stdio::null());
+        // Never waited for: this process is SIGKILLed while the child runs, which is the point.
+        #[allow(clippy::zombie_processes)]
         let child = tie_to_parent(&mut command).spawn().expect("spawn sleep");
         std::fs::write(&pidfile, child.id().to_string()).expect("write pid file");
         std::thread::sleep(Duration::from_secs(300));

@@ -204,12 +204,17 @@ fn validate_metadata(metadata: &FabMetadata, label: &str) -> Result<(), InstallE
     const VERSION: &str = "1 to 64 of A-Z a-z 0-9 . + ! _ -, starting with a letter or digit";
     let identifier = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let version = |c: char| identifier(c) || matches!(c, '.' | '+' | '!');
-    let fields: [(&'static str, &str, &dyn Fn(char) -> bool, &'static str); 3] = [
-        ("publisher", &metadata.publisher, &identifier, IDENTIFIER),
-        ("name", &metadata.name, &identifier, IDENTIFIER),
-        ("version", &metadata.version, &version, VERSION),
+    let fields = [
+        ("publisher", &metadata.publisher, false),
+        ("name", &metadata.name, false),
+        ("version", &metadata.version, true),
     ];
-    for (field, value, allowed, expected) in fields {
+    for (field, value, is_version) in fields {
+        let (allowed, expected): (&dyn Fn(char) -> bool, _) = if is_version {
+            (&version, VERSION)
+        } else {
+            (&identifier, IDENTIFIER)
+        };
         let valid = value.len() <= MAX_FIELD_LEN
             && value.starts_with(|c: char| c.is_ascii_alphanumeric())
             && value.chars().all(allowed);

@@ -488,6 +488,7 @@ impl Fleet {
                 result = tokio::time::timeout(deadline, call(self.client.clone(), request)) => {
                     // Our own deadline is a local verdict on the connection, like a failed
                     // connect: it is retried. A DEADLINE_EXCEEDED the server sends is not.
+                    #[allow(clippy::result_large_err)] // tonic's own `Result<_, Status>`
                     result.unwrap_or_else(|_| Err(Status::unavailable(format!(
                         "no answer within {} s (DEADLINE_EXCEEDED)",
                         deadline.as_secs_f64()
