@@ -65,6 +65,12 @@ pub fn decode(value: impl AsRef<[u8]>) -> Result<Vec<u8>, Base64Error> {
     if !value.is_ascii() {
         return Err(Base64Error::NonAscii);
     }
+    // What every sender produces — canonical, padded base64url — means the same under the strict
+    // engine, which is several times faster on the per-request path; anything it refuses gets
+    // the reference's lenient reading.
+    if let Ok(bytes) = URL_SAFE.decode(value) {
+        return Ok(bytes);
+    }
     decode_lenient(value, Alphabet::Both)
 }
 
@@ -148,6 +154,27 @@ fn sextet(byte: u8, alphabet: Alphabet) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_fast_path_never_changes_an_answer(
+            input in proptest::collection::vec(
+                prop_oneof![Just(b'='), Just(b'-'), Just(b'_'), Just(b'+'), Just(b'/'), b'A'..=b'z', any::<u8>()],
+                0..64,
+            )
+        ) {
+            let ascii: Vec<u8> = input.into_iter().filter(u8::is_ascii).collect();
+            prop_assert_eq!(decode(&ascii), decode_lenient(&ascii, Alphabet::Both));
+        }
+
+        #[test]
+        fn encoded_bytes_come_back(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let text = URL_SAFE.encode(&bytes);
+            prop_assert_eq!(decode(text), Ok(bytes));
+        }
+    }
+
     use super::*;
 
     #[test]
