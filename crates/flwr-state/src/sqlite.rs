@@ -100,6 +100,7 @@ impl SqliteLinkState {
     /// [`StateError::Storage`] if the file cannot be opened or migrated;
     /// [`StateError::UnsupportedSchema`] if it was written by a newer schema.
     pub fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self, StateError> {
+        create_private(path.as_ref());
         let connection = Connection::open(path)?;
         Self::with_connection(connection, clock)
     }
@@ -772,9 +773,56 @@ fn insert_public_keys(tx: &Transaction<'_>, public_keys: &[Vec<u8>]) -> Result<(
     Ok(())
 }
 
+/// Creates a missing database file with mode 0600 before SQLite opens it: SQLite would create
+/// it 0644 (minus the umask), readable by every local user although it holds node public keys,
+/// tasks and results. SQLite gives its journal and WAL files the database file's mode. Names
+/// SQLite treats specially (`:memory:`, `file:` URIs, the empty name) are left to SQLite, and so
+/// is any failure here: opening then reports it.
+fn create_private(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let name = path.as_os_str();
+    if name.is_empty() || name == ":memory:" || path.to_string_lossy().starts_with("file:") {
+        return;
+    }
+    // `create_new`: an existing file (or symlink) is not touched, its mode is the owner's call.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
+
+    #[test]
+    fn a_new_database_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let state = SqliteLinkState::open(&path, Arc::new(crate::SystemClock)).unwrap();
+        drop(state);
+        for file in [path.clone(), dir.path().join("state.db-wal")] {
+            if let Ok(metadata) = std::fs::metadata(&file) {
+                assert_eq!(
+                    metadata.permissions().mode() & 0o777,
+                    0o600,
+                    "{}",
+                    file.display()
+                );
+            }
+        }
+        // An existing file keeps the mode its owner gave it.
+        let shared = dir.path().join("shared.db");
+        std::fs::write(&shared, b"").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+        drop(SqliteLinkState::open(&shared, Arc::new(crate::SystemClock)).unwrap());
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
 
     #[test]
     fn ids_keep_their_bit_pattern() {
