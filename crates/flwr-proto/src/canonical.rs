@@ -82,10 +82,20 @@ pub enum CanonicalError {
         /// Field name.
         field: String,
     },
+    /// More field occurrences than [`MAX_FIELD_OCCURRENCES`]: the layout would need memory
+    /// out of proportion to any real request.
+    #[error("more than {MAX_FIELD_OCCURRENCES} fields")]
+    TooManyFields,
     /// Messages nested deeper than the reference's parser accepts.
     #[error("message nesting exceeds {MAX_DEPTH} levels")]
     TooDeep,
 }
+
+/// Field occurrences one canonicalization lays out, at every nesting level together. Each costs
+/// tens of bytes of working state, and the bytes are checked before the token is, so without a
+/// bound a caller that knows a listed public key could make a 512 MiB body of two-byte fields
+/// cost gigabytes. Real requests carry their bulk in a few `bytes` fields (arrays).
+pub const MAX_FIELD_OCCURRENCES: u64 = 1 << 21;
 
 /// upb's default recursion limit; deeper input is refused rather than risking the stack.
 const MAX_DEPTH: usize = 100;
@@ -689,6 +699,7 @@ impl<'a> Tree<'a> {
             oneofs: Vec::new(),
             tokens: Vec::new(),
             len: 0,
+            occurrences: 0,
             stats: WorkStats::default(),
         };
         builder.message(ty.index, &[wire], 0)?;
@@ -745,6 +756,8 @@ struct Builder<'a> {
     tokens: Vec<Token<'a>>,
     /// Output length of the tokens so far (an `Open` counts once closed).
     len: u64,
+    /// Field occurrences scanned so far, bounded by [`MAX_FIELD_OCCURRENCES`].
+    occurrences: u64,
     stats: WorkStats,
 }
 
@@ -818,6 +831,10 @@ impl<'a> Builder<'a> {
             }
             let value = reader.value(wire_type)?;
             self.stats.fields += 1;
+            self.occurrences += 1;
+            if self.occurrences > MAX_FIELD_OCCURRENCES {
+                return Err(CanonicalError::TooManyFields);
+            }
             let event = match message.field(number) {
                 Some((index, field)) if field.accepts(wire_type) => Event {
                     field: index as u32,

@@ -184,3 +184,22 @@ fn many_duplicates_stay_linear_and_keep_the_last_value() {
     // Twice the entries of the 8k case of the linear test, so about the 16k figure.
     assert!(stats.work() as f64 <= work(2 * k) as f64 * 1.1, "{stats:?}");
 }
+
+#[test]
+fn a_flood_of_tiny_fields_is_refused_before_it_is_laid_out() {
+    // Unknown two-byte fields (tag 15, varint 0) of a PingRequest: cheap on the wire, one
+    // layout entry each.
+    let limit = usize::try_from(canonical::MAX_FIELD_OCCURRENCES).expect("fits");
+    let flood: Vec<u8> = std::iter::repeat_n([0x78u8, 0x00], limit + 1)
+        .flatten()
+        .collect();
+    let refused = canonical::canonicalize("flwr.proto.PingRequest", &flood);
+    assert!(
+        matches!(refused, Err(canonical::CanonicalError::TooManyFields)),
+        "{refused:?}"
+    );
+    // Up to the limit, the same fields are fine (and kept verbatim, as unknown fields are).
+    let fine = &flood[..2 * limit];
+    let kept = canonical::canonicalize("flwr.proto.PingRequest", fine).expect("accepted");
+    assert_eq!(kept.len(), fine.len());
+}

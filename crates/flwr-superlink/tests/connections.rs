@@ -201,6 +201,8 @@ async fn an_api_server_that_ends_unasked_is_a_failure() {
                 .is_ok_and(|address| address.port() == fleet)
         })
         .expect("the Fleet listener's descriptor");
+    // The test owns this task and awaits it below.
+    #[allow(clippy::disallowed_methods)]
     let running = tokio::spawn(superlink.run(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // shutdown(2) on a listening socket makes accept() fail with EINVAL from then on.
