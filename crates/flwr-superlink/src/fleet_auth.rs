@@ -145,6 +145,10 @@ impl NodeAuthenticator {
         }
     }
 
+    fn has_secret(&self, pem: &[u8]) -> bool {
+        self.secrets.lock().is_ok_and(|s| s.contains_key(pem))
+    }
+
     fn secret_for(&self, pem: &[u8]) -> Result<SharedSecret, Refusal> {
         if let Some(secret) = self.secrets.lock().ok().and_then(|s| s.get(pem).cloned()) {
             return Ok(secret);
@@ -333,8 +337,15 @@ where
         Err(error) => return Ok(error.into_status(max_message_size).into_http()),
     };
 
-    // No token on CreateNode: knowing a listed key is enough, as in the reference.
-    if method != Method::CreateNode {
+    // No token on CreateNode: knowing a listed key is enough, as in the reference. The
+    // secret is derived now, off the async workers, so that a node's first authenticated
+    // request does not pay for an ECDH (nor do the requests queued behind it).
+    if method == Method::CreateNode {
+        if !auth.has_secret(&pem) {
+            let (warm, key) = (Arc::clone(&auth), pem.clone());
+            let _ = tokio::task::spawn_blocking(move || warm.secret_for(&key)).await;
+        }
+    } else {
         let message = framed.slice(5..);
         if let Err(refusal) = verify(&auth, &parts.headers, method, &pem, message).await {
             auth.log_refusal(method.name(), Some(&pem), refusal.reason);
