@@ -31,7 +31,7 @@
 //!   which also drops the cached secrets of removed keys.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     convert::Infallible,
     future::Future,
     path::PathBuf,
@@ -71,7 +71,10 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct NodeAuthenticator {
     private_key: PrivateKey,
     public_key_header: HeaderValue,
-    allowed: RwLock<Arc<AllowList>>,
+    /// The allowed keys (PEM SPKI bytes), hashed: every request looks its key up, and in the
+    /// list's sorted set a lookup among 50 000 keys sharing a 60-byte PEM prefix cost 16 long
+    /// comparisons.
+    allowed: RwLock<Arc<HashSet<Vec<u8>>>>,
     /// One derived secret per allowed key: ECDH happens once per key, not per request.
     // A std mutex: held only for a map lookup or insert, never across an await.
     secrets: Mutex<HashMap<Vec<u8>, SharedSecret>>,
@@ -103,7 +106,7 @@ impl NodeAuthenticator {
         Ok(Self {
             private_key,
             public_key_header,
-            allowed: RwLock::new(Arc::new(allowed)),
+            allowed: RwLock::new(Arc::new(key_set(&allowed))),
             secrets: Mutex::new(HashMap::new()),
             large_verifications: Arc::new(Semaphore::new(LARGE_VERIFICATIONS)),
             refusal_log: Mutex::new(RateLimited::new(REFUSAL_LOG_INTERVAL)),
@@ -125,12 +128,14 @@ impl NodeAuthenticator {
         if let Ok(mut secrets) = self.secrets.lock() {
             secrets.retain(|pem, _| allowed.contains(pem));
         }
-        if let Ok(mut current) = self.allowed.write() {
-            *current = Arc::new(allowed);
+        let keys = Arc::new(key_set(&allowed));
+        match self.allowed.write() {
+            Ok(mut current) => *current = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
         }
     }
 
-    fn allow_list(&self) -> Arc<AllowList> {
+    fn allow_list(&self) -> Arc<HashSet<Vec<u8>>> {
         match self.allowed.read() {
             Ok(list) => Arc::clone(&list),
             // A panic while swapping the list leaves the old one, which is still a valid list.
@@ -187,6 +192,11 @@ impl NodeAuthenticator {
             "refused Fleet request"
         );
     }
+}
+
+/// The keys of `list` as a hash set.
+fn key_set(list: &AllowList) -> HashSet<Vec<u8>> {
+    list.iter().map(<[u8]>::to_vec).collect()
 }
 
 /// Why a request was refused; logged, never sent.
