@@ -73,8 +73,8 @@ enum Claim {
         all_the_caller: Option<bool>,
         first: u64,
     },
-    /// The run exists and the caller's node is online (GetRun).
-    OnlineFor(u64),
+    /// The run exists (as the handler found) and the caller's node is online (GetRun).
+    OnlineFor { run_exists: bool },
 }
 
 impl Claim {
@@ -122,7 +122,7 @@ fn authorize(
             all_the_caller: Some(same),
             first,
         } => same && first == id,
-        Claim::OnlineFor(run_id) => state.run(run_id)?.is_some() && state.is_node_online(id)?,
+        Claim::OnlineFor { run_exists } => run_exists && state.is_node_online(id)?,
     };
     if bound {
         Ok(())
@@ -331,8 +331,15 @@ impl FleetHandler {
         let run = self
             .stores
             .call(move |state, _| {
-                authorize("GetRun", caller.as_ref(), state, Claim::OnlineFor(run_id))?;
-                if state.run(run_id)?.is_none() {
+                // One lookup serves both the binding check and the empty answer.
+                let run_exists = state.run(run_id)?.is_some();
+                authorize(
+                    "GetRun",
+                    caller.as_ref(),
+                    state,
+                    Claim::OnlineFor { run_exists },
+                )?;
+                if !run_exists {
                     return Ok(None);
                 }
                 guarded_run(state, run_id, Guard::RequireRunning).map(Some)
