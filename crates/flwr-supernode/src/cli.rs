@@ -32,6 +32,18 @@ pub enum Isolation {
     Subprocess,
 }
 
+/// How long a ClientApp process that the SuperNode starts (`--isolation subprocess`) lives.
+/// Not a reference flag: Flower 1.14 always starts one process per message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ClientAppLifetime {
+    /// One `flwr-clientapp --token T` per message, exited after its reply (the reference).
+    PerMessage,
+    /// One long-lived `flwr-clientapp` (no `--token`) serving message after message of a run;
+    /// replaced when a message of another run arrives, restarted when it exits.
+    #[default]
+    Warm,
+}
+
 /// Start a Flower SuperNode (Rust implementation, wire-compatible with Flower 1.14).
 #[derive(Debug, Parser)]
 #[command(name = "flower-supernode", version)]
@@ -118,6 +130,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Isolation::Subprocess)]
     pub isolation: Isolation,
 
+    /// With --isolation subprocess: `warm` (the default) keeps one `flwr-clientapp` running and
+    /// hands it message after message of a run, so the interpreter starts once per run, not once
+    /// per message; `per-message` starts a new `flwr-clientapp --token ...` for every message,
+    /// as Flower 1.14 does. (Not a Flower 1.14 flag.)
+    #[arg(long, value_enum, value_name = "LIFETIME", default_value_t = ClientAppLifetime::Warm)]
+    pub clientapp_lifetime: ClientAppLifetime,
+
     /// Address the ClientAppIo API (gRPC, plaintext) listens on: IPv4, IPv6 or a domain name,
     /// with port.
     #[arg(long, value_name = "CLIENTAPPIO_API_ADDRESS", default_value = DEFAULT_CLIENTAPPIO)]
@@ -158,6 +177,8 @@ pub struct Config {
     pub node_config: HashMap<String, Scalar>,
     /// ClientApp isolation mode.
     pub isolation: Isolation,
+    /// With subprocess isolation: one warm ClientApp process, or one per message.
+    pub clientapp_lifetime: ClientAppLifetime,
     /// Where the ClientAppIo API listens.
     pub clientappio_address: Address,
     /// `--flwr-dir`, if given.
@@ -303,6 +324,7 @@ impl Cli {
             },
             node_config,
             isolation: self.isolation,
+            clientapp_lifetime: self.clientapp_lifetime,
             clientappio_address,
             flwr_dir: self.flwr_dir,
             auth,
@@ -352,6 +374,7 @@ mod tests {
         assert_eq!(config.tls, Tls::SystemRoots);
         assert_eq!(config.retry, RetryPolicy::default());
         assert_eq!(config.isolation, Isolation::Subprocess);
+        assert_eq!(config.clientapp_lifetime, ClientAppLifetime::Warm);
         assert!(config.node_config.is_empty() && config.auth.is_none());
     }
 
@@ -369,6 +392,8 @@ mod tests {
             "partition-id=0 num-partitions=2",
             "--isolation",
             "process",
+            "--clientapp-lifetime",
+            "per-message",
         ])
         .unwrap();
         assert_eq!(config.superlink.to_string(), "[::1]:9999");
@@ -377,6 +402,7 @@ mod tests {
         assert_eq!(config.retry.max_wait, Some(Duration::from_millis(4500)));
         assert_eq!(config.node_config.len(), 2);
         assert_eq!(config.isolation, Isolation::Process);
+        assert_eq!(config.clientapp_lifetime, ClientAppLifetime::PerMessage);
         // --server is honoured only while --superlink keeps its default.
         let config = parse(&["--insecure", "--server", "10.0.0.1:1"]).unwrap();
         assert_eq!(config.superlink.to_string(), "10.0.0.1:1");
@@ -452,6 +478,7 @@ mod tests {
             (&["--max-wait-time", "soon"], "--max-wait-time"),
             (&["--max-wait-time", "-1"], "--max-wait-time"),
             (&["--isolation", "thread"], "--isolation"),
+            (&["--clientapp-lifetime", "forever"], "--clientapp-lifetime"),
             (&["--node-config", "name=abc"], "--node-config"),
             (
                 &["--auth-supernode-private-key", "k"],

@@ -13,6 +13,28 @@
 //!
 //! Unlike the reference, the node loop always resets the exchange after an attempt, so one
 //! crashed ClientApp does not poison every later message.
+//!
+//! # Warm exchanges
+//!
+//! With a warm ClientApp (one long-lived `flwr-clientapp` started by the SuperNode without
+//! `--token`, see [`crate::warm`]) the app asks for its next token right after pushing the last
+//! outputs, and the reference app then sleeps a second before pulling. An exchange built with
+//! [`Exchange::warm`] keeps that second off the critical path:
+//!
+//! - `GetToken` with no message primed (or with the current message already answered) hands
+//!   out a fresh token at once and *reserves* it for the next message; a later `GetToken` in
+//!   that state replaces the reservation (the latest asker is the live app);
+//! - `PullClientAppInputs` for the reserved token is *held* until the node loop primes a
+//!   message, which then takes the reserved token as already returned. The hold ends without a
+//!   message after a bound, when the reservation is revoked (the app exited or was replaced)
+//!   or when the server stops; the answer is then what the reference gives a pull without a
+//!   message: `FAILED_PRECONDITION "No inputs available."` (the Python app exits on it and the
+//!   supervisor starts a new one; the Rust runner asks for a token again);
+//! - `GetToken` while a message is in flight and unanswered keeps the reference's
+//!   `FAILED_PRECONDITION "Token already returned..."`.
+//!
+//! Every other request is checked exactly as in the table above. [`Exchange::new`] (process
+//! isolation and per-message subprocesses) keeps the reference's rules unchanged.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,7 +47,7 @@ use flwr_proto::{
 };
 use flwr_runtime::listener::{self, ConnectionBudget, Limits, ListenerSettings};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -94,26 +116,72 @@ impl From<IoError> for Status {
 #[error("ClientAppIo inputs or outputs are already set")]
 pub struct Busy;
 
+/// One message's exchange. Reset by [`Exchange::finish`].
 #[derive(Debug, Default)]
-struct State {
+struct Current {
     inputs: Option<Inputs>,
     outputs: Option<Outputs>,
     token_returned: bool,
     inputs_returned: bool,
 }
 
-/// The state shared by the ClientAppIo service and the node loop.
 #[derive(Debug, Default)]
+struct State {
+    current: Current,
+    /// Warm exchanges only: the token handed out for a message not yet primed.
+    reserved: Option<u64>,
+}
+
+/// What a pull gets from the state as it is now.
+enum Pull {
+    Ready(PullClientAppInputsResponse),
+    Hold,
+    Refused(IoError),
+}
+
+/// The state shared by the ClientAppIo service and the node loop.
+#[derive(Debug)]
 pub struct Exchange {
     // A std mutex: every critical section is a few field reads/writes and never awaits.
     state: Mutex<State>,
     outputs_ready: Notify,
+    /// Bumped whenever a held pull may have become answerable (a message primed, a
+    /// reservation replaced or revoked). A watch rather than a `Notify`: a receiver created
+    /// before checking the state sees every later bump.
+    changed: watch::Sender<u64>,
+    /// `Some(bound)` for a warm exchange: how long a pull for the reserved token is held.
+    hold: Option<Duration>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Exchange {
-    /// An empty exchange.
+    /// An empty exchange with the reference's token rules.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            state: Mutex::default(),
+            outputs_ready: Notify::new(),
+            changed: watch::Sender::new(0),
+            hold: None,
+        }
+    }
+
+    /// An empty warm exchange (see the module docs): `GetToken` reserves the next token before a
+    /// message exists and a pull for it is held up to `hold`.
+    pub fn warm(hold: Duration) -> Self {
+        Self {
+            hold: Some(hold),
+            ..Self::new()
+        }
+    }
+
+    /// Whether this exchange hands out tokens ahead of messages.
+    pub fn is_warm(&self) -> bool {
+        self.hold.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -124,31 +192,85 @@ impl Exchange {
     }
 
     /// Primes the exchange with one message. `token_returned` is `true` when the token travels
-    /// on the command line (subprocess isolation), `false` when an external app must call
-    /// `GetToken` (process isolation).
+    /// on the command line (subprocess isolation), `false` when an app must call `GetToken`.
+    /// On a warm exchange a token already reserved by `GetToken` replaces `inputs.token` and
+    /// counts as returned; the token in use is returned.
     ///
     /// # Errors
     ///
     /// [`Busy`] if the previous exchange was not finished.
-    pub fn set_inputs(&self, inputs: Inputs, token_returned: bool) -> Result<(), Busy> {
+    pub fn set_inputs(&self, mut inputs: Inputs, token_returned: bool) -> Result<u64, Busy> {
         let mut state = self.lock();
-        if state.inputs.is_some() || state.outputs.is_some() || state.token_returned {
+        let current = &state.current;
+        if current.inputs.is_some() || current.outputs.is_some() || current.token_returned {
             return Err(Busy);
         }
-        state.inputs = Some(inputs);
-        state.token_returned = token_returned;
-        state.inputs_returned = false;
-        Ok(())
+        let mut token_returned = token_returned;
+        if let Some(reserved) = state.reserved.take() {
+            inputs.token = reserved;
+            token_returned = true;
+        }
+        let token = inputs.token;
+        state.current = Current {
+            inputs: Some(inputs),
+            outputs: None,
+            token_returned,
+            inputs_returned: false,
+        };
+        drop(state);
+        self.bump();
+        Ok(token)
     }
 
-    /// Ends the exchange: returns the pushed outputs, if any, and clears all state.
+    /// Gives a primed message that no app has pulled yet a fresh token, to be handed to the
+    /// next app (its app went away before pulling it). A reserved token is used if there is
+    /// one. Returns `false`, changing nothing, when there is no such message.
+    pub fn reprime(&self) -> bool {
+        let mut state = self.lock();
+        let State { current, reserved } = &mut *state;
+        let Some(inputs) = current.inputs.as_mut() else {
+            return false;
+        };
+        if current.inputs_returned || current.outputs.is_some() {
+            return false;
+        }
+        match reserved.take() {
+            Some(token) => {
+                inputs.token = token;
+                current.token_returned = true;
+            }
+            None => {
+                inputs.token = fresh_token(&[inputs.token]);
+                current.token_returned = false;
+            }
+        }
+        drop(state);
+        self.bump();
+        true
+    }
+
+    /// Ends the exchange: returns the pushed outputs, if any, and clears the message's state
+    /// (a reserved token stays reserved for the next message).
     pub fn finish(&self) -> Option<Outputs> {
-        std::mem::take(&mut *self.lock()).outputs
+        std::mem::take(&mut self.lock().current).outputs
+    }
+
+    /// Forgets the reserved token, if any, and ends a pull held for it: the app it was handed
+    /// to is gone.
+    pub fn revoke(&self) {
+        if self.lock().reserved.take().is_some() {
+            self.bump();
+        }
     }
 
     /// Whether outputs have been pushed.
     pub fn has_outputs(&self) -> bool {
-        self.lock().outputs.is_some()
+        self.lock().current.outputs.is_some()
+    }
+
+    fn bump(&self) {
+        self.changed
+            .send_modify(|epoch| *epoch = epoch.wrapping_add(1));
     }
 
     /// Waits until a ClientApp has pushed outputs (without taking them).
@@ -165,25 +287,49 @@ impl Exchange {
 
     fn inner_get_token(&self) -> Result<GetTokenResponse, IoError> {
         let mut state = self.lock();
-        let token = state.inputs.as_ref().ok_or(IoError::NoInputs)?.token;
-        if state.token_returned {
-            return Err(IoError::TokenAlreadyReturned);
+        let current = &mut state.current;
+        match current.inputs.as_ref() {
+            Some(inputs) if !current.token_returned => {
+                current.token_returned = true;
+                return Ok(GetTokenResponse {
+                    token: inputs.token,
+                });
+            }
+            Some(_) if !self.is_warm() || current.outputs.is_none() => {
+                return Err(IoError::TokenAlreadyReturned);
+            }
+            None if !self.is_warm() => return Err(IoError::NoInputs),
+            // Warm, and no message or an answered one: reserve the next message's token.
+            _ => {}
         }
-        state.token_returned = true;
+        let mut avoid = vec![state.reserved.unwrap_or(0)];
+        avoid.extend(state.current.inputs.as_ref().map(|inputs| inputs.token));
+        let token = fresh_token(&avoid);
+        let replaced = state.reserved.replace(token);
+        drop(state);
+        if replaced.is_some() {
+            // Ends the pull held for the replaced token.
+            self.bump();
+        }
         Ok(GetTokenResponse { token })
     }
 
-    fn inner_pull(
-        &self,
-        request: &PullClientAppInputsRequest,
-    ) -> Result<PullClientAppInputsResponse, IoError> {
+    /// A pull judged on the state as it is now; `hold` allows holding a pull for the reserved
+    /// token.
+    fn try_pull(&self, request: &PullClientAppInputsRequest, hold: bool) -> Pull {
         let mut state = self.lock();
-        let inputs = state.inputs.as_ref().ok_or(IoError::NoInputs)?;
-        if !state.token_returned {
-            return Err(IoError::TokenNotReturned);
+        if hold && self.is_warm() && state.reserved == Some(request.token) {
+            return Pull::Hold;
+        }
+        let current = &mut state.current;
+        let Some(inputs) = current.inputs.as_ref() else {
+            return Pull::Refused(IoError::NoInputs);
+        };
+        if !current.token_returned {
+            return Pull::Refused(IoError::TokenNotReturned);
         }
         if request.token != inputs.token {
-            return Err(IoError::TokenMismatch);
+            return Pull::Refused(IoError::TokenMismatch);
         }
         let response = PullClientAppInputsResponse {
             message: Some(inputs.message.clone()),
@@ -191,15 +337,66 @@ impl Exchange {
             run: Some(inputs.run.clone()),
             fab: inputs.fab.clone(),
         };
-        state.inputs_returned = true;
-        Ok(response)
+        current.inputs_returned = true;
+        Pull::Ready(response)
+    }
+
+    /// `PullClientAppInputs` with the reference's checks; on a warm exchange a pull for the
+    /// reserved token waits for the message (see the module docs).
+    async fn inner_pull(
+        &self,
+        request: &PullClientAppInputsRequest,
+        stop: &CancellationToken,
+    ) -> Result<PullClientAppInputsResponse, IoError> {
+        let Some(bound) = self.hold else {
+            return self.pull_now(request);
+        };
+        let deadline = tokio::time::Instant::now() + bound;
+        // Subscribed before the first look at the state, so no change after it is missed.
+        let mut changes = self.changed.subscribe();
+        loop {
+            match self.try_pull(request, true) {
+                Pull::Ready(response) => return Ok(response),
+                Pull::Refused(error) => return Err(error),
+                Pull::Hold => {}
+            }
+            tokio::select! {
+                // The sender lives in `self`, so this only fails if `self` is gone.
+                changed = changes.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = stop.cancelled() => break,
+            }
+        }
+        // The hold ended without a message: the app is told there is none and asks again (or
+        // exits and is replaced), so its reservation goes.
+        {
+            let mut state = self.lock();
+            if state.reserved == Some(request.token) {
+                state.reserved = None;
+            }
+        }
+        self.pull_now(request)
+    }
+
+    /// A pull answered at once, with the reference's checks.
+    fn pull_now(
+        &self,
+        request: &PullClientAppInputsRequest,
+    ) -> Result<PullClientAppInputsResponse, IoError> {
+        match self.try_pull(request, false) {
+            Pull::Ready(response) => Ok(response),
+            Pull::Refused(error) => Err(error),
+            // `try_pull` never holds when told not to.
+            Pull::Hold => Err(IoError::NoInputs),
+        }
     }
 
     fn inner_push(
         &self,
         request: PushClientAppOutputsRequest,
     ) -> Result<PushClientAppOutputsResponse, IoError> {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut guard.current;
         let inputs = state.inputs.as_ref().ok_or(IoError::NoInputs)?;
         if !state.token_returned {
             return Err(IoError::TokenNotReturned);
@@ -224,7 +421,7 @@ impl Exchange {
         let status = match outputs {
             Some(outputs) => {
                 state.outputs = Some(outputs);
-                drop(state);
+                drop(guard);
                 self.outputs_ready.notify_one();
                 ClientAppOutputStatus {
                     code: ClientAppOutputCode::Success.into(),
@@ -248,16 +445,28 @@ impl Exchange {
     }
 }
 
+/// A random token other than 0 (what a request without a token carries) and `avoid`.
+fn fresh_token(avoid: &[u64]) -> u64 {
+    loop {
+        let token = rand::random::<u64>();
+        if token != 0 && !avoid.contains(&token) {
+            return token;
+        }
+    }
+}
+
 /// The tonic service over an [`Exchange`].
 #[derive(Clone, Debug)]
 pub struct ClientAppIoService {
     exchange: Arc<Exchange>,
+    stop: CancellationToken,
 }
 
 impl ClientAppIoService {
-    /// A service answering from `exchange`.
-    pub fn new(exchange: Arc<Exchange>) -> Self {
-        Self { exchange }
+    /// A service answering from `exchange`; pulls held on a warm exchange end when `stop` is
+    /// cancelled (so a graceful server shutdown does not wait for them).
+    pub fn new(exchange: Arc<Exchange>, stop: CancellationToken) -> Self {
+        Self { exchange, stop }
     }
 }
 
@@ -276,7 +485,11 @@ impl ClientAppIo for ClientAppIoService {
         request: Request<PullClientAppInputsRequest>,
     ) -> Result<Response<PullClientAppInputsResponse>, Status> {
         tracing::debug!("ClientAppIo.PullClientAppInputs");
-        Ok(Response::new(self.exchange.inner_pull(request.get_ref())?))
+        Ok(Response::new(
+            self.exchange
+                .inner_pull(request.get_ref(), &self.stop)
+                .await?,
+        ))
     }
 
     async fn push_client_app_outputs(
@@ -312,7 +525,7 @@ pub async fn serve(
         budget: ConnectionBudget::new(MAX_CONNECTIONS),
     };
     let connections = listener::incoming(listener, settings, stop.child_token());
-    let service = ClientAppIoServer::new(ClientAppIoService::new(exchange))
+    let service = ClientAppIoServer::new(ClientAppIoService::new(exchange, stop.clone()))
         .max_decoding_message_size(flwr_proto::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(flwr_proto::MAX_MESSAGE_SIZE);
     tonic::transport::Server::builder()
@@ -365,14 +578,14 @@ mod tests {
         let io = Exchange::new();
         assert_eq!(io.inner_get_token(), Err(IoError::NoInputs));
         assert_eq!(
-            io.inner_pull(&PullClientAppInputsRequest { token: 7 })
+            io.pull_now(&PullClientAppInputsRequest { token: 7 })
                 .unwrap_err(),
             IoError::NoInputs
         );
         io.set_inputs(inputs(7), false).unwrap();
         assert_eq!(io.set_inputs(inputs(8), false), Err(Busy));
         assert_eq!(
-            io.inner_pull(&PullClientAppInputsRequest { token: 7 })
+            io.pull_now(&PullClientAppInputsRequest { token: 7 })
                 .unwrap_err(),
             IoError::TokenNotReturned
         );
@@ -387,12 +600,12 @@ mod tests {
             IoError::InputsNotDelivered
         );
         assert_eq!(
-            io.inner_pull(&PullClientAppInputsRequest { token: 8 })
+            io.pull_now(&PullClientAppInputsRequest { token: 8 })
                 .unwrap_err(),
             IoError::TokenMismatch
         );
         let pulled = io
-            .inner_pull(&PullClientAppInputsRequest { token: 7 })
+            .pull_now(&PullClientAppInputsRequest { token: 7 })
             .unwrap();
         assert!(pulled.message.is_some() && pulled.fab.is_none());
         assert_eq!(
@@ -415,9 +628,135 @@ mod tests {
         assert_eq!(outputs.message, reply());
         assert_eq!(io.inner_get_token(), Err(IoError::NoInputs));
         // A fresh message can be primed right away.
-        io.set_inputs(inputs(9), true).unwrap();
+        assert_eq!(io.set_inputs(inputs(9), true), Ok(9));
         assert!(io.finish().is_none());
         io.set_inputs(inputs(10), true).unwrap();
+    }
+
+    fn pull(token: u64) -> PullClientAppInputsRequest {
+        PullClientAppInputsRequest { token }
+    }
+
+    /// A pull held on `io`, as the service runs it.
+    fn held_pull(
+        io: &Arc<Exchange>,
+        token: u64,
+        stop: &CancellationToken,
+    ) -> crate::spawn::TaskHandle<Result<PullClientAppInputsResponse, IoError>> {
+        let io = Arc::clone(io);
+        let stop = stop.clone();
+        crate::spawn::spawn("held-pull", async move {
+            io.inner_pull(&pull(token), &stop).await
+        })
+    }
+
+    async fn bounded<T>(task: crate::spawn::TaskHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the pull was answered")
+            .expect("no panic")
+    }
+
+    #[tokio::test]
+    async fn warm_token_ahead_of_the_message_and_held_pull() {
+        let io = Arc::new(Exchange::warm(Duration::from_secs(60)));
+        let stop = CancellationToken::new();
+        // No message yet: the token is handed out anyway and the pull waits for the message.
+        let token = io.inner_get_token().unwrap().token;
+        assert_ne!(token, 0);
+        let held = held_pull(&io, token, &stop);
+        tokio::task::yield_now().await;
+        assert!(!held.is_finished());
+        // Priming takes the reserved token, whatever the node loop proposed.
+        assert_eq!(io.set_inputs(inputs(5), false), Ok(token));
+        let pulled = bounded(held).await.unwrap();
+        assert!(pulled.message.is_some());
+        // In flight: no second token (the reference's answer).
+        assert_eq!(io.inner_get_token(), Err(IoError::TokenAlreadyReturned));
+        io.inner_push(push(token, Some(reply()))).unwrap();
+        // Answered: the next token is reserved before the node loop has collected the outputs,
+        // and a pull for it waits instead of being refused as a mismatch.
+        let next = io.inner_get_token().unwrap().token;
+        assert_ne!(next, token);
+        let held = held_pull(&io, next, &stop);
+        assert!(io.finish().is_some());
+        assert_eq!(io.set_inputs(inputs(6), false), Ok(next));
+        bounded(held).await.unwrap();
+        io.finish();
+        // Other tokens get the reference's answers at once.
+        assert_eq!(
+            io.inner_pull(&pull(1), &stop).await.unwrap_err(),
+            IoError::NoInputs
+        );
+    }
+
+    #[tokio::test]
+    async fn warm_hold_ends_on_revoke_replacement_bound_and_stop() {
+        let io = Arc::new(Exchange::warm(Duration::from_millis(200)));
+        let stop = CancellationToken::new();
+        // Revoked (the app exited): "No inputs available.", and the token is gone.
+        let token = io.inner_get_token().unwrap().token;
+        let held = held_pull(&io, token, &stop);
+        tokio::task::yield_now().await;
+        io.revoke();
+        assert_eq!(bounded(held).await.unwrap_err(), IoError::NoInputs);
+        // A message primed now is handed out by GetToken, as in the reference.
+        assert_eq!(io.set_inputs(inputs(8), false), Ok(8));
+        assert_eq!(io.inner_get_token().unwrap().token, 8);
+        io.finish();
+        // Replaced by a later GetToken: the old pull ends, the new token is the one used.
+        let old = io.inner_get_token().unwrap().token;
+        let held = held_pull(&io, old, &stop);
+        tokio::task::yield_now().await;
+        let new = io.inner_get_token().unwrap().token;
+        assert_eq!(bounded(held).await.unwrap_err(), IoError::NoInputs);
+        assert_eq!(io.set_inputs(inputs(9), false), Ok(new));
+        io.finish();
+        // The bound: the pull ends and the reservation with it.
+        let token = io.inner_get_token().unwrap().token;
+        let held = held_pull(&io, token, &stop);
+        assert_eq!(bounded(held).await.unwrap_err(), IoError::NoInputs);
+        assert_eq!(io.set_inputs(inputs(10), false), Ok(10));
+        io.finish();
+        // Server stop, long before the bound.
+        let long = Arc::new(Exchange::warm(Duration::from_secs(600)));
+        let token = long.inner_get_token().unwrap().token;
+        let held = held_pull(&long, token, &stop);
+        tokio::task::yield_now().await;
+        stop.cancel();
+        assert_eq!(bounded(held).await.unwrap_err(), IoError::NoInputs);
+    }
+
+    #[test]
+    fn reprime_gives_an_unpulled_message_a_new_token() {
+        let io = Exchange::warm(Duration::from_secs(60));
+        let dead = io.inner_get_token().unwrap().token;
+        assert_eq!(io.set_inputs(inputs(3), false), Ok(dead));
+        // The app that held `dead` is gone; its revocation finds nothing reserved.
+        io.revoke();
+        assert!(io.reprime());
+        let token = io.inner_get_token().unwrap().token;
+        assert_ne!(token, dead);
+        assert_eq!(
+            io.pull_now(&pull(dead)).unwrap_err(),
+            IoError::TokenMismatch
+        );
+        io.pull_now(&pull(token)).unwrap();
+        // Pulled: no more handing on.
+        assert!(!io.reprime());
+    }
+
+    #[test]
+    fn reference_exchange_never_reserves() {
+        let io = Exchange::new();
+        assert!(!io.is_warm());
+        assert_eq!(io.inner_get_token(), Err(IoError::NoInputs));
+        io.set_inputs(inputs(4), false).unwrap();
+        assert_eq!(io.inner_get_token().unwrap().token, 4);
+        io.pull_now(&pull(4)).unwrap();
+        io.inner_push(push(4, Some(reply()))).unwrap();
+        // Answered but not collected: still the reference's refusal.
+        assert_eq!(io.inner_get_token(), Err(IoError::TokenAlreadyReturned));
     }
 
     #[test]
@@ -439,7 +778,7 @@ mod tests {
             let io = Arc::clone(&io);
             crate::spawn::spawn("waiter", async move { io.outputs_pushed().await })
         };
-        io.inner_pull(&PullClientAppInputsRequest { token: 1 })
+        io.pull_now(&PullClientAppInputsRequest { token: 1 })
             .unwrap();
         io.inner_push(push(1, Some(reply()))).unwrap();
         tokio::time::timeout(Duration::from_secs(5), waiter)

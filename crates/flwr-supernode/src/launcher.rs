@@ -1,4 +1,6 @@
-//! Starting `flwr-clientapp` for one message (subprocess isolation, BEHAVIOR.md §2.5).
+//! Starting `flwr-clientapp` (subprocess isolation, BEHAVIOR.md §2.5): per message here, or one
+//! long-lived process per run through [`crate::warm`], which starts and stops its processes
+//! with the same [`Launcher`].
 //!
 //! The reference runs `flwr-clientapp --clientappio-api-address <addr> --token <token>
 //! --insecure` and waits for it without a time limit. Here the child also:
@@ -66,6 +68,9 @@ pub enum LaunchError {
     /// The SuperNode is shutting down; the program was stopped.
     #[error("ClientApp stopped because the SuperNode is shutting down")]
     Cancelled,
+    /// The warm ClientApp's supervisor is gone (it only stops when the SuperNode does).
+    #[error("the ClientApp supervisor has stopped")]
+    SupervisorStopped,
     /// Waiting for the program failed.
     #[error("waiting for the ClientApp failed: {0}")]
     Wait(#[source] io::Error),
@@ -110,6 +115,7 @@ impl LaunchError {
                 ),
             ),
             Self::Cancelled => exception_reason("KeyboardInterrupt", ""),
+            Self::SupervisorStopped => exception_reason("RuntimeError", &self.to_string()),
             Self::Wait(error) => exception_reason("OSError", &error.to_string()),
         }
     }
@@ -162,19 +168,50 @@ impl Launcher {
 
     /// The command line for `token`: the reference's exactly, plus `--flwr-dir` when configured.
     pub fn command_line(&self, token: u64) -> Vec<String> {
+        self.line(Some(token))
+    }
+
+    /// The command line of a warm ClientApp: as [`Self::command_line`] without `--token`, which
+    /// makes `flwr-clientapp` ask for one message after another.
+    pub fn warm_command_line(&self) -> Vec<String> {
+        self.line(None)
+    }
+
+    fn line(&self, token: Option<u64>) -> Vec<String> {
         let mut line = vec![
             self.program.to_string_lossy().into_owned(),
             "--clientappio-api-address".to_owned(),
             self.io_address.to_string(),
-            "--token".to_owned(),
-            token.to_string(),
-            "--insecure".to_owned(),
         ];
+        if let Some(token) = token {
+            line.push("--token".to_owned());
+            line.push(token.to_string());
+        }
+        line.push("--insecure".to_owned());
         if let Some(dir) = &self.flwr_dir {
             line.push("--flwr-dir".to_owned());
             line.push(dir.to_string_lossy().into_owned());
         }
         line
+    }
+
+    /// Starts `line` (from [`Self::command_line`] or [`Self::warm_command_line`]) in its own
+    /// process group, tied to this process.
+    ///
+    /// The parent-death signal follows the forking *thread*: call this from async code on a
+    /// runtime worker thread, which lives as long as the runtime, never from `spawn_blocking`.
+    pub(crate) fn spawn(&self, line: &[String]) -> Result<(Child, ProcessGroup), LaunchError> {
+        let args: Vec<OsString> = line.iter().skip(1).map(OsString::from).collect();
+        let mut command = Command::new(&self.program);
+        command.args(&args).kill_on_drop(true);
+        tie_to_parent(command.as_std_mut());
+        let child = command.spawn().map_err(|source| LaunchError::Spawn {
+            program: self.program.to_string_lossy().into_owned(),
+            source,
+        })?;
+        let group = ProcessGroup::of(&child);
+        tracing::debug!(pid = child.id(), "started {}", line.join(" "));
+        Ok((child, group))
     }
 
     /// Runs the ClientApp for `token` until it exits, `timeout` passes, or `cancel` fires.
@@ -189,19 +226,9 @@ impl Launcher {
         cancel: &CancellationToken,
     ) -> Result<(), LaunchError> {
         let line = self.command_line(token);
-        let args: Vec<OsString> = line[1..].iter().map(OsString::from).collect();
-        let mut command = Command::new(&self.program);
-        command.args(&args).kill_on_drop(true);
-        // Own process group, and SIGKILL if the SuperNode dies. The parent-death signal follows
-        // the forking *thread*: this async fn runs on a runtime worker thread, which lives as
-        // long as the runtime (never move this spawn into `spawn_blocking`).
-        tie_to_parent(command.as_std_mut());
-        let mut child = command.spawn().map_err(|source| LaunchError::Spawn {
-            program: line[0].clone(),
-            source,
-        })?;
-        let group = ProcessGroup::of(&child);
-        tracing::debug!(pid = child.id(), "started {}", line.join(" "));
+        // Own process group, and SIGKILL if the SuperNode dies; this async fn runs on a runtime
+        // worker thread (see `spawn`).
+        let (mut child, group) = self.spawn(&line)?;
         let outcome = tokio::select! {
             status = child.wait() => Some(status),
             () = tokio::time::sleep(timeout) => None,
@@ -237,7 +264,7 @@ impl Launcher {
 }
 
 /// SIGTERM to the group, a grace period, then SIGKILL; always reaps the leader.
-async fn stop(child: &mut Child, group: &ProcessGroup) {
+pub(crate) async fn stop(child: &mut Child, group: &ProcessGroup) {
     group.kill(Signal::SIGTERM);
     if tokio::time::timeout(TERMINATE_GRACE, child.wait())
         .await
@@ -253,7 +280,7 @@ async fn stop(child: &mut Child, group: &ProcessGroup) {
 
 /// The child's process group; SIGKILLed on drop so an abandoned run leaves nothing behind.
 #[derive(Debug)]
-struct ProcessGroup(Option<Pid>);
+pub(crate) struct ProcessGroup(Option<Pid>);
 
 impl ProcessGroup {
     fn of(child: &Child) -> Self {
@@ -266,7 +293,8 @@ impl ProcessGroup {
         )
     }
 
-    fn kill(&self, signal: Signal) {
+    /// Sends `signal` to every process of the group, if it still exists.
+    pub(crate) fn kill(&self, signal: Signal) {
         if let Some(pgid) = self.0 {
             // ESRCH (group already gone) is the normal case after a clean exit.
             let _ = killpg(pgid, signal);
@@ -303,6 +331,10 @@ mod tests {
         assert!(launcher
             .command_line(1)
             .ends_with(&["--flwr-dir".into(), "/d".into()]));
+        assert_eq!(
+            launcher.warm_command_line().join(" "),
+            "x --clientappio-api-address 127.0.0.1:9094 --insecure --flwr-dir /d"
+        );
     }
 
     fn script(dir: &tempfile::TempDir, body: &str) -> PathBuf {

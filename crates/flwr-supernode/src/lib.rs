@@ -18,6 +18,7 @@
 //! - `cache`: the bounded maps of runs, FABs and contexts;
 //! - [`clientappio`]: the ClientAppIo gRPC service and its token state machine;
 //! - [`launcher`]: starting, timing out and reaping `flwr-clientapp`;
+//! - [`warm`]: the long-lived ClientApp process and its supervisor (`--clientapp-lifetime warm`);
 //! - [`node`]: the connection loop tying it all together ([`run`]);
 //! - [`shutdown`]: the SIGINT and SIGTERM handlers;
 //! - [`spawn`]: the one place tasks are spawned.
@@ -38,6 +39,7 @@ pub mod node_config;
 pub mod shutdown;
 pub mod signer;
 pub mod spawn;
+pub mod warm;
 
-pub use cli::{Cli, Config, ConfigError, Isolation, Tls};
+pub use cli::{Cli, ClientAppLifetime, Config, ConfigError, Isolation, Tls};
 pub use node::{run, run_with_signer, NodeError};

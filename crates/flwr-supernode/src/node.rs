@@ -18,6 +18,8 @@
 //! every message (the reference can wedge after one crash); FABs are fetched once per hash; a
 //! ClientApp is bounded by its message's TTL; the caches of runs, FABs and contexts are bounded
 //! ([`MAX_CACHED_RUNS`], [`MAX_CACHED_FABS`]) instead of growing for the life of the process.
+//! With subprocess isolation the ClientApp is by default one long-lived process per run
+//! ([`crate::warm`]) instead of one process per message (`--clientapp-lifetime per-message`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::IDLE_POLL;
 use crate::cache::Lru;
-use crate::cli::{Config, Isolation};
+use crate::cli::{ClientAppLifetime, Config, Isolation};
 use crate::clientappio::{self, Exchange, Inputs, Outputs};
 use crate::fab;
 use crate::fleet::{CallError, ChannelError, Fleet, Tls};
@@ -45,6 +47,7 @@ use crate::message::{
 };
 use crate::signer::{NodeAuth, RequestSigner, Unsigned};
 use crate::spawn::{spawn, TaskHandle};
+use crate::warm::{self, Exit, Lease, WarmApp};
 
 /// How long the main loop may take to wind down after a shutdown signal (a ClientApp gets
 /// SIGTERM and a few seconds to exit within this).
@@ -137,7 +140,13 @@ pub async fn run_with_signer(
             address: config.clientappio_address.to_string(),
             source,
         })?;
-    let exchange = Arc::new(Exchange::new());
+    let warm_clientapp = config.isolation == Isolation::Subprocess
+        && config.clientapp_lifetime == ClientAppLifetime::Warm;
+    let exchange = Arc::new(if warm_clientapp {
+        Exchange::warm(warm::HOLD_BOUND)
+    } else {
+        Exchange::new()
+    });
     let io_stop = CancellationToken::new();
     let mut io_server = spawn(
         "clientappio",
@@ -163,12 +172,20 @@ pub async fn run_with_signer(
         &config.clientappio_address,
         config.flwr_dir.clone(),
     );
+    let warm = warm_clientapp.then(|| {
+        WarmApp::start(
+            launcher.clone(),
+            Arc::clone(&exchange),
+            cancel.child_token(),
+        )
+    });
     let mut supernode = SuperNode {
         flwr_home: fab::flwr_home(config.flwr_dir.as_deref()),
         config,
         fleet,
         exchange,
         launcher,
+        warm,
         cancel: cancel.clone(),
         node: None,
         heartbeat: None,
@@ -220,6 +237,9 @@ pub async fn run_with_signer(
                 }
             }
         }
+    }
+    if let Some(warm) = supernode.warm.take() {
+        warm.shutdown(SHUTDOWN_GRACE).await;
     }
     tracing::info!("Disconnect and shut down");
     io_stop.cancel();
@@ -293,6 +313,8 @@ struct SuperNode {
     fleet: Fleet,
     exchange: Arc<Exchange>,
     launcher: Launcher,
+    /// The warm ClientApp's supervisor (subprocess isolation, `--clientapp-lifetime warm`).
+    warm: Option<WarmApp>,
     flwr_home: std::path::PathBuf,
     cancel: CancellationToken,
     node: Option<Node>,
@@ -611,13 +633,18 @@ impl SuperNode {
         inputs: Inputs,
         incoming: &Metadata,
     ) -> Result<Outputs, ExecError> {
+        let budget = Duration::try_from_secs_f64(remaining_ttl(incoming, unix_now()))
+            .unwrap_or(Duration::ZERO)
+            .max(MIN_CLIENTAPP_TIME);
+        if let Some(warm) = &self.warm {
+            return self
+                .exchange_warm(warm, inputs, incoming.run_id, budget)
+                .await;
+        }
         let token = inputs.token;
         let subprocess = self.config.isolation == Isolation::Subprocess;
         self.exchange.set_inputs(inputs, subprocess)?;
         let reset = ResetOnDrop(&self.exchange);
-        let budget = Duration::try_from_secs_f64(remaining_ttl(incoming, unix_now()))
-            .unwrap_or(Duration::ZERO)
-            .max(MIN_CLIENTAPP_TIME);
         if subprocess {
             self.launcher.run(token, budget, &self.cancel).await?;
         } else {
@@ -630,6 +657,87 @@ impl SuperNode {
         let outputs = self.exchange.finish();
         drop(reset);
         outputs.ok_or(ExecError::MissingOutputs)
+    }
+
+    /// [`Self::exchange_outputs`] through the warm ClientApp: the message goes to the run's
+    /// process (started or replaced by the supervisor as needed). A process that exits before
+    /// pulling the message hands it on to the next one, once; one that exits after pulling it
+    /// gets the reply a crashed per-message ClientApp gets; one that outlives `budget` is
+    /// replaced.
+    async fn exchange_warm(
+        &self,
+        warm: &WarmApp,
+        inputs: Inputs,
+        run_id: u64,
+        budget: Duration,
+    ) -> Result<Outputs, ExecError> {
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut lease = self.lease(warm, run_id, deadline, budget).await?;
+        self.exchange.set_inputs(inputs, false)?;
+        let reset = ResetOnDrop(&self.exchange);
+        let mut handed_on = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.exchange.outputs_pushed() => break,
+                exit = lease.exited() => {
+                    // Outputs pushed just before the exit still count.
+                    if self.exchange.has_outputs() {
+                        break;
+                    }
+                    if !handed_on && self.exchange.reprime() {
+                        handed_on = true;
+                        tracing::info!(
+                            "The ClientApp process exited before taking the message; handing it \
+                             to a new one"
+                        );
+                        lease = self.lease(warm, run_id, deadline, budget).await?;
+                        continue;
+                    }
+                    return Err(match exit {
+                        Some(Exit::Status(status)) if status.success() => ExecError::MissingOutputs,
+                        Some(Exit::Status(status)) => ExecError::Launch(LaunchError::Failed {
+                            command: lease.command().to_vec(),
+                            status,
+                        }),
+                        Some(Exit::WaitFailed(error)) => ExecError::Launch(LaunchError::Wait(
+                            std::io::Error::other(error),
+                        )),
+                        None if self.cancel.is_cancelled() => ExecError::Cancelled,
+                        None => ExecError::Launch(LaunchError::SupervisorStopped),
+                    });
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    warm.replace(&lease).await;
+                    return Err(ExecError::Launch(LaunchError::TimedOut {
+                        command: lease.command().to_vec(),
+                        after: budget,
+                    }));
+                }
+                () = self.cancel.cancelled() => return Err(ExecError::Cancelled),
+            }
+        }
+        let outputs = self.exchange.finish();
+        drop(reset);
+        outputs.ok_or(ExecError::MissingOutputs)
+    }
+
+    /// The warm process for a message of `run_id`, within the message's budget.
+    async fn lease(
+        &self,
+        warm: &WarmApp,
+        run_id: u64,
+        deadline: tokio::time::Instant,
+        budget: Duration,
+    ) -> Result<Lease, ExecError> {
+        tokio::select! {
+            lease = warm.acquire(run_id) => Ok(lease?),
+            () = tokio::time::sleep_until(deadline) => Err(ExecError::Launch(LaunchError::TimedOut {
+                command: self.launcher.warm_command_line(),
+                after: budget,
+            })),
+            () = self.cancel.cancelled() => Err(ExecError::Cancelled),
+        }
     }
 }
 

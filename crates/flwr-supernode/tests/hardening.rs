@@ -308,6 +308,7 @@ async fn a_stopped_run_is_fetched_again_rather_than_cached_forever() {
         retry: RetryPolicy::default(),
         node_config: HashMap::new(),
         isolation: flwr_supernode::Isolation::Subprocess,
+        clientapp_lifetime: flwr_supernode::ClientAppLifetime::PerMessage,
         clientappio_address: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         flwr_dir: Some(home.path().to_path_buf()),
         auth: None,

@@ -24,7 +24,7 @@ use flwr_proto::{
 };
 use flwr_supernode::backoff::RetryPolicy;
 use flwr_supernode::signer::Unsigned;
-use flwr_supernode::{Config, Isolation, NodeError, Tls};
+use flwr_supernode::{ClientAppLifetime, Config, Isolation, NodeError, Tls};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -276,6 +276,7 @@ async fn start(script: Script, home: &Path, retry: RetryPolicy) -> Harness {
         home,
         retry,
         Isolation::Process,
+        ClientAppLifetime::PerMessage,
         "flwr-clientapp".into(),
     )
     .await
@@ -286,6 +287,7 @@ async fn start_with(
     home: &Path,
     retry: RetryPolicy,
     isolation: Isolation,
+    clientapp_lifetime: ClientAppLifetime,
     clientapp_program: std::path::PathBuf,
 ) -> Harness {
     let fleet = MockFleet(Arc::new(Mutex::new(script)));
@@ -312,6 +314,7 @@ async fn start_with(
         retry,
         node_config: HashMap::from([("partition-id".to_owned(), sint(1))]),
         isolation,
+        clientapp_lifetime,
         clientappio_address: io_address.parse().unwrap(),
         flwr_dir: Some(home.to_path_buf()),
         auth: None,
@@ -628,6 +631,7 @@ async fn crashing_clientapp_gets_the_reference_error_reply() {
         home.path(),
         RetryPolicy::default(),
         Isolation::Subprocess,
+        ClientAppLifetime::PerMessage,
         program,
     )
     .await;
@@ -685,6 +689,7 @@ async fn shutdown_abandons_a_running_clientapp() {
         home.path(),
         RetryPolicy::default(),
         Isolation::Subprocess,
+        ClientAppLifetime::PerMessage,
         program,
     )
     .await;
