@@ -12,12 +12,14 @@
 //! - [`fab`]: Flower App Bundles (BEHAVIOR.md §10): the sha256 hash ([`fab::hash`],
 //!   [`fab::verify_hash`]) and `pyproject.toml` read and validated like the reference's
 //!   `get_fab_config` ([`FabMetadata`]).
+//! - [`hold`]: the metadata of held pulls, a flower-rs extension 1.14 peers ignore.
 
 #![warn(missing_docs)]
 
 pub mod address;
 pub mod config;
 pub mod fab;
+pub mod hold;
 
 pub use address::{Address, AddressError, Host};
 pub use config::ConfigError;

@@ -82,6 +82,14 @@ pub trait LinkState: Send + Sync + fmt::Debug {
     /// [`reply_unavailable_reply`]: crate::reply_unavailable_reply
     fn task_res(&self, task_ids: &[String]) -> Result<Vec<TaskRes>, StateError>;
 
+    /// How many of `task_ids` still wait for a reply: their TaskIns is stored and no TaskRes
+    /// answers it yet. Changes nothing; a held `PullTaskRes` waits while this is not zero.
+    ///
+    /// Duplicate ids count once; ids that are not UUIDs, and unknown TaskIns, do not wait (the
+    /// pull that follows answers them). Expiry is not looked at, so that SQLite need not decode
+    /// stored payloads: a TaskIns that expires unanswered keeps a hold until its bound.
+    fn replies_pending(&self, task_ids: &[String]) -> Result<usize, StateError>;
+
     /// Deletes every TaskIns and TaskRes of a run (Exec `StopRun`). Unknown runs are a no-op.
     fn delete_tasks_of_run(&self, run_id: u64) -> Result<(), StateError>;
 

@@ -1,7 +1,7 @@
 //! [`InMemoryLinkState`]: the default store (`--database :flwr-in-memory-state:`).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
 use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
-    accept_task_ins, accept_task_res, expired_for_delivery, expired_for_results,
+    accept_task_ins, accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
     message_unavailable_reply, parse_task_id, reply_fits_instruction, reply_unavailable_reply,
 };
 use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
@@ -327,13 +327,7 @@ impl LinkState for InMemoryLinkState {
     }
 
     fn task_res(&self, task_ids: &[String]) -> Result<Vec<TaskRes>, StateError> {
-        let mut ids = Vec::with_capacity(task_ids.len());
-        for text in task_ids {
-            let id = parse_task_id(text)?;
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
+        let ids = distinct_task_ids(task_ids)?;
         let now = self.clock.now();
         let mut inner = self.lock();
         let mut out = Vec::new();
@@ -377,6 +371,18 @@ impl LinkState for InMemoryLinkState {
             inner.remove_task_ins(&id);
         }
         Ok(out)
+    }
+
+    fn replies_pending(&self, task_ids: &[String]) -> Result<usize, StateError> {
+        let ids: HashSet<Uuid> = task_ids
+            .iter()
+            .filter_map(|text| parse_task_id(text).ok())
+            .collect();
+        let inner = self.lock();
+        Ok(ids
+            .iter()
+            .filter(|id| inner.task_ins_seq.contains_key(id) && !inner.reply_of.contains_key(id))
+            .count())
     }
 
     fn delete_tasks_of_run(&self, run_id: u64) -> Result<(), StateError> {

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
 use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
-    accept_task_ins, accept_task_res, expired_for_delivery, expired_for_results,
+    accept_task_ins, accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
     message_unavailable_reply, parse_task_id, reply_fits_instruction, reply_unavailable_reply,
 };
 use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
@@ -381,13 +381,9 @@ impl LinkState for SqliteLinkState {
     }
 
     fn task_res(&self, task_ids: &[String]) -> Result<Vec<TaskRes>, StateError> {
-        let mut ids: Vec<String> = Vec::with_capacity(task_ids.len());
-        for text in task_ids {
-            let id = parse_task_id(text)?.hyphenated().to_string();
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
+        let ids = distinct_task_ids(task_ids)?
+            .into_iter()
+            .map(|id| id.hyphenated().to_string());
         let now = self.clock.now();
         let mut connection = self.lock();
         let tx = connection.transaction()?;
@@ -425,6 +421,26 @@ impl LinkState for SqliteLinkState {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    fn replies_pending(&self, task_ids: &[String]) -> Result<usize, StateError> {
+        let ids: std::collections::HashSet<String> = task_ids
+            .iter()
+            .filter_map(|text| parse_task_id(text).ok())
+            .map(|id| id.hyphenated().to_string())
+            .collect();
+        let connection = self.lock();
+        let mut waiting = connection.prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM task_ins WHERE task_id = ?1) \
+             AND NOT EXISTS(SELECT 1 FROM task_res WHERE ins_id = ?1)",
+        )?;
+        let mut pending = 0;
+        for id in &ids {
+            if waiting.query_row([id], |row| row.get::<_, bool>(0))? {
+                pending += 1;
+            }
+        }
+        Ok(pending)
     }
 
     fn delete_tasks_of_run(&self, run_id: u64) -> Result<(), StateError> {

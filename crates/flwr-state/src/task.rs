@@ -164,6 +164,24 @@ pub fn parse_task_id(text: &str) -> Result<Uuid, StateError> {
         .map_err(|_| StateError::InvalidUuid(text.to_owned()))
 }
 
+/// The distinct task ids of a `PullTaskRes`, in request order (duplicates count once), in
+/// time linear in their number.
+///
+/// # Errors
+///
+/// [`StateError::InvalidUuid`] for the first id that is not a UUID.
+pub fn distinct_task_ids(task_ids: &[String]) -> Result<Vec<Uuid>, StateError> {
+    let mut seen = std::collections::HashSet::with_capacity(task_ids.len());
+    let mut ids = Vec::with_capacity(task_ids.len());
+    for text in task_ids {
+        let id = parse_task_id(text)?;
+        if seen.insert(id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 /// A fresh task id: UUID4 in canonical hyphenated lowercase form.
 pub fn new_task_id() -> String {
     Uuid::new_v4().hyphenated().to_string()

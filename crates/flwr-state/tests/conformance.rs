@@ -355,6 +355,53 @@ fn story_task_roundtrip(state: &dyn LinkState, clock: &TestClock) {
     assert_eq!(state.task_counts().unwrap().task_ins, 0);
 }
 
+/// What a held `PullTaskRes` waits for: stored TaskIns without a reply, counted once, without
+/// delivering or deleting anything.
+fn story_replies_pending(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let node_id = state.create_node(30.0, None).unwrap();
+    let first = state
+        .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    let second = state
+        .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    let asked = [
+        first.clone(),
+        second.clone(),
+        first.to_uppercase(),
+        uuid_like(9),
+        "not a uuid".to_owned(),
+    ];
+    assert_eq!(state.replies_pending(&asked).unwrap(), 2);
+    assert_eq!(state.task_ins_for_node(Some(node_id), 2).unwrap().len(), 2);
+    clock.advance(1.0);
+    state
+        .store_task_res(task_res(run_id, node_id, &first, T0 + 1.0, 3599.0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.replies_pending(&asked).unwrap(), 1);
+    assert_eq!(
+        state.task_counts().unwrap(),
+        TaskCounts {
+            task_ins: 2,
+            task_res: 1
+        },
+        "looking changes nothing"
+    );
+    assert_eq!(
+        state.task_res(std::slice::from_ref(&first)).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        state.replies_pending(&asked).unwrap(),
+        1,
+        "the answered pair is gone"
+    );
+}
+
 fn story_logs(state: &dyn LinkState, clock: &TestClock) {
     let run_id = new_run(state);
     assert_eq!(
@@ -1084,6 +1131,7 @@ conformance!(
     story_task_res_synthetic_replies,
     story_error_reply_round_trip,
     story_delete_tasks_of_run,
+    story_replies_pending,
     story_logs,
     story_log_epsilon,
     story_context,

@@ -42,10 +42,7 @@ fn start(runtime: &Runtime, authenticated: bool) -> Bench {
 
         let state: Arc<dyn flwr_state::LinkState> =
             Arc::new(InMemoryLinkState::new(Arc::new(SystemClock)));
-        let stores = Stores {
-            state: Arc::clone(&state),
-            ffs: Arc::new(Ffs::in_memory()),
-        };
+        let stores = Stores::new(Arc::clone(&state), Arc::new(Ffs::in_memory()));
         let fleet = FleetServer::new(FleetService::new(Arc::new(FleetHandler::new(stores))));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -134,6 +134,12 @@ pub struct Args {
     /// sent after 210 s) before its connection is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::DEFAULT.idle_timeout.as_secs_f64(), help_heading = "Connections (flower-rs)")]
     pub idle_timeout: f64,
+
+    /// Also hold the PullTaskIns / PullTaskRes of clients that do not ask for it (the Python
+    /// 1.14 SuperNode and `flwr-serverapp`): an empty pull waits up to 2.5 s for a task or a
+    /// result instead of being answered at once. Our SuperNodes and SDK ask by themselves.
+    #[arg(long, help_heading = "Rounds (flower-rs)")]
+    pub hold_pulls: bool,
 }
 
 /// How ServerApps are run.
@@ -227,7 +233,14 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// `--handshake-timeout` and `--idle-timeout`.
     pub connection_limits: Limits,
+    /// `--hold-pulls`: how long pulls that do not ask for a hold are held.
+    pub unasked_hold: Option<std::time::Duration>,
 }
+
+/// How long `--hold-pulls` holds the pulls of 1.14 clients: they sleep 3 s after an empty pull
+/// and set no deadline, so a hold below that hands them a task or result as soon as it exists
+/// and is never slower than their own polling.
+pub const UNASKED_HOLD: std::time::Duration = std::time::Duration::from_millis(2_500);
 
 /// A flag combination or file that cannot be used. Every message names the flag.
 #[derive(Debug, thiserror::Error)]
@@ -423,6 +436,7 @@ impl Config {
             warnings,
             max_connections: args.max_connections,
             connection_limits,
+            unasked_hold: args.hold_pulls.then_some(UNASKED_HOLD),
         })
     }
 }

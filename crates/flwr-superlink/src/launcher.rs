@@ -1,5 +1,6 @@
-//! The ServerApp launcher of `--isolation subprocess` (BEHAVIOR.md §4.5): every 3 s, if a run is
-//! pending and no child is already handling it, spawn
+//! The ServerApp launcher of `--isolation subprocess` (BEHAVIOR.md §4.5): when a run is created
+//! (and every 3 s, as the reference's scheduler), if a run is pending and no child is already
+//! handling it, spawn
 //! `flwr-serverapp --run-once --serverappio-api-address <addr> --insecure`.
 //!
 //! Unlike the reference scheduler, which spawns blindly every 3 s and forgets its children,
@@ -57,7 +58,16 @@ pub struct LauncherSettings {
 /// launcher (`--isolation process`) uses [`LauncherHandle::disabled`].
 #[derive(Debug, Clone)]
 pub struct LauncherHandle {
-    commands: Option<mpsc::Sender<u64>>,
+    commands: Option<mpsc::Sender<LauncherCommand>>,
+}
+
+/// What the services tell the launcher.
+#[derive(Debug, Clone, Copy)]
+enum LauncherCommand {
+    /// Kill the ServerApp of this run.
+    Stop(u64),
+    /// A run was created: look for pending runs now rather than at the next poll.
+    Look,
 }
 
 impl LauncherHandle {
@@ -71,10 +81,20 @@ impl LauncherHandle {
         let Some(commands) = &self.commands else {
             return;
         };
-        if commands.try_send(run_id).is_err() {
+        if commands.try_send(LauncherCommand::Stop(run_id)).is_err() {
             // Full queue or launcher gone: the child learns about the stop through
             // PERMISSION_DENIED on its next call and exits by itself.
             tracing::warn!(run_id, "could not ask the launcher to stop the ServerApp");
+        }
+    }
+}
+
+impl LauncherHandle {
+    /// A run became pending: launch its ServerApp now instead of at the next poll. A full
+    /// queue already holds a wake-up, and the poll remains as the fallback.
+    pub fn run_pending(&self) {
+        if let Some(commands) = &self.commands {
+            let _ = commands.try_send(LauncherCommand::Look);
         }
     }
 }
@@ -118,7 +138,11 @@ struct Supervised {
 }
 
 impl Launcher {
-    async fn run(mut self, mut commands: mpsc::Receiver<u64>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<LauncherCommand>,
+        shutdown: CancellationToken,
+    ) {
         tracing::debug!("started flwr-serverapp launcher");
         let first = tokio::time::Instant::now() + self.settings.poll_interval;
         let mut ticks = tokio::time::interval_at(first, self.settings.poll_interval);
@@ -126,11 +150,14 @@ impl Launcher {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(run_id) = commands.recv() => {
-                    if let Some(child) = self.children.get(&run_id) {
-                        child.kill.cancel();
+                Some(command) = commands.recv() => match command {
+                    LauncherCommand::Stop(run_id) => {
+                        if let Some(child) = self.children.get(&run_id) {
+                            child.kill.cancel();
+                        }
                     }
-                }
+                    LauncherCommand::Look => self.launch_if_pending().await,
+                },
                 _ = ticks.tick() => self.launch_if_pending().await,
             }
         }

@@ -16,6 +16,8 @@
 //!   and [`serve`] which does both; tests pass a oneshot as the shutdown future, the binary
 //!   passes [`signal::shutdown_signal`].
 //! - [`signal`]: SIGINT and SIGTERM.
+//! - [`wakeups`]: the events per node and per run that end held pulls (`PullTaskIns`,
+//!   `PullTaskRes`) as soon as what they wait for exists.
 
 #![warn(missing_docs)]
 
@@ -27,6 +29,7 @@ pub mod server;
 pub mod service;
 pub mod signal;
 mod task;
+pub mod wakeups;
 
 pub use config::{Args, Config, ConfigError};
 pub use error::Error;

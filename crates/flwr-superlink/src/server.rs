@@ -145,10 +145,10 @@ impl SuperLink {
             path: config.storage_dir.clone(),
             source,
         })?;
-        let stores = Stores {
-            state: open_state(&config.database)?,
-            ffs: Arc::new(Ffs::new(config.storage_dir.clone())),
-        };
+        let stores = Stores::new(
+            open_state(&config.database)?,
+            Arc::new(Ffs::new(config.storage_dir.clone())),
+        );
         Ok(Self {
             config,
             stores,
@@ -266,10 +266,14 @@ impl SuperLink {
         let exec = ExecServer::new(ExecService::new(self.stores.clone(), launcher))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let serverappio = ServerAppIoServer::new(ServerAppIoService::new(self.stores.clone()))
+        let serverappio = ServerAppIoService::new(self.stores.clone())
+            .with_unasked_hold(self.config.unasked_hold);
+        let serverappio = ServerAppIoServer::new(serverappio)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let fleet_handler = Arc::new(FleetHandler::new(self.stores.clone()));
+        let fleet_handler = Arc::new(
+            FleetHandler::new(self.stores.clone()).with_unasked_hold(self.config.unasked_hold),
+        );
         let fleet = FleetServer::new(FleetService::new(fleet_handler))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -353,6 +357,8 @@ impl SuperLink {
         };
 
         tracing::info!("SuperLink shutting down");
+        // Held pulls answer now, so that draining does not wait for their bounds.
+        self.stores.events.close();
         stop.cancel();
         let drained = tokio::time::timeout(
             SHUTDOWN_GRACE,

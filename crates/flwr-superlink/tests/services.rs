@@ -54,6 +54,8 @@ struct Options {
     serverapp: Option<PathBuf>,
     /// `--database` value; `None` = the in-memory default.
     database: Option<String>,
+    /// `--hold-pulls`.
+    hold_pulls: bool,
 }
 
 impl Harness {
@@ -83,6 +85,9 @@ impl Harness {
         let mut argv = argv.to_vec();
         if let Some(database) = options.database {
             argv.extend(["--database".to_owned(), database]);
+        }
+        if options.hold_pulls {
+            argv.push("--hold-pulls".to_owned());
         }
         let args = <Args as clap::Parser>::try_parse_from(argv).expect("flags parse");
         let config = Config::from_args(args).expect("valid config");
@@ -188,6 +193,38 @@ impl Harness {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A run taken by a ServerApp and `running`.
+    async fn running_run(&mut self) -> u64 {
+        let run_id = self.start_run(fab()).await.expect("run id");
+        let inputs = self
+            .io
+            .pull_server_app_inputs(PullServerAppInputsRequest {})
+            .await
+            .expect("PullServerAppInputs")
+            .into_inner();
+        assert_eq!(inputs.run.expect("run").run_id, run_id);
+        self.update_status(run_id, "running", "").await;
+        run_id
+    }
+
+    /// Pushes one TaskIns for `node_id`; returns it with its id.
+    async fn push_task_ins(&mut self, run_id: u64, node_id: u64) -> TaskIns {
+        let mut ins = task_ins(run_id, node_id);
+        let ids = self
+            .io
+            .push_task_ins(PushTaskInsRequest {
+                task_ins_list: vec![ins.clone()],
+                run_id,
+            })
+            .await
+            .expect("PushTaskIns")
+            .into_inner()
+            .task_ids;
+        ins.task_id.clone_from(&ids[0]);
+        assert_eq!(ins.task_id.len(), 36, "{ids:?}");
+        ins
     }
 
     async fn update_status(&mut self, run_id: u64, status: &str, sub_status: &str) {
@@ -891,4 +928,290 @@ async fn sqlite_state_survives_a_restart_and_memory_sqlite_works() {
     let run_id = memory.start_run(fab()).await.expect("run id");
     assert_eq!(memory.status(run_id).await.status, "pending");
     memory.stop().await;
+}
+
+// ----- held pulls -----
+
+/// A request carrying the hold metadata our SuperNode and SDK send.
+fn held<T>(message: T, hold: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = flwr_core::hold::format_millis(hold)
+        .parse()
+        .expect("ASCII digits");
+    request
+        .metadata_mut()
+        .insert(flwr_core::hold::REQUEST_HEADER, value);
+    request
+}
+
+fn pull_for(node_id: u64) -> PullTaskInsRequest {
+    PullTaskInsRequest {
+        node: Some(Node {
+            node_id,
+            anonymous: false,
+        }),
+        task_ids: vec![],
+    }
+}
+
+fn was_held<T>(response: &tonic::Response<T>) -> bool {
+    response
+        .metadata()
+        .contains_key(flwr_core::hold::REPLY_HEADER)
+}
+
+/// Runs a call in the background, so that the test can act while the server holds it.
+#[allow(clippy::disallowed_methods)] // the test owns and awaits the task
+fn in_flight<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future)
+}
+
+async fn settle() {
+    // Long enough for a spawned call to reach the server and park; the assertions never depend
+    // on it being shorter or longer (a call that has not parked yet just finds the task).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn held_pull_task_ins_is_answered_by_the_push(database: Option<String>) {
+    let mut h = Harness::start(Options {
+        database,
+        ..Options::default()
+    })
+    .await;
+    let node_id = h.create_node().await;
+    let run_id = h.running_run().await;
+
+    // An empty pull that does not ask is answered at once, without the reply metadata.
+    let unasked = h
+        .fleet
+        .pull_task_ins(pull_for(node_id))
+        .await
+        .expect("pull");
+    assert!(!was_held(&unasked));
+    assert!(unasked.into_inner().task_ins_list.is_empty());
+
+    let mut fleet = h.fleet.clone();
+    let pull = in_flight(async move {
+        fleet
+            .pull_task_ins(held(pull_for(node_id), Duration::from_secs(25)))
+            .await
+    });
+    settle().await;
+    assert!(!pull.is_finished(), "an empty held pull waits");
+    let ins = h.push_task_ins(run_id, node_id).await;
+    let response = tokio::time::timeout(Duration::from_secs(10), pull)
+        .await
+        .expect("the push ends the hold well before its 25 s bound")
+        .expect("task")
+        .expect("PullTaskIns");
+    assert!(was_held(&response));
+    let pulled = response.into_inner().task_ins_list;
+    assert_eq!(pulled.len(), 1);
+    assert_eq!(pulled[0].task_id, ins.task_id);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_pull_task_ins_gets_the_task_pushed_while_it_waits() {
+    held_pull_task_ins_is_answered_by_the_push(None).await;
+}
+
+#[tokio::test]
+async fn a_held_pull_task_ins_gets_the_task_pushed_while_it_waits_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = dir.path().join("state.db").display().to_string();
+    held_pull_task_ins_is_answered_by_the_push(Some(database)).await;
+}
+
+#[tokio::test]
+async fn an_abandoned_held_pull_loses_no_task() {
+    let mut h = Harness::start(Options::default()).await;
+    let node_id = h.create_node().await;
+    let run_id = h.running_run().await;
+    for _ in 0..3 {
+        let mut fleet = h.fleet.clone();
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(200),
+            fleet.pull_task_ins(held(pull_for(node_id), Duration::from_secs(25))),
+        )
+        .await;
+        assert!(abandoned.is_err(), "nothing was queued: the client gave up");
+    }
+    let ins = h.push_task_ins(run_id, node_id).await;
+    let pulled = h
+        .fleet
+        .pull_task_ins(pull_for(node_id))
+        .await
+        .expect("pull")
+        .into_inner()
+        .task_ins_list;
+    assert_eq!(
+        pulled.len(),
+        1,
+        "the task waits for a pull that is still there"
+    );
+    assert_eq!(pulled[0].task_id, ins.task_id);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_pull_task_res_waits_for_every_reply() {
+    let mut h = Harness::start(Options::default()).await;
+    let (first, second) = (h.create_node().await, h.create_node().await);
+    let run_id = h.running_run().await;
+    let ins = [
+        h.push_task_ins(run_id, first).await,
+        h.push_task_ins(run_id, second).await,
+    ];
+    let ids: Vec<String> = ins.iter().map(|ins| ins.task_id.clone()).collect();
+    let mut io = h.io.clone();
+    let request = PullTaskResRequest {
+        node: None,
+        task_ids: ids.clone(),
+        run_id,
+    };
+    let pull = in_flight(async move {
+        io.pull_task_res(held(request, Duration::from_secs(25)))
+            .await
+    });
+    for (ins, node_id) in ins.iter().zip([first, second]) {
+        settle().await;
+        assert!(!pull.is_finished(), "a reply is still missing");
+        h.fleet
+            .push_task_res(PushTaskResRequest {
+                node: None,
+                task_res_list: vec![task_res(ins, node_id)],
+            })
+            .await
+            .expect("PushTaskRes");
+    }
+    let response = tokio::time::timeout(Duration::from_secs(10), pull)
+        .await
+        .expect("the last reply ends the hold")
+        .expect("task")
+        .expect("PullTaskRes");
+    assert!(was_held(&response));
+    let mut answered: Vec<String> = response
+        .into_inner()
+        .task_res_list
+        .into_iter()
+        .map(|res| res.task.expect("task").ancestry[0].clone())
+        .collect();
+    answered.sort();
+    let mut expected = ids;
+    expected.sort();
+    assert_eq!(answered, expected);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stop_run_delete_node_and_shutdown_end_held_pulls() {
+    let mut h = Harness::start(Options::default()).await;
+    let (node_id, other) = (h.create_node().await, h.create_node().await);
+    let run_id = h.running_run().await;
+    let ins = h.push_task_ins(run_id, node_id).await;
+    let bound = Duration::from_secs(25);
+    let ended = |what: &str| format!("{what} ends the held call well before its 25 s bound");
+
+    // StopRun: the held PullTaskRes answers with the stopped run's status.
+    let mut io = h.io.clone();
+    let request = PullTaskResRequest {
+        node: None,
+        task_ids: vec![ins.task_id.clone()],
+        run_id,
+    };
+    let pull = in_flight(async move { io.pull_task_res(held(request, bound)).await });
+    settle().await;
+    assert!(!pull.is_finished());
+    assert!(
+        h.exec
+            .stop_run(StopRunRequest { run_id })
+            .await
+            .expect("StopRun")
+            .into_inner()
+            .success
+    );
+    let error = tokio::time::timeout(Duration::from_secs(10), pull)
+        .await
+        .unwrap_or_else(|_| panic!("{}", ended("StopRun")))
+        .expect("task")
+        .expect_err("the run is finished");
+    assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+
+    // DeleteNode: the node's held PullTaskIns answers, empty.
+    let mut fleet = h.fleet.clone();
+    let pull = in_flight(async move { fleet.pull_task_ins(held(pull_for(other), bound)).await });
+    settle().await;
+    assert!(!pull.is_finished());
+    h.fleet
+        .delete_node(DeleteNodeRequest {
+            node: Some(Node {
+                node_id: other,
+                anonymous: false,
+            }),
+        })
+        .await
+        .expect("DeleteNode");
+    let pulled = tokio::time::timeout(Duration::from_secs(10), pull)
+        .await
+        .unwrap_or_else(|_| panic!("{}", ended("DeleteNode")))
+        .expect("task")
+        .expect("PullTaskIns");
+    assert!(pulled.into_inner().task_ins_list.is_empty());
+
+    // Shutdown: held calls answer at once, so the SuperLink stops well within its grace.
+    let mut fleet = h.fleet.clone();
+    let pull = in_flight(async move { fleet.pull_task_ins(held(pull_for(node_id), bound)).await });
+    settle().await;
+    assert!(!pull.is_finished());
+    h.stop().await;
+    let response = tokio::time::timeout(Duration::from_secs(10), pull)
+        .await
+        .unwrap_or_else(|_| panic!("{}", ended("shutdown")))
+        .expect("task")
+        .expect("answered before the connection closed");
+    assert!(
+        !was_held(&response),
+        "a hold cut by shutdown is not reported as held"
+    );
+}
+
+#[tokio::test]
+async fn hold_pulls_holds_the_pulls_of_clients_that_do_not_ask() {
+    let mut h = Harness::start(Options {
+        hold_pulls: true,
+        ..Options::default()
+    })
+    .await;
+    let node_id = h.create_node().await;
+    let run_id = h.running_run().await;
+    let mut fleet = h.fleet.clone();
+    let pull = in_flight(async move { fleet.pull_task_ins(pull_for(node_id)).await });
+    settle().await;
+    let ins = h.push_task_ins(run_id, node_id).await;
+    let pulled = tokio::time::timeout(Duration::from_secs(10), pull)
+        .await
+        .expect("answered")
+        .expect("task")
+        .expect("PullTaskIns")
+        .into_inner()
+        .task_ins_list;
+    // Had the pull not been held, it would have come back empty before the push.
+    assert_eq!(pulled.len(), 1);
+    assert_eq!(pulled[0].task_id, ins.task_id);
+    // Unasked holds end at their 2.5 s bound, empty.
+    let empty = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.fleet.pull_task_ins(pull_for(node_id)),
+    )
+    .await
+    .expect("the 2.5 s bound ends the hold")
+    .expect("PullTaskIns");
+    assert!(was_held(&empty));
+    assert!(empty.into_inner().task_ins_list.is_empty());
+    h.stop().await;
 }

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flwr_core::Address;
+use flwr_core::{hold, Address};
 use flwr_proto::fleet_client::FleetClient;
 use flwr_proto::{
     CreateNodeRequest, DeleteNodeRequest, Fab, GetFabRequest, GetRunRequest, Node, PingRequest,
@@ -66,6 +66,9 @@ pub struct Deadlines {
     pub upload: Duration,
     /// Added to [`Deadlines::upload`] per MiB of the encoded `PushTaskRes`.
     pub upload_per_mib: Duration,
+    /// How long a `PullTaskIns` asks the SuperLink to hold it when nothing is queued; added to
+    /// [`Deadlines::download`] for that call.
+    pub pull_hold: Duration,
 }
 
 impl Default for Deadlines {
@@ -77,6 +80,7 @@ impl Default for Deadlines {
             download: Duration::from_secs(600),
             upload: Duration::from_secs(60),
             upload_per_mib: Duration::from_secs(1),
+            pull_hold: PULL_HOLD,
         }
     }
 }
@@ -88,6 +92,21 @@ impl Deadlines {
         self.upload
             .saturating_add(self.upload_per_mib.saturating_mul(mib))
     }
+}
+
+/// The default of [`Deadlines::pull_hold`]: how long a `PullTaskIns` asks the SuperLink to wait
+/// for an instruction when none is queued.
+/// Well below the SuperLink's cap ([`flwr_core::hold::MAX_HOLD`]) and the keep-alive interval.
+pub const PULL_HOLD: Duration = Duration::from_secs(20);
+
+/// What a `PullTaskIns` brought back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pulled {
+    /// The instruction, if one was queued (or arrived during the hold).
+    pub task_ins: Option<TaskIns>,
+    /// The SuperLink held the pull: an empty answer means nothing arrived for a while, and the
+    /// next pull may follow at once instead of after the reference's idle pause.
+    pub held: bool,
 }
 
 /// How the Fleet channel is secured.
@@ -328,23 +347,38 @@ impl Fleet {
 
     /// `PullTaskIns{node}`: the first instruction, if any (the SuperLink sends at most one).
     ///
+    /// Asks the SuperLink to hold an empty pull for up to [`Deadlines::pull_hold`]
+    /// ([`flwr_core::hold`]);
+    /// [`Pulled::held`] says whether it did, in which case the caller may pull again at once.
+    /// A 1.14 SuperLink ignores the ask and answers at once, as it always does.
+    ///
     /// # Errors
     ///
     /// See [`CallError`].
-    pub async fn pull_task_ins(&self, node: &Node) -> Result<Option<TaskIns>, CallError> {
+    pub async fn pull_task_ins(&self, node: &Node) -> Result<Pulled, CallError> {
         let request = PullTaskInsRequest {
             node: Some(*node),
             task_ids: Vec::new(),
         };
+        let hold_for = self.deadlines.pull_hold;
         let response = self
             .invoke(
                 Rpc::PullTaskIns,
-                self.deadlines.download,
+                self.deadlines.download.saturating_add(hold_for),
                 request,
-                |mut client, request| async move { client.pull_task_ins(request).await },
+                |mut client, mut request| async move {
+                    if let Ok(value) = hold::format_millis(hold_for).parse() {
+                        request.metadata_mut().insert(hold::REQUEST_HEADER, value);
+                    }
+                    client.pull_task_ins(request).await
+                },
             )
             .await?;
-        Ok(response.into_inner().task_ins_list.into_iter().next())
+        let held = response.metadata().contains_key(hold::REPLY_HEADER);
+        Ok(Pulled {
+            task_ins: response.into_inner().task_ins_list.into_iter().next(),
+            held,
+        })
     }
 
     /// `PushTaskRes{node, [task_res]}`; the response is ignored, like the reference does.

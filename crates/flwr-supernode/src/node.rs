@@ -3,7 +3,8 @@
 //! ```text
 //! bind ClientAppIo → CreateNode → start heartbeat
 //! loop:
-//!     PullTaskIns → nothing usable: sleep 3 s
+//!     PullTaskIns (asking the SuperLink to hold it) → nothing usable: sleep 3 s, or pull
+//!                 again at once if the SuperLink held the pull
 //!                 → instruction: GetRun (cached per run) → GetFab (cached per hash, verified,
 //!                   installed) → run the ClientApp → validate the reply → PushTaskRes
 //!     PERMISSION_DENIED for a run → forget its cached run and context
@@ -353,7 +354,7 @@ impl SuperNode {
                     Flow::Stop => return Ok(()),
                 },
             };
-            match pulled {
+            match pulled.task_ins {
                 Some(ins) if message::is_usable(&ins, node.node_id) => {
                     if let Flow::Stop = self.handle(node, &ins).await? {
                         return Ok(());
@@ -366,6 +367,8 @@ impl SuperNode {
                     );
                     self.idle().await;
                 }
+                // The SuperLink waited for us: nothing came, ask again at once.
+                None if pulled.held => {}
                 None => self.idle().await,
             }
         }

@@ -211,6 +211,7 @@ async fn a_hung_call_is_abandoned_at_its_deadline_and_retried() {
     let (address, server) = serve(mock.clone()).await;
     let short = Deadlines {
         download: Duration::from_millis(300),
+        pull_hold: Duration::from_millis(100),
         ..Deadlines::default()
     };
     let fleet = client(address).with_deadlines(short);
@@ -223,7 +224,7 @@ async fn a_hung_call_is_abandoned_at_its_deadline_and_retried() {
         .expect("the hung PullTaskIns was never abandoned")
         .expect("the retry succeeds");
     assert_eq!(
-        pulled.map(|ins| ins.task_id).as_deref(),
+        pulled.task_ins.map(|ins| ins.task_id).as_deref(),
         Some("after-the-hang")
     );
     assert_eq!(mock.with(|s| s.pull_calls), 2);

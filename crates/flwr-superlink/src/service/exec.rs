@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::launcher::LauncherHandle;
 use crate::service::{respond, status_of, unix_now, Stores};
+use crate::wakeups::Topic;
 
 /// How often `StreamLogs` looks for new log chunks (the reference's `LOG_STREAM_INTERVAL`).
 pub const LOG_STREAM_INTERVAL: Duration = Duration::from_millis(500);
@@ -107,6 +108,7 @@ impl ExecService {
                     fab_version = %metadata.version,
                     "Created run {run_id}"
                 );
+                self.launcher.run_pending();
                 Ok(StartRunResponse {
                     run_id: Some(run_id),
                 })
@@ -162,6 +164,8 @@ impl ExecService {
         if success {
             tracing::info!(run_id, "run stopped by user");
             self.launcher.stop_run(run_id);
+            // Held PullTaskRes of the run end with the run's new status.
+            self.stores.events.publish(Topic::Run(run_id));
         }
         Ok(StopRunResponse { success })
     }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flwr_proto::fleet_server::Fleet;
 use flwr_proto::{
@@ -22,11 +23,13 @@ use flwr_proto::{
     Run,
 };
 use flwr_state::{Guard, LinkState};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::fleet_auth::NodeAuthenticator;
-use crate::service::{fab_content, guarded_run, respond, Stores};
+use crate::service::{asked_hold, fab_content, guarded_run, respond, respond_held, Held, Stores};
+use crate::wakeups::{Subscription, Topic, Wake};
 
 /// `PushTaskResResponse.reconnect`: the reference always sends 5 (clients ignore it).
 const RECONNECT_SECONDS: u64 = 5;
@@ -135,12 +138,24 @@ fn authorize(
 #[derive(Debug, Clone)]
 pub struct FleetHandler {
     stores: Stores,
+    /// How long to hold an empty PullTaskIns that did not ask for a hold (`--hold-pulls`).
+    unasked_hold: Option<Duration>,
 }
 
 impl FleetHandler {
-    /// A handler over the shared stores.
+    /// A handler over the shared stores that holds only the pulls that ask for it.
     pub fn new(stores: Stores) -> Self {
-        Self { stores }
+        Self {
+            stores,
+            unasked_hold: None,
+        }
+    }
+
+    /// Also holds pulls that do not ask, for up to `hold` (`--hold-pulls`).
+    #[must_use]
+    pub fn with_unasked_hold(mut self, hold: Option<Duration>) -> Self {
+        self.unasked_hold = hold;
+        self
     }
 
     /// Registers a node (bound to its public key when authenticated).
@@ -219,6 +234,7 @@ impl FleetHandler {
             .await?;
         if deleted {
             tracing::info!("Deleted node_id={node_id}");
+            self.stores.events.publish(Topic::Node(Some(node_id)));
         }
         Ok(DeleteNodeResponse {})
     }
@@ -251,6 +267,11 @@ impl FleetHandler {
     /// At most one undelivered, unexpired TaskIns for the node (`task_ids` is ignored, as in
     /// the reference).
     ///
+    /// With a hold (`asked` in the request metadata, else `--hold-pulls`), an empty pull waits
+    /// for a TaskIns for its node, the node's deletion or shutdown, up to the bound. Waiting
+    /// takes nothing from the store: only a look that returns marks a TaskIns delivered, so a
+    /// client that gives up on a held pull loses no task.
+    ///
     /// # Errors
     ///
     /// Store failures.
@@ -258,25 +279,57 @@ impl FleetHandler {
         &self,
         request: PullTaskInsRequest,
         caller: Option<AuthenticatedNode>,
-    ) -> Result<PullTaskInsResponse, Error> {
+        asked: Option<Duration>,
+    ) -> Result<Held<PullTaskInsResponse>, Error> {
         let node = request.node.unwrap_or_default();
         let consumer = (!node.anonymous).then_some(node.node_id);
-        let task_ins_list = self
-            .stores
-            .call(move |state, _| {
-                authorize(
-                    "PullTaskIns",
-                    caller.as_ref(),
-                    state,
-                    Claim::Node(node.node_id),
-                )?;
-                Ok(state.task_ins_for_node(consumer, 1)?)
-            })
-            .await?;
-        Ok(PullTaskInsResponse {
-            reconnect: None,
-            task_ins_list,
-        })
+        let bound = asked.or(self.unasked_hold);
+        let subscription = bound.and_then(|_| self.stores.events.subscribe(Topic::Node(consumer)));
+        let deadline = Instant::now() + bound.unwrap_or_default();
+        let mut held = subscription.as_ref().and(bound);
+        let mut woken = false;
+        loop {
+            let armed = subscription.as_ref().map(Subscription::arm);
+            let caller = caller.clone();
+            let (task_ins_list, gone) = self
+                .stores
+                .call(move |state, _| {
+                    authorize(
+                        "PullTaskIns",
+                        caller.as_ref(),
+                        state,
+                        Claim::Node(node.node_id),
+                    )?;
+                    let found = state.task_ins_for_node(consumer, 1)?;
+                    // Asked only after a wake-up, which a deletion also sends: a deleted (or
+                    // lapsed) node's hold ends instead of running to its bound.
+                    let gone = match consumer {
+                        Some(id) if woken && found.is_empty() => !state.is_node_online(id)?,
+                        _ => false,
+                    };
+                    Ok((found, gone))
+                })
+                .await?;
+            let wake = match armed {
+                Some(armed) if task_ins_list.is_empty() && !gone => armed.wait(deadline).await,
+                _ => Wake::Expired,
+            };
+            match wake {
+                Wake::Published => woken = true,
+                Wake::Closed | Wake::Expired => {
+                    if wake == Wake::Closed {
+                        held = None;
+                    }
+                    return Ok(Held {
+                        response: PullTaskInsResponse {
+                            reconnect: None,
+                            task_ins_list,
+                        },
+                        held,
+                    });
+                }
+            }
+        }
     }
 
     /// Stores the first TaskRes of the request while its run is running. A TaskRes the store
@@ -293,6 +346,7 @@ impl FleetHandler {
     ) -> Result<PushTaskResResponse, Error> {
         let claim = Claim::producers(&request.task_res_list);
         let first = request.task_res_list.into_iter().next();
+        let run_id = first.as_ref().map_or(0, |task_res| task_res.run_id);
         let task_id = self
             .stores
             .call(move |state, _| {
@@ -307,6 +361,9 @@ impl FleetHandler {
                 Ok(state.store_task_res(task_res)?)
             })
             .await?;
+        if task_id.is_some() {
+            self.stores.events.publish(Topic::Run(run_id));
+        }
         let key = task_id.unwrap_or_else(|| "None".to_owned());
         Ok(PushTaskResResponse {
             reconnect: Some(Reconnect {
@@ -430,8 +487,9 @@ impl Fleet for FleetService {
         &self,
         request: Request<PullTaskInsRequest>,
     ) -> Result<Response<PullTaskInsResponse>, Status> {
+        let asked = asked_hold(request.metadata());
         let (request, node) = split(request);
-        respond(self.handler.pull_task_ins(request, node).await)
+        respond_held(self.handler.pull_task_ins(request, node, asked).await)
     }
 
     async fn push_task_res(

@@ -11,22 +11,37 @@ pub mod fleet;
 pub mod serverappio;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use flwr_core::hold;
 
 use flwr_proto::{Run, RunStatus};
 use flwr_state::{guard_denial, Ffs, FfsError, Guard, LinkState};
 
 use crate::error::Error;
+use crate::wakeups::Wakeups;
 
-/// The LinkState and the FAB storage, shared by all services.
+/// The LinkState, the FAB storage and the events of their changes, shared by all services.
 #[derive(Debug, Clone)]
 pub struct Stores {
     /// Runs, nodes, tasks, contexts and logs.
     pub state: Arc<dyn LinkState>,
     /// FAB bytes by hash.
     pub ffs: Arc<Ffs>,
+    /// Wakes held pulls when what they wait for changes.
+    pub events: Arc<Wakeups>,
 }
 
 impl Stores {
+    /// Stores over `state` and `ffs`, with a fresh event hub.
+    pub fn new(state: Arc<dyn LinkState>, ffs: Arc<Ffs>) -> Self {
+        Self {
+            state,
+            ffs,
+            events: Arc::new(Wakeups::default()),
+        }
+    }
+
     /// Runs a LinkState `call`: in place when the store never blocks, else like
     /// [`call_blocking`](Self::call_blocking). The in-memory store holds its lock only for work
     /// proportional to the request, so a hop to another thread would cost more than the call.
@@ -93,6 +108,38 @@ pub(crate) fn respond<T>(result: Result<T, Error>) -> Result<tonic::Response<T>,
     result
         .map(tonic::Response::new)
         .map_err(tonic::Status::from)
+}
+
+/// A pull's answer and, when the call was held, the bound it was held for.
+#[derive(Debug)]
+pub struct Held<T> {
+    /// The answer, as an unheld pull would have given it at the moment it was made.
+    pub response: T,
+    /// `Some(bound)` when the pull subscribed and waited (or would have waited) up to `bound`.
+    pub held: Option<Duration>,
+}
+
+/// The hold a caller asked for in its request metadata ([`flwr_core::hold`]).
+pub(crate) fn asked_hold(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    metadata
+        .get(hold::REQUEST_HEADER)
+        .and_then(|value| hold::parse_millis(value.as_bytes()))
+}
+
+/// [`respond`] for a pull that may have been held: the reply metadata tells our clients that
+/// an empty answer came after a hold, so they may pull again at once.
+#[allow(clippy::result_large_err)] // the size of `tonic::Status` is tonic's trait contract
+pub(crate) fn respond_held<T>(
+    result: Result<Held<T>, Error>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let held = result.map_err(tonic::Status::from)?;
+    let mut response = tonic::Response::new(held.response);
+    if let Some(bound) = held.held {
+        if let Ok(value) = hold::format_millis(bound).parse() {
+            response.metadata_mut().insert(hold::REPLY_HEADER, value);
+        }
+    }
+    Ok(response)
 }
 
 /// Unix seconds now, as the reference's `time.time()`.

@@ -3,6 +3,8 @@
 //! its status and uploads its logs. Always plaintext; never node-authenticated.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use flwr_proto::server_app_io_server::ServerAppIo;
 use flwr_proto::{
@@ -16,10 +18,14 @@ use flwr_proto::{
 use flwr_state::lifecycle::{FINISHED, STARTING};
 use flwr_state::{validate_task_ins, Guard};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::service::{fab_content, guarded_run, respond, status_of, unix_now, Stores};
+use crate::service::{
+    asked_hold, fab_content, guarded_run, respond, respond_held, status_of, unix_now, Held, Stores,
+};
+use crate::wakeups::{Topic, Wake};
 
 /// The ServerAppIo service.
 #[derive(Debug)]
@@ -30,15 +36,25 @@ pub struct ServerAppIoService {
     /// transition is atomic on its own; the lock keeps the losing caller from reporting a
     /// spurious "Failed to start run".) An async mutex: the guard is held across the store call.
     pull_inputs: Mutex<()>,
+    /// How long to hold a PullTaskRes that did not ask for a hold (`--hold-pulls`).
+    unasked_hold: Option<Duration>,
 }
 
 impl ServerAppIoService {
-    /// A service over the shared stores.
+    /// A service over the shared stores that holds only the pulls that ask for it.
     pub fn new(stores: Stores) -> Self {
         Self {
             stores,
             pull_inputs: Mutex::new(()),
+            unasked_hold: None,
         }
+    }
+
+    /// Also holds pulls that do not ask, for up to `hold` (`--hold-pulls`).
+    #[must_use]
+    pub fn with_unasked_hold(mut self, hold: Option<Duration>) -> Self {
+        self.unasked_hold = hold;
+        self
     }
 
     async fn inner_get_nodes(&self, request: GetNodesRequest) -> Result<GetNodesResponse, Error> {
@@ -127,21 +143,70 @@ impl ServerAppIoService {
                     }
                 }
                 let mut task_ids = Vec::with_capacity(task_ins_list.len());
+                let mut consumers = Vec::with_capacity(task_ins_list.len());
                 for task_ins in task_ins_list {
-                    task_ids.push(state.store_task_ins(task_ins)?.unwrap_or_default());
+                    let consumer = task_ins
+                        .task
+                        .as_ref()
+                        .and_then(|task| task.consumer.as_ref())
+                        .map(|node| (!node.anonymous).then_some(node.node_id));
+                    let task_id = state.store_task_ins(task_ins)?;
+                    if let (Some(_), Some(consumer)) = (&task_id, consumer) {
+                        consumers.push(consumer);
+                    }
+                    task_ids.push(task_id.unwrap_or_default());
                 }
-                Ok(task_ids)
+                Ok((task_ids, consumers))
             })
             .await?;
+        let (task_ids, consumers) = task_ids;
+        for consumer in consumers {
+            self.stores.events.publish(Topic::Node(consumer));
+        }
         Ok(PushTaskInsResponse { task_ids })
     }
 
+    /// The replies to the asked TaskIns. With a hold (asked in the request metadata, else
+    /// `--hold-pulls`), waits until every asked TaskIns has its reply, the run stops running,
+    /// the bound or shutdown, then answers as an unheld pull would at that moment.
     async fn inner_pull_task_res(
         &self,
         request: PullTaskResRequest,
-    ) -> Result<PullTaskResResponse, Error> {
+        asked: Option<Duration>,
+    ) -> Result<Held<PullTaskResResponse>, Error> {
         let run_id = request.run_id;
-        let task_ids = request.task_ids;
+        let task_ids = Arc::new(request.task_ids);
+        let bound = asked.or(self.unasked_hold);
+        let subscription = bound.and_then(|_| self.stores.events.subscribe(Topic::Run(run_id)));
+        let mut held = subscription.as_ref().and(bound);
+        if let Some(subscription) = &subscription {
+            let deadline = Instant::now() + bound.unwrap_or_default();
+            loop {
+                let armed = subscription.arm();
+                let ids = Arc::clone(&task_ids);
+                let waiting = self
+                    .stores
+                    .call(move |state, _| {
+                        // A run that stopped ends the hold; the pull below reports it.
+                        if guarded_run(state, run_id, Guard::RequireRunning).is_err() {
+                            return Ok(0);
+                        }
+                        Ok(state.replies_pending(&ids)?)
+                    })
+                    .await?;
+                if waiting == 0 {
+                    break;
+                }
+                match armed.wait(deadline).await {
+                    Wake::Published => {}
+                    Wake::Expired => break,
+                    Wake::Closed => {
+                        held = None;
+                        break;
+                    }
+                }
+            }
+        }
         let task_res_list = self
             .stores
             .call(move |state, _| {
@@ -160,7 +225,10 @@ impl ServerAppIoService {
                 "Malformed PullTaskResRequest: `task_res` has mismatched `run_id`".to_owned(),
             ));
         }
-        Ok(PullTaskResResponse { task_res_list })
+        Ok(Held {
+            response: PullTaskResResponse { task_res_list },
+            held,
+        })
     }
 
     async fn inner_get_run(&self, request: GetRunRequest) -> Result<GetRunResponse, Error> {
@@ -256,6 +324,10 @@ impl ServerAppIoService {
                 Ok(state.update_run_status(run_id, new_status)?)
             })
             .await?;
+        if applied {
+            // A held PullTaskRes of a run that just finished ends now.
+            self.stores.events.publish(Topic::Run(run_id));
+        }
         if !applied {
             // The reference logs refused transitions and answers OK.
             tracing::debug!(run_id, ?requested, "run status update refused");
@@ -327,7 +399,8 @@ impl ServerAppIo for ServerAppIoService {
         &self,
         request: Request<PullTaskResRequest>,
     ) -> Result<Response<PullTaskResResponse>, Status> {
-        respond(self.inner_pull_task_res(request.into_inner()).await)
+        let asked = asked_hold(request.metadata());
+        respond_held(self.inner_pull_task_res(request.into_inner(), asked).await)
     }
 
     async fn get_run(

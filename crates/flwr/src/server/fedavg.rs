@@ -411,7 +411,8 @@ impl FedAvg {
             if nodes.len() >= min || started.elapsed() >= self.node_wait_timeout {
                 return Ok(nodes);
             }
-            tokio::time::sleep(grid.poll_interval().min(Duration::from_secs(1))).await;
+            // GetNodes is cheap, and nodes registering now should not cost a round a second.
+            tokio::time::sleep(grid.poll_interval().min(Duration::from_millis(200))).await;
         }
     }
 

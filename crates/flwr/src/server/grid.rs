@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use flwr_core::hold;
 use flwr_proto as proto;
 use flwr_proto::server_app_io_client::ServerAppIoClient;
 use tonic::transport::Channel;
@@ -16,6 +17,9 @@ use crate::transport::{self, AddressError, RetryPolicy};
 
 /// The default ServerAppIo address of `flwr-serverapp`.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9091";
+
+/// How long one `PullTaskRes` of [`Grid::send_and_receive`] asks the SuperLink to hold it.
+pub(crate) const REPLY_HOLD: Duration = Duration::from_secs(20);
 
 /// A ServerAppIo call failed or its answer was unusable.
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +236,16 @@ impl Grid {
     ///
     /// Call errors, or [`GridError::Conversion`] for a malformed TaskRes.
     pub async fn pull_messages(&self, message_ids: &[String]) -> Result<Vec<Message>, GridError> {
+        Ok(self.pull(message_ids, None).await?.0)
+    }
+
+    /// `PullTaskRes`, asking the SuperLink to hold it for up to `hold` until every reply exists
+    /// ([`flwr_core::hold`]); also returns whether the SuperLink did hold it.
+    async fn pull(
+        &self,
+        message_ids: &[String],
+        hold_for: Option<Duration>,
+    ) -> Result<(Vec<Message>, bool), GridError> {
         let run_id = self.run_id()?;
         let request = proto::PullTaskResRequest {
             node: Some(proto::Node {
@@ -241,13 +255,23 @@ impl Grid {
             task_ids: message_ids.to_vec(),
             run_id,
         };
+        let asked = hold_for
+            .map(hold::format_millis)
+            .and_then(|millis| millis.parse::<tonic::metadata::MetadataValue<_>>().ok());
         let response = self
-            .call("PullTaskRes", |mut c| {
-                let request = request.clone();
+            .call_response("PullTaskRes", |mut c| {
+                let mut request = tonic::Request::new(request.clone());
+                if let Some(value) = &asked {
+                    request
+                        .metadata_mut()
+                        .insert(hold::REQUEST_HEADER, value.clone());
+                }
                 async move { c.pull_task_res(request).await }
             })
             .await?;
-        response
+        let held = response.metadata().contains_key(hold::REPLY_HEADER);
+        let replies = response
+            .into_inner()
             .task_res_list
             .into_iter()
             .map(|res| {
@@ -256,13 +280,17 @@ impl Grid {
                     source,
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((replies, held))
     }
 
-    /// Pushes `messages`, then polls for their replies every [`Grid::poll_interval`] until all
-    /// arrived or `timeout` passed (`None`: wait as long as it takes, as the reference).
+    /// Pushes `messages`, then waits for their replies until all arrived or `timeout` passed
+    /// (`None`: as long as it takes, as the reference).
     ///
-    /// Ids the SuperLink refused (empty strings) are not waited for.
+    /// Each `PullTaskRes` asks the SuperLink to hold it until the replies exist; a SuperLink
+    /// that holds (ours) answers as soon as they do, and the next pull follows at once. Against
+    /// one that does not (the reference), pulls are [`Grid::poll_interval`] apart. Ids the
+    /// SuperLink refused (empty strings) are not waited for.
     ///
     /// # Errors
     ///
@@ -282,14 +310,20 @@ impl Grid {
         let mut replies = Vec::new();
         while !pending.is_empty() {
             let wanted: Vec<String> = pending.iter().cloned().collect();
-            for reply in self.pull_messages(&wanted).await? {
+            let hold_for = deadline.map_or(REPLY_HOLD, |d| {
+                d.saturating_duration_since(Instant::now()).min(REPLY_HOLD)
+            });
+            let (pulled, held) = self.pull(&wanted, Some(hold_for)).await?;
+            for reply in pulled {
                 pending.remove(&reply.metadata.reply_to_message);
                 replies.push(reply);
             }
             if pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            tokio::time::sleep(self.poll_interval).await;
+            if !held {
+                tokio::time::sleep(self.poll_interval).await;
+            }
         }
         Ok(replies)
     }
@@ -385,8 +419,21 @@ impl Grid {
         F: Fn(ServerAppIoClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        Ok(self.call_response(name, call).await?.into_inner())
+    }
+
+    /// [`Grid::call`], keeping the response's metadata.
+    async fn call_response<T, F, Fut>(
+        &self,
+        name: &'static str,
+        call: F,
+    ) -> Result<tonic::Response<T>, GridError>
+    where
+        F: Fn(ServerAppIoClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         match self.retry.run(name, || call(self.client.clone())).await {
-            Ok(response) => Ok(response.into_inner()),
+            Ok(response) => Ok(response),
             Err(status) if status.code() == tonic::Code::PermissionDenied => {
                 Err(GridError::RunNotRunning(status.message().to_owned()))
             }
