@@ -134,7 +134,13 @@ pub struct Cli {
     /// hands it message after message of a run, so the interpreter starts once per run, not once
     /// per message; `per-message` starts a new `flwr-clientapp --token ...` for every message,
     /// as Flower 1.14 does. (Not a Flower 1.14 flag.)
-    #[arg(long, value_enum, value_name = "LIFETIME", default_value_t = ClientAppLifetime::Warm)]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LIFETIME",
+        env = "FLWR_CLIENTAPP_LIFETIME",
+        default_value_t = ClientAppLifetime::Warm
+    )]
     pub clientapp_lifetime: ClientAppLifetime,
 
     /// Address the ClientAppIo API (gRPC, plaintext) listens on: IPv4, IPv6 or a domain name,

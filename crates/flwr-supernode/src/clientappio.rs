@@ -132,9 +132,10 @@ struct State {
     reserved: Option<u64>,
 }
 
-/// What a pull gets from the state as it is now.
+/// What a pull gets from the state as it is now. (The response is boxed: it is large and the
+/// other outcomes are tiny.)
 enum Pull {
-    Ready(PullClientAppInputsResponse),
+    Ready(Box<PullClientAppInputsResponse>),
     Hold,
     Refused(IoError),
 }
@@ -338,7 +339,7 @@ impl Exchange {
             fab: inputs.fab.clone(),
         };
         current.inputs_returned = true;
-        Pull::Ready(response)
+        Pull::Ready(Box::new(response))
     }
 
     /// `PullClientAppInputs` with the reference's checks; on a warm exchange a pull for the
@@ -356,7 +357,7 @@ impl Exchange {
         let mut changes = self.changed.subscribe();
         loop {
             match self.try_pull(request, true) {
-                Pull::Ready(response) => return Ok(response),
+                Pull::Ready(response) => return Ok(*response),
                 Pull::Refused(error) => return Err(error),
                 Pull::Hold => {}
             }
@@ -384,7 +385,7 @@ impl Exchange {
         request: &PullClientAppInputsRequest,
     ) -> Result<PullClientAppInputsResponse, IoError> {
         match self.try_pull(request, false) {
-            Pull::Ready(response) => Ok(response),
+            Pull::Ready(response) => Ok(*response),
             Pull::Refused(error) => Err(error),
             // `try_pull` never holds when told not to.
             Pull::Hold => Err(IoError::NoInputs),

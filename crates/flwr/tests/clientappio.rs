@@ -29,6 +29,9 @@ struct Inputs {
 struct State {
     /// `GetToken` calls to refuse before handing out the first token ("nothing yet").
     not_ready: usize,
+    /// Pulls to refuse as a warm SuperNode does when a held pull ends without a message: the
+    /// token is forgotten and the message waits for the next one.
+    refused_pulls: usize,
     queue: VecDeque<Inputs>,
     current: Option<(u64, Inputs, bool)>,
     next_token: u64,
@@ -74,6 +77,13 @@ impl ClientAppIo for MockSuperNode {
         let mut state = self.state.lock().expect("lock");
         state.calls.push("PullClientAppInputs".into());
         let token = request.into_inner().token;
+        if state.refused_pulls > 0 {
+            state.refused_pulls -= 1;
+            if let Some((_, inputs, _)) = state.current.take() {
+                state.queue.push_front(inputs);
+            }
+            return Err(Status::failed_precondition("No inputs available."));
+        }
         let Some((expected, inputs, _)) = state.current.clone() else {
             return Err(Status::failed_precondition("No inputs available."));
         };
@@ -272,6 +282,44 @@ async fn long_running_app_polls_for_tokens_and_replies_like_the_reference() {
             reason: MessageError::LOAD_CLIENT_APP_REASON.into(),
         })
     );
+}
+
+#[tokio::test]
+async fn a_polling_app_asks_for_a_new_token_when_its_pull_finds_no_message() {
+    let mock = MockSuperNode::default();
+    {
+        let mut state = mock.state.lock().expect("lock");
+        state.refused_pulls = 1;
+        state
+            .queue
+            .push_back(inputs("m-1", "train", "mock.client:app", flwr::now()));
+    }
+    let (address, _stop) = common::serve(
+        tonic::transport::Server::builder().add_service(ClientAppIoServer::new(mock.clone())),
+    )
+    .await;
+    let mut apps = ClientAppRegistry::new().with("mock.client:app", Counter);
+    let options = ClientAppOptions {
+        token_poll_interval: Duration::from_millis(20),
+        max_messages: Some(1),
+        ..ClientAppOptions::new(address.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(30), options.run(&mut apps))
+        .await
+        .expect("finishes")
+        .expect("a refused pull does not end a polling app");
+    let state = mock.state.lock().expect("lock");
+    assert_eq!(
+        state.calls,
+        [
+            "GetToken",
+            "PullClientAppInputs",
+            "GetToken",
+            "PullClientAppInputs",
+            "PushClientAppOutputs"
+        ]
+    );
+    assert_eq!(state.outputs.len(), 1);
 }
 
 #[tokio::test]

@@ -7,6 +7,14 @@
 //! PushClientAppOutputs{token, reply, context}
 //! token given?  yes → exit; no → back to GetToken
 //! ```
+//!
+//! Without a token this is also the loop of a *warm* ClientApp, which our SuperNode starts once
+//! per run (`--clientapp-lifetime warm`) instead of once per message. Such a SuperNode hands out
+//! the next token before the message exists and holds the pull until the message is there, so
+//! the next token is asked for right after pushing, without the reference's pause. When the
+//! hold ends without a message it answers as the reference answers a pull without one
+//! (`FAILED_PRECONDITION`); the reference app exits on that, this loop pauses and asks for a new
+//! token instead.
 
 use std::time::Duration;
 
@@ -109,12 +117,14 @@ pub enum RunnerError {
 /// Runs a ClientApp against a SuperNode's ClientAppIo API at `address`.
 ///
 /// With `token`, handles that one message and returns (subprocess isolation: the SuperNode
-/// spawns the app per message). Without, polls forever (process isolation).
+/// spawns the app per message). Without, polls forever (process isolation, or a warm app
+/// started by our SuperNode).
 ///
 /// # Errors
 ///
 /// [`RunnerError`] for a bad address, a failed call or malformed inputs; the reference
-/// likewise ends the process on any gRPC error.
+/// likewise ends the process on any gRPC error. One exception while polling: a pull refused
+/// with `FAILED_PRECONDITION` (no message for the token) leads back to `GetToken`.
 pub async fn run_clientapp<L: ClientAppLoader + ?Sized>(
     loader: &mut L,
     address: &str,
@@ -152,7 +162,19 @@ impl ClientAppOptions {
                 Some(token) => token,
                 None => io.wait_for_token(self.token_poll_interval).await,
             };
-            let inputs = io.pull(token).await?;
+            let inputs = match io.pull(token).await {
+                Ok(inputs) => inputs,
+                Err(RunnerError::Rpc { status, .. })
+                    if !run_once && status.code() == tonic::Code::FailedPrecondition =>
+                {
+                    tracing::debug!("No message for token {token}; asking for a new token");
+                    // Paced like a refused GetToken, so two apps taking each other's
+                    // reservations cannot spin.
+                    tokio::time::sleep(self.token_poll_interval).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let (reply, context) = handle(loader, inputs);
             io.push(token, reply, context).await?;
             handled += 1;
