@@ -372,6 +372,10 @@ impl Supervisor {
         };
         launcher::stop(&mut process.child, &process.group).await;
         self.exchange.revoke();
+        if process.started.elapsed() >= STABLE_AFTER {
+            // It had been running fine: earlier start-up failures are history.
+            self.quick_exits = 0;
+        }
         let exit = match process.child.wait().await {
             Ok(status) => Exit::Status(status),
             Err(error) => Exit::WaitFailed(error.to_string()),
