@@ -1,8 +1,8 @@
 //! The Flower 1.14 SuperNode, byte-compatible with Python `flwr==1.14.0` on every wire it speaks.
 //!
 //! A SuperNode registers with a SuperLink's Fleet API, polls it for instructions (`TaskIns`),
-//! runs the Python `flwr-clientapp` for each one through its own ClientAppIo API, and pushes the
-//! reply (`TaskRes`) back. The `flower-supernode` binary is a thin shell around [`run`].
+//! runs the Python `flwr-clientapp` for each one through its own ClientAppIo API (by default one
+//! long-lived process per run, [`warm`]), and pushes the reply (`TaskRes`) back. The `flower-supernode` binary is a thin shell around [`run`].
 //!
 //! # Layout
 //!
