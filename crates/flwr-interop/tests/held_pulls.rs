@@ -1,6 +1,6 @@
-//! `--hold-pulls` with the Python peers. The 1.14 SuperNode and `flwr-serverapp` never ask for
-//! held pulls; with the flag our SuperLink holds their empty `PullTaskIns` / `PullTaskRes` for
-//! up to 2.5 s. With TLS and node auth, on SQLite, they must still: finish a run, stop one,
+//! Held pulls with the Python peers. The 1.14 SuperNode and `flwr-serverapp` never ask for
+//! held pulls; our SuperLink holds their empty `PullTaskIns` / `PullTaskRes` for up to 2.5 s
+//! anyway (the default, `--hold-pulls`). With TLS and node auth, on SQLite, they must still: finish a run, stop one,
 //! survive a SuperNode killed while its pull is held (it comes back with the same key), and
 //! serve the next run after our SuperLink was killed and restarted on the same database.
 

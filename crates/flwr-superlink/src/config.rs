@@ -135,11 +135,24 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::DEFAULT.idle_timeout.as_secs_f64(), help_heading = "Connections (flower-rs)")]
     pub idle_timeout: f64,
 
-    /// Also hold the PullTaskIns / PullTaskRes of clients that do not ask for it (the Python
-    /// 1.14 SuperNode and `flwr-serverapp`): an empty pull waits up to 2.5 s for a task or a
-    /// result instead of being answered at once. Our SuperNodes and SDK ask by themselves.
-    #[arg(long, help_heading = "Rounds (flower-rs)")]
+    /// Hold the PullTaskIns / PullTaskRes of clients that do not ask for it (the Python 1.14
+    /// SuperNode and `flwr-serverapp`): an empty pull waits up to 2.5 s (at most half the
+    /// client's own deadline) for a task or a result instead of being answered at once [the
+    /// default]. Our SuperNodes and SDK ask by themselves.
+    #[arg(
+        long,
+        overrides_with = "no_hold_pulls",
+        help_heading = "Rounds (flower-rs)"
+    )]
     pub hold_pulls: bool,
+
+    /// Answer the pulls of clients that do not ask for a hold at once, as the reference does.
+    #[arg(
+        long,
+        overrides_with = "hold_pulls",
+        help_heading = "Rounds (flower-rs)"
+    )]
+    pub no_hold_pulls: bool,
 }
 
 /// How ServerApps are run.
@@ -233,7 +246,7 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// `--handshake-timeout` and `--idle-timeout`.
     pub connection_limits: Limits,
-    /// `--hold-pulls`: how long pulls that do not ask for a hold are held.
+    /// `--hold-pulls` / `--no-hold-pulls`: how long pulls that do not ask for a hold are held.
     pub unasked_hold: Option<std::time::Duration>,
 }
 
@@ -436,7 +449,7 @@ impl Config {
             warnings,
             max_connections: args.max_connections,
             connection_limits,
-            unasked_hold: args.hold_pulls.then_some(UNASKED_HOLD),
+            unasked_hold: (!args.no_hold_pulls).then_some(UNASKED_HOLD),
         })
     }
 }
@@ -630,6 +643,23 @@ mod tests {
         assert_eq!(args.executor, "flwr.superexec.deployment:executor");
         assert_eq!(args.executor_dir, PathBuf::from("."));
         assert_eq!(args.simulationio_api_address, "0.0.0.0:9096");
+    }
+
+    #[test]
+    fn unasked_pulls_are_held_unless_no_hold_pulls_comes_last() {
+        let hold = |extra: &[&str]| {
+            let mut flags = vec!["--insecure"];
+            flags.extend_from_slice(extra);
+            Config::from_args(args(&flags)).expect("valid").unasked_hold
+        };
+        assert_eq!(hold(&[]), Some(UNASKED_HOLD));
+        assert_eq!(hold(&["--hold-pulls"]), Some(UNASKED_HOLD));
+        assert_eq!(hold(&["--no-hold-pulls"]), None);
+        assert_eq!(
+            hold(&["--no-hold-pulls", "--hold-pulls"]),
+            Some(UNASKED_HOLD)
+        );
+        assert_eq!(hold(&["--hold-pulls", "--no-hold-pulls"]), None);
     }
 
     #[test]

@@ -54,8 +54,8 @@ struct Options {
     serverapp: Option<PathBuf>,
     /// `--database` value; `None` = the in-memory default.
     database: Option<String>,
-    /// `--hold-pulls`.
-    hold_pulls: bool,
+    /// `--no-hold-pulls`: answer pulls that do not ask for a hold at once.
+    no_hold_pulls: bool,
 }
 
 impl Harness {
@@ -86,8 +86,8 @@ impl Harness {
         if let Some(database) = options.database {
             argv.extend(["--database".to_owned(), database]);
         }
-        if options.hold_pulls {
-            argv.push("--hold-pulls".to_owned());
+        if options.no_hold_pulls {
+            argv.push("--no-hold-pulls".to_owned());
         }
         let args = <Args as clap::Parser>::try_parse_from(argv).expect("flags parse");
         let config = Config::from_args(args).expect("valid config");
@@ -979,13 +979,15 @@ async fn settle() {
 async fn held_pull_task_ins_is_answered_by_the_push(database: Option<String>) {
     let mut h = Harness::start(Options {
         database,
+        no_hold_pulls: true,
         ..Options::default()
     })
     .await;
     let node_id = h.create_node().await;
     let run_id = h.running_run().await;
 
-    // An empty pull that does not ask is answered at once, without the reply metadata.
+    // With --no-hold-pulls, an empty pull that does not ask is answered at once, without the
+    // reply metadata.
     let unasked = h
         .fleet
         .pull_task_ins(pull_for(node_id))
@@ -1181,12 +1183,8 @@ async fn stop_run_delete_node_and_shutdown_end_held_pulls() {
 }
 
 #[tokio::test]
-async fn hold_pulls_holds_the_pulls_of_clients_that_do_not_ask() {
-    let mut h = Harness::start(Options {
-        hold_pulls: true,
-        ..Options::default()
-    })
-    .await;
+async fn by_default_the_pulls_of_clients_that_do_not_ask_are_held() {
+    let mut h = Harness::start(Options::default()).await;
     let node_id = h.create_node().await;
     let run_id = h.running_run().await;
     let mut fleet = h.fleet.clone();

@@ -61,13 +61,14 @@ pub struct SuperLinkKeys {
 
 /// Path of one of our binaries in the Cargo target directory this test runs from.
 ///
-/// Test executables live in `target/<profile>/deps/`; the binaries one level up.
+/// Test executables live in `target/<profile>/deps/` and examples in
+/// `target/<profile>/examples/`; the binaries one level up.
 pub fn target_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let profile_dir = exe
         .parent()
         .and_then(|deps| {
-            if deps.ends_with("deps") {
+            if deps.ends_with("deps") || deps.ends_with("examples") {
                 deps.parent()
             } else {
                 Some(deps)
@@ -153,6 +154,11 @@ impl Cluster {
     /// `127.0.0.1:<fleet port>`.
     pub fn fleet_address(&self) -> String {
         format!("127.0.0.1:{}", self.fleet)
+    }
+
+    /// The Exec API address, `127.0.0.1:port` (TLS, with the cluster's CA).
+    pub fn exec_address(&self) -> String {
+        format!("127.0.0.1:{}", self.exec)
     }
 
     /// The SuperLink process, once started.

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::fleet_auth::NodeAuthenticator;
-use crate::service::{asked_hold, fab_content, guarded_run, respond, respond_held, Held, Stores};
+use crate::service::{fab_content, guarded_run, respond, respond_held, Held, HoldRequest, Stores};
 use crate::wakeups::{Subscription, Topic, Wake};
 
 /// `PushTaskResResponse.reconnect`: the reference always sends 5 (clients ignore it).
@@ -267,7 +267,8 @@ impl FleetHandler {
     /// At most one undelivered, unexpired TaskIns for the node (`task_ids` is ignored, as in
     /// the reference).
     ///
-    /// With a hold (`asked` in the request metadata, else `--hold-pulls`), an empty pull waits
+    /// With a hold (asked for in the request metadata, else the server's default for callers
+    /// that do not ask; see [`HoldRequest::bound`]), an empty pull waits
     /// for a TaskIns for its node, the node's deletion or shutdown, up to the bound. Waiting
     /// takes nothing from the store: only a look that returns marks a TaskIns delivered, so a
     /// client that gives up on a held pull loses no task.
@@ -279,11 +280,11 @@ impl FleetHandler {
         &self,
         request: PullTaskInsRequest,
         caller: Option<AuthenticatedNode>,
-        asked: Option<Duration>,
+        hold: HoldRequest,
     ) -> Result<Held<PullTaskInsResponse>, Error> {
         let node = request.node.unwrap_or_default();
         let consumer = (!node.anonymous).then_some(node.node_id);
-        let bound = asked.or(self.unasked_hold);
+        let bound = hold.bound(self.unasked_hold);
         let subscription = bound.and_then(|_| self.stores.events.subscribe(Topic::Node(consumer)));
         let deadline = Instant::now() + bound.unwrap_or_default();
         let mut held = subscription.as_ref().and(bound);
@@ -487,9 +488,9 @@ impl Fleet for FleetService {
         &self,
         request: Request<PullTaskInsRequest>,
     ) -> Result<Response<PullTaskInsResponse>, Status> {
-        let asked = asked_hold(request.metadata());
+        let hold = HoldRequest::from_metadata(request.metadata());
         let (request, node) = split(request);
-        respond_held(self.handler.pull_task_ins(request, node, asked).await)
+        respond_held(self.handler.pull_task_ins(request, node, hold).await)
     }
 
     async fn push_task_res(

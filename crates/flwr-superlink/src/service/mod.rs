@@ -119,11 +119,55 @@ pub struct Held<T> {
     pub held: Option<Duration>,
 }
 
-/// The hold a caller asked for in its request metadata ([`flwr_core::hold`]).
-pub(crate) fn asked_hold(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    metadata
-        .get(hold::REQUEST_HEADER)
-        .and_then(|value| hold::parse_millis(value.as_bytes()))
+/// What a pull's request metadata says about holding it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldRequest {
+    /// The hold the caller asked for ([`flwr_core::hold::REQUEST_HEADER`]).
+    pub asked: Option<Duration>,
+    /// The caller's own deadline for the call (`grpc-timeout`), if it set one.
+    pub caller_timeout: Option<Duration>,
+}
+
+impl HoldRequest {
+    /// Reads the hold metadata and `grpc-timeout` of a request.
+    pub(crate) fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> Self {
+        let header = |name: &str| metadata.get(name).map(|value| value.as_bytes());
+        Self {
+            asked: header(hold::REQUEST_HEADER).and_then(hold::parse_millis),
+            caller_timeout: header("grpc-timeout").and_then(parse_grpc_timeout),
+        }
+    }
+
+    /// How long to hold this pull: what the caller asked for, else `unasked` (the server's
+    /// default for callers that do not ask), never past half the caller's own deadline — a
+    /// client that gives up sooner than the hold would only see DEADLINE_EXCEEDED.
+    pub fn bound(self, unasked: Option<Duration>) -> Option<Duration> {
+        let bound = self.asked.or(unasked)?;
+        let bound = self
+            .caller_timeout
+            .map_or(bound, |timeout| bound.min(timeout / 2));
+        (!bound.is_zero()).then_some(bound)
+    }
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount = digits
+        .iter()
+        .fold(0_u64, |acc, digit| acc * 10 + u64::from(digit - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// [`respond`] for a pull that may have been held: the reply metadata tells our clients that
@@ -147,4 +191,56 @@ pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&'static str, &'static str)]) -> HoldRequest {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for (name, value) in headers {
+            metadata.insert(*name, value.parse().expect("ASCII"));
+        }
+        HoldRequest::from_metadata(&metadata)
+    }
+
+    #[test]
+    fn a_hold_is_what_was_asked_else_the_default_within_half_the_callers_deadline() {
+        let secs = Duration::from_secs;
+        let default = Some(Duration::from_millis(2_500));
+        assert_eq!(request(&[]).bound(None), None);
+        assert_eq!(request(&[]).bound(default), default);
+        assert_eq!(
+            request(&[("flwr-hold-ms", "20000")]).bound(default),
+            Some(secs(20))
+        );
+        assert_eq!(
+            request(&[("flwr-hold-ms", "20000")]).bound(None),
+            Some(secs(20))
+        );
+        let hurried = [("flwr-hold-ms", "20000"), ("grpc-timeout", "4S")];
+        assert_eq!(request(&hurried).bound(None), Some(secs(2)));
+        assert_eq!(
+            request(&[("grpc-timeout", "1m")]).bound(default),
+            Some(Duration::from_micros(500))
+        );
+        assert_eq!(request(&[("grpc-timeout", "1n")]).bound(default), None);
+        assert_eq!(request(&[("grpc-timeout", "1H")]).bound(default), default);
+        assert_eq!(request(&[("grpc-timeout", "junk")]).bound(default), default);
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_grpc_timeout(b"1500m"),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout(b"9n"), Some(Duration::from_nanos(9)));
+        for bad in [&b""[..], b"S", b"123456789S", b"5x", b"-5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::service::{
-    asked_hold, fab_content, guarded_run, respond, respond_held, status_of, unix_now, Held, Stores,
+    fab_content, guarded_run, respond, respond_held, status_of, unix_now, Held, HoldRequest, Stores,
 };
 use crate::wakeups::{Topic, Wake};
 
@@ -166,17 +166,16 @@ impl ServerAppIoService {
         Ok(PushTaskInsResponse { task_ids })
     }
 
-    /// The replies to the asked TaskIns. With a hold (asked in the request metadata, else
-    /// `--hold-pulls`), waits until every asked TaskIns has its reply, the run stops running,
+    /// The replies to the asked TaskIns. With a hold ([`HoldRequest::bound`]), waits until every asked TaskIns has its reply, the run stops running,
     /// the bound or shutdown, then answers as an unheld pull would at that moment.
     async fn inner_pull_task_res(
         &self,
         request: PullTaskResRequest,
-        asked: Option<Duration>,
+        hold: HoldRequest,
     ) -> Result<Held<PullTaskResResponse>, Error> {
         let run_id = request.run_id;
         let task_ids = Arc::new(request.task_ids);
-        let bound = asked.or(self.unasked_hold);
+        let bound = hold.bound(self.unasked_hold);
         let subscription = bound.and_then(|_| self.stores.events.subscribe(Topic::Run(run_id)));
         let mut held = subscription.as_ref().and(bound);
         if let Some(subscription) = &subscription {
@@ -399,8 +398,8 @@ impl ServerAppIo for ServerAppIoService {
         &self,
         request: Request<PullTaskResRequest>,
     ) -> Result<Response<PullTaskResResponse>, Status> {
-        let asked = asked_hold(request.metadata());
-        respond_held(self.inner_pull_task_res(request.into_inner(), asked).await)
+        let hold = HoldRequest::from_metadata(request.metadata());
+        respond_held(self.inner_pull_task_res(request.into_inner(), hold).await)
     }
 
     async fn get_run(
