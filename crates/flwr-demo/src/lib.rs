@@ -358,6 +358,8 @@ fn demo(
         )
         .await?;
         report_progress(log.finish());
+        // The whole run may fit in one log chunk; a cancel asked while it was reported counts.
+        cancel.check()?;
         let status = exec.status(run_id).await?;
         Ok::<_, DemoError>((run_id, status))
     })?;

@@ -26,15 +26,25 @@ pub struct RoundMetrics {
     pub eval_loss: Option<f64>,
     /// Evaluation accuracy, weighted over the SuperNodes.
     pub eval_accuracy: Option<f64>,
+    /// Wall time of the round's fit and evaluate exchanges, in milliseconds.
+    pub round_ms: Option<f64>,
+    /// What of [`RoundMetrics::round_ms`] the ClientApps did not spend computing (the slowest
+    /// one counted per exchange): transport, queueing and waiting, in milliseconds.
+    pub coordination_ms: Option<f64>,
 }
 
 impl From<RoundSummary> for RoundMetrics {
     fn from(summary: RoundSummary) -> Self {
+        let round_ms = summary.exchange_seconds.map(|s| s * 1e3);
         Self {
             round: summary.round,
             train_loss: summary.train_loss,
             eval_loss: summary.eval_loss,
             eval_accuracy: summary.eval_accuracy,
+            round_ms,
+            coordination_ms: round_ms
+                .zip(summary.client_seconds)
+                .map(|(round, client)| (round - client * 1e3).max(0.0)),
         }
     }
 }
@@ -349,6 +359,8 @@ mod tests {
                 } else {
                     Some(0.6 + 0.05 * round as f64)
                 },
+                round_ms: Some(12.0),
+                coordination_ms: Some(3.0),
             })
             .collect()
     }
@@ -386,6 +398,8 @@ mod tests {
                 train_loss: None,
                 eval_loss: None,
                 eval_accuracy: None,
+                round_ms: None,
+                coordination_ms: None,
             }],
             None,
         );

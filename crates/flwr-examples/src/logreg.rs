@@ -11,7 +11,9 @@
 //! `learning-rate` (0.5), `min-nodes` (2). Node config keys: `partition-id`, `num-partitions`.
 
 use flwr::client::NumPyClient;
-use flwr::server::{BoxFuture, FedAvg, Grid, History, ServerApp};
+use std::time::Instant;
+
+use flwr::server::{BoxFuture, FedAvg, Grid, History, ServerApp, COMPUTE_SECONDS_METRIC};
 use flwr::{AppError, Array, Config, Context, MetricsRecord, MetricsRecordValue, Scalar};
 
 use crate::data::{self, Example, Split, FEATURES};
@@ -211,11 +213,15 @@ impl NumPyClient for LogRegClient {
             .get("learning-rate")
             .and_then(Scalar::as_f64)
             .unwrap_or(DEFAULT_LEARNING_RATE);
+        let started = Instant::now();
         model.train(&self.split.train, epochs, learning_rate);
-        let metrics = Config::from([(
-            "train_loss".to_owned(),
-            Scalar::Double(model.loss(&self.split.train)),
-        )]);
+        let metrics = Config::from([
+            (
+                "train_loss".to_owned(),
+                Scalar::Double(model.loss(&self.split.train)),
+            ),
+            compute_seconds(started),
+        ]);
         Ok((model.to_arrays()?, count(&self.split.train), metrics))
     }
 
@@ -224,17 +230,30 @@ impl NumPyClient for LogRegClient {
         parameters: Vec<Array>,
         _config: &Config,
     ) -> Result<(f64, u64, Config), AppError> {
+        let started = Instant::now();
         let model = Model::from_arrays(&parameters)?;
-        let metrics = Config::from([(
-            "accuracy".to_owned(),
-            Scalar::Double(model.accuracy(&self.split.test)),
-        )]);
+        let metrics = Config::from([
+            (
+                "accuracy".to_owned(),
+                Scalar::Double(model.accuracy(&self.split.test)),
+            ),
+            compute_seconds(started),
+        ]);
         Ok((
             model.loss(&self.split.test),
             count(&self.split.test),
             metrics,
         ))
     }
+}
+
+/// The time since `started` as the metric that lets [`FedAvg`] separate the clients' work from
+/// a round's coordination ([`COMPUTE_SECONDS_METRIC`]).
+fn compute_seconds(started: Instant) -> (String, Scalar) {
+    (
+        COMPUTE_SECONDS_METRIC.to_owned(),
+        Scalar::Double(started.elapsed().as_secs_f64()),
+    )
 }
 
 /// Settings read from the run config.
@@ -284,31 +303,43 @@ pub struct RoundSummary {
     pub eval_loss: Option<f64>,
     /// Weighted evaluation accuracy.
     pub eval_accuracy: Option<f64>,
+    /// Wall time of the round's fit and evaluate exchanges, in seconds.
+    pub exchange_seconds: Option<f64>,
+    /// The slowest client's compute time in each exchange, summed, in seconds.
+    pub client_seconds: Option<f64>,
 }
 
 impl RoundSummary {
     /// The summaries of `rounds` rounds of `history`.
     pub fn from_history(history: &History, rounds: u64) -> Vec<Self> {
         (1..=rounds)
-            .map(|round| Self {
-                round,
-                train_loss: history.fit_metric("train_loss", round),
-                eval_loss: history.evaluate_loss(round),
-                eval_accuracy: history.evaluate_metric("accuracy", round),
+            .map(|round| {
+                let timing = history.timings.iter().find(|t| t.round == round);
+                Self {
+                    round,
+                    train_loss: history.fit_metric("train_loss", round),
+                    eval_loss: history.evaluate_loss(round),
+                    eval_accuracy: history.evaluate_metric("accuracy", round),
+                    exchange_seconds: timing.map(|t| t.exchange_seconds),
+                    client_seconds: timing.and_then(|t| t.client_seconds),
+                }
             })
             .collect()
     }
 
-    /// `[HISTORY] round=1 train_loss=0.61 eval_loss=0.60 eval_accuracy=0.70` (`nan` where
-    /// missing): the line the ServerApp logs per round, parsed back by [`RoundSummary::parse`].
+    /// `[HISTORY] round=1 train_loss=0.61 eval_loss=0.60 eval_accuracy=0.70 exchange_s=0.012
+    /// client_s=0.004` (`nan` where missing): the line the ServerApp logs per round, parsed back by [`RoundSummary::parse`].
     pub fn line(&self) -> String {
         let show = |v: Option<f64>| v.map_or_else(|| "nan".to_owned(), |v| format!("{v:.6}"));
         format!(
-            "[HISTORY] round={} train_loss={} eval_loss={} eval_accuracy={}",
+            "[HISTORY] round={} train_loss={} eval_loss={} eval_accuracy={} exchange_s={} \
+             client_s={}",
             self.round,
             show(self.train_loss),
             show(self.eval_loss),
-            show(self.eval_accuracy)
+            show(self.eval_accuracy),
+            show(self.exchange_seconds),
+            show(self.client_seconds)
         )
     }
 
@@ -320,6 +351,8 @@ impl RoundSummary {
             train_loss: None,
             eval_loss: None,
             eval_accuracy: None,
+            exchange_seconds: None,
+            client_seconds: None,
         };
         for field in rest.split_whitespace() {
             let (key, value) = field.split_once('=')?;
@@ -329,6 +362,8 @@ impl RoundSummary {
                 "train_loss" => summary.train_loss = number,
                 "eval_loss" => summary.eval_loss = number,
                 "eval_accuracy" => summary.eval_accuracy = number,
+                "exchange_s" => summary.exchange_seconds = number,
+                "client_s" => summary.client_seconds = number,
                 _ => {}
             }
         }
@@ -515,6 +550,8 @@ mod tests {
             train_loss: Some(0.5),
             eval_loss: None,
             eval_accuracy: Some(0.75),
+            exchange_seconds: Some(0.012_5),
+            client_seconds: None,
         };
         let line = format!("INFO flwr: {}", summary.line());
         assert_eq!(RoundSummary::parse(&line), Some(summary));

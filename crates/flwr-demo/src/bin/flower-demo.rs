@@ -321,16 +321,23 @@ impl Reporter for Printer {
 fn print_results(summary: &Summary) {
     let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
     println!();
-    println!("round  train loss  eval loss  eval accuracy");
+    let millis = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    println!("round  train loss  eval loss  eval accuracy  round ms  coordination ms");
     for round in &summary.rounds {
         println!(
-            "{:>5}  {:>10}  {:>9}  {:>13}",
+            "{:>5}  {:>10}  {:>9}  {:>13}  {:>8}  {:>15}",
             round.round,
             show(round.train_loss),
             show(round.eval_loss),
-            show(round.eval_accuracy)
+            show(round.eval_accuracy),
+            millis(round.round_ms),
+            millis(round.coordination_ms)
         );
     }
+    println!(
+        "(round ms: fit and evaluate, from the ServerApp pushing its messages to holding every \
+         reply; coordination ms: what the slowest ClientApp did not spend computing)"
+    );
     println!();
     println!(
         "final accuracy: federated {} ({} SuperNodes, {}/{} rounds of {} local epochs) | \

@@ -122,6 +122,56 @@ pub struct History {
     pub metrics_distributed: BTreeMap<String, Vec<(u64, Scalar)>>,
     /// Server-side evaluation metrics.
     pub metrics_centralized: BTreeMap<String, Vec<(u64, Scalar)>>,
+    /// Where each round's time went, in round order.
+    pub timings: Vec<RoundTiming>,
+}
+
+/// The metric a ClientApp may report (in seconds, with its fit and evaluate results) so that
+/// [`RoundTiming`] can tell the clients' own work from the coordination around it.
+pub const COMPUTE_SECONDS_METRIC: &str = "compute-seconds";
+
+/// Where one round's time went, as the ServerApp saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RoundTiming {
+    /// The round (1-based).
+    pub round: u64,
+    /// Wall time of the round's fit and evaluate exchanges: from pushing the messages to
+    /// holding every reply, summed over both.
+    pub exchange_seconds: f64,
+    /// The slowest client's [`COMPUTE_SECONDS_METRIC`] in each exchange, summed; `None` when a
+    /// client did not report it.
+    pub client_seconds: Option<f64>,
+}
+
+impl RoundTiming {
+    /// Exchange time not spent computing on the slowest client: transport, queueing, polling
+    /// and process start-up.
+    pub fn coordination_seconds(&self) -> Option<f64> {
+        self.client_seconds
+            .map(|client| (self.exchange_seconds - client).max(0.0))
+    }
+
+    /// A round before any exchange.
+    fn start(round: u64) -> Self {
+        Self {
+            round,
+            exchange_seconds: 0.0,
+            client_seconds: Some(0.0),
+        }
+    }
+
+    /// Adds one exchange: its wall time and the compute times its clients reported.
+    fn add_exchange<'a>(
+        &mut self,
+        seconds: f64,
+        reported: impl Iterator<Item = Option<&'a Scalar>>,
+    ) {
+        self.exchange_seconds += seconds;
+        let slowest = reported
+            .map(|value| value.and_then(Scalar::as_f64))
+            .try_fold(0.0_f64, |slowest, value| value.map(|v| slowest.max(v)));
+        self.client_seconds = self.client_seconds.zip(slowest).map(|(sum, s)| sum + s);
+    }
 }
 
 impl History {
@@ -183,15 +233,23 @@ impl FedAvg {
         for round in 1..=num_rounds {
             tracing::info!("");
             tracing::info!("[ROUND {round}]");
-            if let Some((new, metrics)) = self.fit_round(grid, round, &parameters).await? {
+            let mut timing = RoundTiming::start(round);
+            if let Some((new, metrics)) = self
+                .fit_round(grid, round, &parameters, &mut timing)
+                .await?
+            {
                 parameters = new;
                 History::add_metrics(&mut history.metrics_distributed_fit, round, metrics);
             }
             self.evaluate_centralized(round, &parameters, &mut history);
-            if let Some((loss, metrics)) = self.evaluate_round(grid, round, &parameters).await? {
+            if let Some((loss, metrics)) = self
+                .evaluate_round(grid, round, &parameters, &mut timing)
+                .await?
+            {
                 history.losses_distributed.push((round, loss));
                 History::add_metrics(&mut history.metrics_distributed, round, metrics);
             }
+            history.timings.push(timing);
         }
         tracing::info!("");
         tracing::info!(
@@ -256,6 +314,7 @@ impl FedAvg {
         grid: &Grid,
         round: u64,
         parameters: &[Array],
+        timing: &mut RoundTiming,
     ) -> Result<Option<(Vec<Array>, Config)>, AppError> {
         let available = self.wait_for_nodes(grid, self.min_available_nodes).await?;
         let size = sample_size(available.len(), self.fraction_fit, self.min_fit_nodes);
@@ -284,7 +343,9 @@ impl FedAvg {
                 grid.create_message(content, message_type::TRAIN, node, &round.to_string(), None)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let exchange = Instant::now();
         let replies = grid.send_and_receive(messages, self.round_timeout).await?;
+        let exchange = exchange.elapsed().as_secs_f64();
         let mut failures = nodes.len().saturating_sub(replies.len());
         let mut results = Vec::new();
         for reply in &replies {
@@ -300,6 +361,12 @@ impl FedAvg {
                 }
             }
         }
+        timing.add_exchange(
+            exchange,
+            results
+                .iter()
+                .map(|r| r.metrics.get(COMPUTE_SECONDS_METRIC)),
+        );
         tracing::info!(
             "aggregate_fit: received {} results and {failures} failures",
             results.len()
@@ -326,6 +393,7 @@ impl FedAvg {
         grid: &Grid,
         round: u64,
         parameters: &[Array],
+        timing: &mut RoundTiming,
     ) -> Result<Option<(f64, Config)>, AppError> {
         if self.fraction_evaluate == 0.0 {
             return Ok(None);
@@ -367,7 +435,9 @@ impl FedAvg {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let exchange = Instant::now();
         let replies = grid.send_and_receive(messages, self.round_timeout).await?;
+        let exchange = exchange.elapsed().as_secs_f64();
         let mut failures = nodes.len().saturating_sub(replies.len());
         let mut results = Vec::new();
         for reply in &replies {
@@ -383,6 +453,12 @@ impl FedAvg {
                 }
             }
         }
+        timing.add_exchange(
+            exchange,
+            results
+                .iter()
+                .map(|r| r.metrics.get(COMPUTE_SECONDS_METRIC)),
+        );
         tracing::info!(
             "aggregate_evaluate: received {} results and {failures} failures",
             results.len()

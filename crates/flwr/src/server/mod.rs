@@ -10,7 +10,9 @@ mod runner;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use fedavg::{FedAvg, FedAvgOutcome, History, MetricsAggregation};
+pub use fedavg::{
+    FedAvg, FedAvgOutcome, History, MetricsAggregation, RoundTiming, COMPUTE_SECONDS_METRIC,
+};
 pub use grid::{Grid, GridError, ServerAppInputs, DEFAULT_ADDRESS};
 pub use logs::{LogTee, LogTeeWriter};
 pub use runner::{run_serverapp, RunnerError, ServerAppArgs, ServerAppOptions};
