@@ -96,8 +96,8 @@ fn main() -> anyhow::Result<()> {
     println!("| --- | --- | --- |");
     for setup in SETUPS {
         for _ in 0..repeat {
-            let measured = measure(setup, &runtime)
-                .with_context(|| format!("measuring {:?}", setup.name))?;
+            let measured =
+                measure(setup, &runtime).with_context(|| format!("measuring {:?}", setup.name))?;
             let rounds = measured
                 .rounds
                 .map_or_else(|| "?".to_owned(), |s| format!("{s:.2}"));
@@ -181,7 +181,10 @@ async fn wait_finished(mut exec: ExecClient<Channel>, run_id: u64) -> anyhow::Re
 
 /// `… Run finished 3 round(s) in 4.12s` → 4.12 (the last such line).
 fn summary_seconds(log: &str) -> Option<f64> {
-    let line = log.lines().rev().find(|line| line.contains("round(s) in "))?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("round(s) in "))?;
     let after = &line[line.rfind(" in ")? + 4..];
     after.trim().trim_end_matches('s').parse().ok()
 }
