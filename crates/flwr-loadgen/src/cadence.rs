@@ -54,7 +54,7 @@ impl Window {
     }
 
     /// Whether a call sent at `sent` belongs to the measurement.
-    fn contains(&self, sent: Instant) -> bool {
+    pub(crate) fn contains(&self, sent: Instant) -> bool {
         self.bounds
             .get()
             .is_some_and(|(start, end)| *start <= sent && sent < *end)
@@ -141,7 +141,7 @@ fn ping_period() -> Duration {
 }
 
 /// Sleeps for `duration`; `false` if the window closed first and the loop must end.
-async fn pause_for(shared: &Shared, duration: Duration) -> bool {
+pub(crate) async fn pause_for(shared: &Shared, duration: Duration) -> bool {
     tokio::select! {
         () = shared.stop.cancelled() => false,
         () = tokio::time::sleep(duration) => true,
@@ -150,7 +150,7 @@ async fn pause_for(shared: &Shared, duration: Duration) -> bool {
 
 /// Exponential back-off from 1 s with full jitter, as the reference's retry invoker.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     ceiling: Duration,
 }
 
@@ -164,7 +164,7 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The next wait: uniform in `[0, ceiling)`, and the ceiling doubles up to [`MAX_BACKOFF`].
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let wait = self.ceiling.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
         self.ceiling = (self.ceiling * 2).min(MAX_BACKOFF);
         wait

@@ -15,13 +15,21 @@ pub const MAX_PAYLOAD_BYTES: usize = flwr_proto::MAX_MESSAGE_SIZE - 64 * 1024;
 /// The longest measurement window accepted; the generator is a bounded tool, not a soak daemon.
 pub const MAX_SECONDS: f64 = 24.0 * 3600.0;
 
+/// The highest `--rate` accepted: far above what one ServerAppIo connection carries.
+pub const MAX_RATE: f64 = 100_000.0;
+
+/// The hold a dispatch node asks for when `--hold` is not given.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(20);
+
 /// Act as N Flower 1.14 SuperNodes against a SuperLink's Fleet API and measure it.
 ///
 /// Every simulated node registers with CreateNode (ping_interval 30, as the reference
 /// SuperNode), then either behaves as an idle SuperNode (--mode cadence: Ping every 17.5–22.5 s,
-/// PullTaskIns every 3 s) or takes part in a closed loop of C requests in flight
-/// (--mode closed-loop). With node authentication (the default) every request carries the
-/// reference's public-key and auth-token headers.
+/// PullTaskIns every 3 s), takes part in a closed loop of C requests in flight
+/// (--mode closed-loop), or waits for TaskIns that the generator pushes as a ServerApp through
+/// the ServerAppIo API and measures how long each takes to arrive (--mode dispatch). With node
+/// authentication (the default) every request carries the reference's public-key and
+/// auth-token headers.
 #[derive(Debug, Parser)]
 #[command(name = "flower-loadgen", version)]
 pub struct Args {
@@ -55,7 +63,8 @@ pub struct Args {
     /// Simulated nodes that share one HTTP/2 connection.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub nodes_per_connection: usize,
-    /// cadence: every node idles like a reference SuperNode; closed-loop: C requests in flight.
+    /// cadence: every node idles like a reference SuperNode; closed-loop: C requests in flight;
+    /// dispatch: TaskIns pushed through ServerAppIo, time until their node has them.
     #[arg(long, value_enum, default_value_t = Mode::ClosedLoop)]
     pub mode: Mode,
     /// The RPC a closed loop sends [default: ping].
@@ -75,9 +84,19 @@ pub struct Args {
         allow_negative_numbers = true
     )]
     pub seconds: f64,
-    /// Seconds between a node's PullTaskIns calls in --mode cadence (the reference's 3 s).
+    /// Seconds a node sleeps after an empty PullTaskIns in --mode cadence, and in --mode
+    /// dispatch after an empty one the SuperLink did not hold, or after any empty one with
+    /// --hold 0 (the reference's 3 s).
     #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub pull_interval: Option<f64>,
+    /// --mode dispatch: TaskIns pushed per second, each to one node chosen at random
+    /// [default: 100].
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+    /// --mode dispatch: the hold each PullTaskIns asks for (flwr-hold-ms metadata), in seconds;
+    /// 0 asks for none, as a 1.14 SuperNode [default: 20].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub hold: Option<f64>,
     /// Process id of the SuperLink, to report its CPU time per request and memory from /proc.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -96,9 +115,10 @@ pub struct Args {
     )]
     pub registration_timeout: f64,
     /// --rpc push needs a running run: create one through this ServerAppIo API (plaintext).
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "run_id")]
+    /// --mode dispatch pushes its TaskIns there (and creates its run there unless --run-id).
+    #[arg(long, value_name = "HOST:PORT")]
     pub serverappio_api_address: Option<String>,
-    /// --rpc push: the id of a run that is already running.
+    /// --rpc push or --mode dispatch: the id of a run that is already running.
     #[arg(long, value_name = "ID")]
     pub run_id: Option<u64>,
 }
@@ -110,6 +130,9 @@ pub enum Mode {
     Cadence,
     /// A fixed number of requests in flight, spread round-robin over the nodes.
     ClosedLoop,
+    /// Every node keeps one (held) PullTaskIns outstanding and Pings as a 1.14 SuperNode; the
+    /// generator pushes TaskIns at `--rate` and times each until its node has it.
+    Dispatch,
 }
 
 impl Mode {
@@ -118,6 +141,7 @@ impl Mode {
         match self {
             Self::Cadence => "cadence",
             Self::ClosedLoop => "closed-loop",
+            Self::Dispatch => "dispatch",
         }
     }
 }
@@ -190,6 +214,19 @@ pub enum PushRun {
     Existing(u64),
 }
 
+/// What `--mode dispatch` pushes, and where.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch {
+    /// The ServerAppIo API the TaskIns are pushed through (plaintext).
+    pub serverappio: Address,
+    /// A running run to push into; `None` creates one.
+    pub run_id: Option<u64>,
+    /// TaskIns per second.
+    pub rate: f64,
+    /// The hold each PullTaskIns asks for; `None` asks for none.
+    pub hold: Option<Duration>,
+}
+
 /// A validated load test.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -223,6 +260,8 @@ pub struct Config {
     pub registration_timeout: Duration,
     /// The run PushTaskRes names (`Some` exactly for `--rpc push`).
     pub push_run: Option<PushRun>,
+    /// What to push and how to pull (`Some` exactly for `--mode dispatch`).
+    pub dispatch: Option<Dispatch>,
     /// Only write the generated keys.
     pub generate_only: bool,
 }
@@ -312,14 +351,19 @@ impl Config {
         if let Some(pid) = args.server_pid {
             check_process(pid)?;
         }
+        if args.mode != Mode::Dispatch && (args.rate.is_some() || args.hold.is_some()) {
+            return Err(ConfigError::Combination(
+                "--rate and --hold apply to --mode dispatch".to_owned(),
+            ));
+        }
         let (rpc, concurrency, pull_interval) = match args.mode {
-            Mode::Cadence => {
+            Mode::Cadence | Mode::Dispatch => {
                 if args.rpc.is_some() || args.concurrency.is_some() {
-                    return Err(ConfigError::Combination(
+                    return Err(ConfigError::Combination(format!(
                         "--rpc and --concurrency apply to --mode closed-loop; \
-                         in --mode cadence every node sends Ping and PullTaskIns"
-                            .to_owned(),
-                    ));
+                         in --mode {} every node sends Ping and PullTaskIns",
+                        args.mode
+                    )));
                 }
                 let interval = args.pull_interval.unwrap_or(3.0);
                 (
@@ -331,7 +375,7 @@ impl Config {
             Mode::ClosedLoop => {
                 if args.pull_interval.is_some() {
                     return Err(ConfigError::Combination(
-                        "--pull-interval applies to --mode cadence".to_owned(),
+                        "--pull-interval applies to --mode cadence and --mode dispatch".to_owned(),
                     ));
                 }
                 let concurrency = args.concurrency.unwrap_or(64);
@@ -345,14 +389,59 @@ impl Config {
                 )
             }
         };
-        let push_run = if rpc == Rpc::Push {
-            match (args.serverappio_api_address, args.run_id) {
-                (Some(address), _) => Some(PushRun::Create(address.parse().map_err(
-                    |error: flwr_core::AddressError| {
-                        invalid("--serverappio-api-address", &error.to_string())
-                    },
-                )?)),
-                (None, Some(run_id)) => Some(PushRun::Existing(run_id)),
+        let serverappio = args
+            .serverappio_api_address
+            .map(|address| {
+                address
+                    .parse::<Address>()
+                    .map_err(|error| invalid("--serverappio-api-address", &error.to_string()))
+            })
+            .transpose()?;
+        let (push_run, dispatch) = match (args.mode, rpc) {
+            (Mode::Dispatch, _) => {
+                let Some(serverappio) = serverappio else {
+                    return Err(ConfigError::Combination(
+                        "--mode dispatch pushes TaskIns as a ServerApp: pass \
+                         --serverappio-api-address HOST:PORT"
+                            .to_owned(),
+                    ));
+                };
+                let rate = args.rate.unwrap_or(100.0);
+                if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
+                    return Err(invalid(
+                        "--rate",
+                        &format!(
+                            "must be a number of TaskIns per second above 0 and at most {MAX_RATE}"
+                        ),
+                    ));
+                }
+                let hold = match args.hold {
+                    None => Some(DEFAULT_HOLD),
+                    // Zero is the 1.14 SuperNode: no hold asked for.
+                    Some(0.0) => None,
+                    Some(value) => Some(seconds(
+                        "--hold",
+                        value,
+                        flwr_core::hold::MAX_HOLD.as_secs_f64(),
+                    )?),
+                };
+                let dispatch = Dispatch {
+                    serverappio,
+                    run_id: args.run_id,
+                    rate,
+                    hold,
+                };
+                (None, Some(dispatch))
+            }
+            (_, Rpc::Push) => match (serverappio, args.run_id) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Combination(
+                        "--rpc push takes --serverappio-api-address or --run-id, not both"
+                            .to_owned(),
+                    ))
+                }
+                (Some(address), None) => (Some(PushRun::Create(address)), None),
+                (None, Some(run_id)) => (Some(PushRun::Existing(run_id)), None),
                 (None, None) => {
                     return Err(ConfigError::Combination(
                         "--rpc push needs a running run: pass --serverappio-api-address \
@@ -360,14 +449,17 @@ impl Config {
                             .to_owned(),
                     ))
                 }
+            },
+            _ => {
+                if serverappio.is_some() || args.run_id.is_some() {
+                    return Err(ConfigError::Combination(
+                        "--serverappio-api-address and --run-id apply to --rpc push and \
+                         --mode dispatch"
+                            .to_owned(),
+                    ));
+                }
+                (None, None)
             }
-        } else {
-            if args.serverappio_api_address.is_some() || args.run_id.is_some() {
-                return Err(ConfigError::Combination(
-                    "--serverappio-api-address and --run-id apply to --rpc push".to_owned(),
-                ));
-            }
-            None
         };
         let payload_bytes = match (rpc == Rpc::Push, args.payload_bytes) {
             (true, bytes) => bytes.unwrap_or(0),
@@ -400,6 +492,7 @@ impl Config {
             register_concurrency: args.register_concurrency,
             registration_timeout,
             push_run,
+            dispatch,
             generate_only: args.generate_only,
         })
     }
@@ -528,6 +621,65 @@ mod tests {
         assert!(error.contains("--rpc"), "{error}");
         let config = parse(&["--no-auth", "--mode", "cadence", "--pull-interval", "0.5"]).unwrap();
         assert_eq!(config.pull_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn dispatch_needs_serverappio_and_takes_rate_and_hold() {
+        let error = parse(&["--no-auth", "--mode", "dispatch"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--serverappio-api-address"), "{error}");
+        let config = parse(&[
+            "--no-auth",
+            "--mode",
+            "dispatch",
+            "--serverappio-api-address",
+            "127.0.0.1:9091",
+        ])
+        .unwrap();
+        let dispatch = config.dispatch.unwrap();
+        assert_eq!(dispatch.rate, 100.0);
+        assert_eq!(dispatch.hold, Some(DEFAULT_HOLD));
+        assert_eq!(dispatch.run_id, None);
+        assert_eq!(config.pull_interval, Duration::from_secs(3));
+        assert_eq!(config.push_run, None);
+        let config = parse(&[
+            "--no-auth",
+            "--mode",
+            "dispatch",
+            "--serverappio-api-address",
+            "127.0.0.1:9091",
+            "--run-id",
+            "4",
+            "--rate",
+            "2.5",
+            "--hold",
+            "0",
+        ])
+        .unwrap();
+        let dispatch = config.dispatch.unwrap();
+        assert_eq!((dispatch.rate, dispatch.hold), (2.5, None));
+        assert_eq!(dispatch.run_id, Some(4));
+        for (argv, flag) in [
+            (&["--rate", "0"][..], "--rate"),
+            (&["--hold", "31"][..], "--hold"),
+            (&["--hold", "-1"][..], "--hold"),
+        ] {
+            let mut all = vec![
+                "--no-auth",
+                "--mode",
+                "dispatch",
+                "--serverappio-api-address",
+                "127.0.0.1:9091",
+            ];
+            all.extend_from_slice(argv);
+            let error = parse(&all).unwrap_err().to_string();
+            assert!(error.starts_with(flag), "{argv:?}: {error}");
+        }
+        let error = parse(&["--no-auth", "--rate", "5"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--mode dispatch"), "{error}");
     }
 
     #[test]

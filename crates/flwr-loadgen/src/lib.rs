@@ -5,11 +5,13 @@
 //!
 //! A test has two phases. **Registration**: every node sends CreateNode with its
 //! `public-key` header, a bounded number at a time, over one HTTP/2 connection per
-//! `--nodes-per-connection` nodes. **Measurement**, for a fixed window: either every node idles
-//! as a reference SuperNode (`cadence`) or C requests of one RPC stay in flight
-//! (`closed-loop`). Requests are signed once per node, so the generator spends its time on
-//! gRPC, not on cryptography. Every call has a deadline and the whole test a hard one, so it
-//! ends by itself even if the SuperLink hangs.
+//! `--nodes-per-connection` nodes. **Measurement**, for a fixed window: every node idles as a
+//! reference SuperNode (`cadence`), or C requests of one RPC stay in flight (`closed-loop`), or
+//! every node waits on a held PullTaskIns while the generator, as the ServerApp, pushes TaskIns
+//! through the ServerAppIo API and times each until its node has it (`dispatch`). Requests are
+//! signed once per node, so the generator spends its time on gRPC, not on cryptography. Every
+//! call has a deadline and the whole test a hard one, so it ends by itself even if the
+//! SuperLink hangs.
 //!
 //! # Usage
 //!
@@ -28,6 +30,9 @@
 //! # PushTaskRes of 1 MB arrays (a running run is made through the ServerAppIo API)
 //! flower-loadgen --keys keys --nodes 1000 --root-certificates ca.crt --rpc push \
 //!     --payload-bytes 1000000 --serverappio-api-address 127.0.0.1:9091
+//! # 100 TaskIns per second for 30 s, each to a random node; push → node latency
+//! flower-loadgen --keys keys --nodes 1000 --root-certificates ca.crt --mode dispatch \
+//!     --rate 100 --seconds 30 --serverappio-api-address 127.0.0.1:9091
 //! ```
 //!
 //! `scripts/bench` runs these against our SuperLink and the Python one and prints a table.
@@ -44,7 +49,7 @@
 //! - [`server`]: the SuperLink's CPU time and memory from `/proc`.
 //! - [`report`]: the [`Report`], as JSON or a table.
 //! - [`run`]: the test itself; private modules hold registration, the cadence loops, the
-//!   closed-loop workers and the latency recorder.
+//!   closed-loop workers, the dispatch pusher and pull loops, and the latency recorder.
 
 #![warn(missing_docs)]
 
@@ -52,6 +57,7 @@ mod cadence;
 mod closed_loop;
 pub mod config;
 pub mod connection;
+mod dispatch;
 pub mod keys;
 pub mod limits;
 mod node;
@@ -71,10 +77,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Config, ConfigError, KeySource, Mode, PushRun, Rpc, Tls};
+pub use config::{Args, Config, ConfigError, Dispatch, KeySource, Mode, PushRun, Rpc, Tls};
 pub use report::Report;
 
 use crate::connection::Connections;
+use crate::dispatch::{Pulls, Pusher, Tracker};
 use crate::keys::KeyError;
 use crate::node::SimNode;
 use crate::recorder::{Call, Recorder, Tally};
@@ -105,7 +112,8 @@ pub enum LoadError {
     /// Too many connections for the open-file limit.
     #[error(transparent)]
     Limit(#[from] limits::LimitError),
-    /// The run for PushTaskRes could not be set running.
+    /// The run for PushTaskRes or PushTaskIns could not be set running, or the ServerAppIo API
+    /// is unreachable.
     #[error(transparent)]
     PushRun(#[from] push_run::PushRunError),
     /// A node key and the SuperLink key do not make a secret.
@@ -163,15 +171,30 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         recorder: &recorder,
         probe: probe.as_ref(),
     };
-    let (nodes, measured) = match config.mode {
-        Mode::Cadence => phases.cadence().await,
-        Mode::ClosedLoop => phases.closed_loop(push_template.as_ref()).await?,
+    let (nodes, measured, dispatched) = match (config.mode, &config.dispatch) {
+        (Mode::Dispatch, Some(dispatch)) => {
+            let (nodes, measured, dispatched) = phases.dispatch(dispatch).await?;
+            (nodes, measured, Some(dispatched))
+        }
+        // `Config::from_args` sets `dispatch` exactly for `--mode dispatch`; a hand-built
+        // Config without it gets the same nodes without pushes.
+        (Mode::Cadence, _) | (Mode::Dispatch, None) => {
+            let (nodes, measured) = phases.cadence().await;
+            (nodes, measured, None)
+        }
+        (Mode::ClosedLoop, _) => {
+            let (nodes, measured) = phases.closed_loop(push_template.as_ref()).await?;
+            (nodes, measured, None)
+        }
     };
     let cpu_end = probe.as_ref().and_then(|probe| probe.cpu_micros().ok());
     let memory = probe.as_ref().and_then(|probe| probe.memory().ok());
     let registration = registrar.recorder.total()?;
     let mut calls = recorder.total()?;
-    let run_id = push_template.as_ref().map(|template| template.run_id());
+    let run_id = match &dispatched {
+        Some(dispatched) => Some(dispatched.tracker.run_id()),
+        None => push_template.as_ref().map(|template| template.run_id()),
+    };
     let opened = connections.opened();
     let mut report = report(
         &config,
@@ -187,6 +210,15 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
             report.server_cpu_us_per_req =
                 Some(end.saturating_sub(start) as f64 / report.requests as f64);
         }
+    }
+    if let (Some(dispatched), Some(dispatch)) = (&dispatched, &config.dispatch) {
+        let push_latency = Latency::of(calls.latency(Call::PushTaskIns));
+        report.dispatch = Some(dispatched.tracker.report(
+            dispatch.rate,
+            dispatch.hold,
+            dispatched.grace,
+            push_latency,
+        ));
     }
     if let Some(memory) = memory {
         report.server_rss_mib = Some(memory.rss_kib as f64 / 1024.0);
@@ -298,9 +330,97 @@ impl Phases<'_> {
         Ok((nodes.len(), measured))
     }
 
+    /// Creates (or takes) the running run, registers the nodes, starting each one's Ping and
+    /// held-pull loops at once, then pushes TaskIns for the window and waits up to the grace
+    /// for their delivery; returns the registered nodes' count.
+    async fn dispatch(
+        &self,
+        dispatch: &Dispatch,
+    ) -> Result<(usize, Measured, Dispatched), LoadError> {
+        let config = self.config;
+        let mut serverappio = push_run::connect(&dispatch.serverappio).await?;
+        let run_id = match dispatch.run_id {
+            Some(run_id) => run_id,
+            None => push_run::start_run(&mut serverappio, "flwr-loadgen/dispatch").await?,
+        };
+        let tracker = Arc::new(Tracker::new(run_id)?);
+        let grace = dispatch::grace(config.pull_interval);
+        let shared = cadence::Shared {
+            window: Arc::default(),
+            recorder: Arc::clone(self.recorder),
+            stop: CancellationToken::new(),
+            pull_interval: config.pull_interval,
+            call_timeout: CALL_TIMEOUT,
+        };
+        let hold = dispatch
+            .hold
+            .map(|hold| {
+                tonic::metadata::MetadataValue::try_from(flwr_core::hold::format_millis(hold))
+                    .map_err(SignError::from)
+            })
+            .transpose()?;
+        let pulls = Pulls {
+            cadence: shared.clone(),
+            hold,
+            // The SuperLink answers an empty held pull at the bound; the deadline leaves a
+            // call's own time on top.
+            deadline: dispatch.hold.unwrap_or_default() + CALL_TIMEOUT,
+            tracker: Arc::clone(&tracker),
+        };
+        let mut tasks = JoinSet::new();
+        let registration_started = Instant::now();
+        let nodes = self
+            .registrar
+            .register_all(
+                config.nodes,
+                config.register_concurrency,
+                registration_started + config.registration_timeout,
+                |node| {
+                    let node = Arc::new(node.clone());
+                    tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
+                    tasks.spawn(dispatch::pull_loop(node, pulls.clone()));
+                },
+            )
+            .await;
+        let registration = registration_started.elapsed();
+        let pusher = Pusher {
+            client: serverappio,
+            node_ids: nodes.iter().map(|node| node.node_id).collect(),
+            tracker: Arc::clone(&tracker),
+            recorder: Arc::clone(self.recorder),
+            rate: dispatch.rate,
+            ttl: dispatch::ttl(config.window, grace),
+        };
+        let cpu_start = self.cpu_micros();
+        let start = Instant::now();
+        let end = start + config.window;
+        shared.window.open(start, end);
+        let mut pushing = JoinSet::new();
+        pushing.spawn(pusher.run(start, end, end + CALL_TIMEOUT + DRAIN_GRACE));
+        let mut hard_stopped = drain(&mut pushing, end + CALL_TIMEOUT + 2 * DRAIN_GRACE).await;
+        tracker.settle(Instant::now() + grace).await;
+        shared.stop.cancel();
+        // Pull loops end at once; a Ping in flight keeps its own 5 s deadline.
+        hard_stopped |= drain(&mut tasks, Instant::now() + CALL_TIMEOUT + DRAIN_GRACE).await;
+        let measured = Measured {
+            registration,
+            window: config.window,
+            cpu_start,
+            hard_stopped,
+        };
+        Ok((nodes.len(), measured, Dispatched { tracker, grace }))
+    }
+
     fn cpu_micros(&self) -> Option<u64> {
         self.probe.and_then(|probe| probe.cpu_micros().ok())
     }
+}
+
+/// What a dispatch test leaves for its report.
+#[derive(Debug)]
+struct Dispatched {
+    tracker: Arc<Tracker>,
+    grace: Duration,
 }
 
 /// Timings of the two phases.
@@ -400,7 +520,7 @@ fn report(
         }
     };
     let sent: Vec<Call> = match config.mode {
-        Mode::Cadence => vec![Call::Ping, Call::PullTaskIns],
+        Mode::Cadence | Mode::Dispatch => vec![Call::Ping, Call::PullTaskIns],
         Mode::ClosedLoop => vec![config.rpc.into()],
     };
     let by_rpc: BTreeMap<String, RpcReport> = sent
@@ -410,6 +530,7 @@ fn report(
             let name = match call {
                 Call::PullTaskIns => "pull",
                 Call::PushTaskRes => "push",
+                Call::PushTaskIns => "push_task_ins",
                 Call::Ping | Call::CreateNode => "ping",
             };
             (
@@ -437,7 +558,7 @@ fn report(
     Report {
         mode: config.mode.as_str().to_owned(),
         rpc: match config.mode {
-            Mode::Cadence => "ping+pull".to_owned(),
+            Mode::Cadence | Mode::Dispatch => "ping+pull".to_owned(),
             Mode::ClosedLoop => config.rpc.as_str().to_owned(),
         },
         superlink: config.superlink.to_string(),
@@ -472,5 +593,6 @@ fn report(
         server_rss_mib: None,
         server_rss_peak_mib: None,
         hard_stopped: measured.hard_stopped,
+        dispatch: None,
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flwr_proto::fleet_client::FleetClient;
-use flwr_proto::{PingRequest, PullTaskInsRequest};
+use flwr_proto::{PingRequest, PullTaskInsRequest, TaskIns};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -27,6 +27,16 @@ pub(crate) struct SimNode {
     pull: Signed<PullTaskInsRequest>,
     /// Set by [`SimNode::sign_push`] before a closed loop of PushTaskRes.
     push: Option<Push>,
+}
+
+/// A PullTaskIns answer in dispatch mode.
+#[derive(Debug)]
+pub(crate) struct Pulled {
+    /// The TaskIns it carried (at most one from a 1.14 SuperLink).
+    pub(crate) task_ins_list: Vec<TaskIns>,
+    /// Whether the reply carried [`flwr_core::hold::REPLY_HEADER`]: the SuperLink held the
+    /// pull, so an empty answer means nothing arrived and the node may pull again at once.
+    pub(crate) held: bool,
 }
 
 /// A node's PushTaskRes: the shared template and the node's token over its body.
@@ -77,6 +87,39 @@ impl SimNode {
         token: Option<MetadataValue<Ascii>>,
     ) {
         self.push = Some(Push { template, token });
+    }
+
+    /// Sends one PullTaskIns asking for `hold` (the [`flwr_core::hold::REQUEST_HEADER`] value,
+    /// none without), failing with `DEADLINE_EXCEEDED` after `deadline`; a failure is the
+    /// [`Outcome`] to record.
+    pub(crate) async fn pull_held(
+        &self,
+        hold: Option<&MetadataValue<Ascii>>,
+        deadline: Duration,
+    ) -> Result<Pulled, Outcome> {
+        let mut request = self.pull.request();
+        if let Some(value) = hold {
+            request
+                .metadata_mut()
+                .insert(flwr_core::hold::REQUEST_HEADER, value.clone());
+        }
+        let mut client = self.client.clone();
+        match tokio::time::timeout(deadline, client.pull_task_ins(request)).await {
+            Ok(Ok(response)) => {
+                let held = response
+                    .metadata()
+                    .contains_key(flwr_core::hold::REPLY_HEADER);
+                Ok(Pulled {
+                    task_ins_list: response.into_inner().task_ins_list,
+                    held,
+                })
+            }
+            Ok(Err(status)) => Err(Outcome::Failed(status.code(), status.message().to_owned())),
+            Err(_) => Err(Outcome::Failed(
+                Code::DeadlineExceeded,
+                format!("no answer within {deadline:?}"),
+            )),
+        }
     }
 
     /// Sends one `rpc`, failing with `DEADLINE_EXCEEDED` after `deadline`.

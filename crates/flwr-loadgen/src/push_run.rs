@@ -1,12 +1,12 @@
-//! A running run for PushTaskRes: the SuperLink refuses a TaskRes of a run that is not running
-//! (`PERMISSION_DENIED`, or `UNKNOWN` for an unknown run), so a push test first creates one
-//! through the ServerAppIo API and moves it through `starting` to `running`, which is what
-//! `flwr-serverapp` would do for a real run.
+//! A running run for PushTaskRes and PushTaskIns: the SuperLink refuses a TaskRes (or TaskIns)
+//! of a run that is not running (`PERMISSION_DENIED`, or `UNKNOWN` for an unknown run), so a
+//! push or dispatch test first creates one through the ServerAppIo API and moves it through
+//! `starting` to `running`, which is what `flwr-serverapp` would do for a real run.
 
 use flwr_core::Address;
 use flwr_proto::server_app_io_client::ServerAppIoClient;
 use flwr_proto::{CreateRunRequest, GetRunStatusRequest, RunStatus, UpdateRunStatusRequest};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::connection::CONNECT_TIMEOUT;
 
@@ -50,6 +50,17 @@ pub enum PushRunError {
 ///
 /// [`PushRunError`] naming the step that failed.
 pub async fn create_running_run(address: &Address) -> Result<u64, PushRunError> {
+    let mut client = connect(address).await?;
+    start_run(&mut client, "flwr-loadgen/push").await
+}
+
+/// A client of the plaintext ServerAppIo API at `address`, every call bounded by
+/// [`crate::CALL_TIMEOUT`].
+///
+/// # Errors
+///
+/// [`PushRunError::Connect`] when the API is unreachable.
+pub async fn connect(address: &Address) -> Result<ServerAppIoClient<Channel>, PushRunError> {
     let text = address.to_string();
     let connect = |source| PushRunError::Connect {
         address: text.clone(),
@@ -63,7 +74,20 @@ pub async fn create_running_run(address: &Address) -> Result<u64, PushRunError> 
         .connect()
         .await
         .map_err(connect)?;
-    let mut client = ServerAppIoClient::new(channel);
+    Ok(ServerAppIoClient::new(channel)
+        .max_decoding_message_size(flwr_proto::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(flwr_proto::MAX_MESSAGE_SIZE))
+}
+
+/// Creates a run of FAB `fab_id` through `client` and sets it running; returns its id.
+///
+/// # Errors
+///
+/// [`PushRunError`] naming the step that failed.
+pub async fn start_run(
+    client: &mut ServerAppIoClient<Channel>,
+    fab_id: &str,
+) -> Result<u64, PushRunError> {
     let failed = |call| {
         move |status: tonic::Status| PushRunError::Call {
             call,
@@ -73,7 +97,7 @@ pub async fn create_running_run(address: &Address) -> Result<u64, PushRunError> 
     };
     let run_id = client
         .create_run(CreateRunRequest {
-            fab_id: "flwr-loadgen/push".to_owned(),
+            fab_id: fab_id.to_owned(),
             fab_version: "1.0.0".to_owned(),
             ..CreateRunRequest::default()
         })

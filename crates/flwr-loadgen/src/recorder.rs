@@ -19,7 +19,8 @@ const SHARDS: usize = 32;
 /// Largest latency recorded exactly, in microseconds; longer ones count as this.
 const MAX_MICROS: u64 = 60_000_000;
 
-/// A Fleet RPC as recorded: the measured [`Rpc`]s and registration's CreateNode.
+/// An RPC as recorded: the measured Fleet [`Rpc`]s, registration's CreateNode and the
+/// ServerAppIo PushTaskIns of `--mode dispatch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Call {
     /// `CreateNode`, during registration.
@@ -28,6 +29,9 @@ pub(crate) enum Call {
     Ping,
     /// `PullTaskIns`.
     PullTaskIns,
+    /// ServerAppIo `PushTaskIns` (dispatch mode; not a Fleet call, so not in
+    /// [`Tally::measured_latencies`]).
+    PushTaskIns,
     /// `PushTaskRes`.
     PushTaskRes,
 }
@@ -39,6 +43,7 @@ impl Call {
             Self::CreateNode => "CreateNode",
             Self::Ping => "Ping",
             Self::PullTaskIns => "PullTaskIns",
+            Self::PushTaskIns => "PushTaskIns",
             Self::PushTaskRes => "PushTaskRes",
         }
     }
@@ -49,6 +54,7 @@ impl Call {
             Self::Ping => 1,
             Self::PullTaskIns => 2,
             Self::PushTaskRes => 3,
+            Self::PushTaskIns => 4,
         }
     }
 }
@@ -84,7 +90,7 @@ pub(crate) enum Outcome {
 #[derive(Clone, Debug)]
 pub(crate) struct Tally {
     /// Latency of answered calls, per [`Call`].
-    latency: [Histogram<u64>; 4],
+    latency: [Histogram<u64>; 5],
     /// Failed calls by gRPC code name.
     pub(crate) errors: BTreeMap<&'static str, u64>,
     /// The first failure, for the report.
@@ -102,7 +108,13 @@ impl Tally {
     pub(crate) fn new() -> Result<Self, hdrhistogram::CreationError> {
         let histogram = || Histogram::new_with_bounds(1, MAX_MICROS, 3);
         Ok(Self {
-            latency: [histogram()?, histogram()?, histogram()?, histogram()?],
+            latency: [
+                histogram()?,
+                histogram()?,
+                histogram()?,
+                histogram()?,
+                histogram()?,
+            ],
             errors: BTreeMap::new(),
             first_error: None,
             ping_unsuccessful: 0,

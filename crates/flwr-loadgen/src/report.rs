@@ -47,6 +47,40 @@ pub struct RpcReport {
     pub latency: Latency,
 }
 
+/// What `--mode dispatch` measured: TaskIns pushed through the ServerAppIo API and how long
+/// each took to reach its node. Field names are the JSON keys (under `dispatch`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DispatchReport {
+    /// The run the TaskIns belong to.
+    pub run_id: u64,
+    /// TaskIns per second asked for (`--rate`).
+    pub rate: f64,
+    /// The hold each PullTaskIns asked for, in ms (0: none asked).
+    pub hold_ms: u64,
+    /// TaskIns the SuperLink stored (PushTaskIns answered with a task id).
+    pub pushed: u64,
+    /// PushTaskIns calls that failed or stored nothing (their codes are in `errors`).
+    pub push_failed: u64,
+    /// Pushed TaskIns that reached their node.
+    pub delivered: u64,
+    /// Pushed TaskIns that had not reached their node by the end of the window plus
+    /// `grace_s`.
+    pub not_delivered: u64,
+    /// TaskIns received that this test did not push, or received twice.
+    pub unexpected: u64,
+    /// Seconds after the last push was answered during which deliveries still counted.
+    pub grace_s: f64,
+    /// PullTaskIns answers.
+    pub pull_replies: u64,
+    /// PullTaskIns answers marked held (`flwr-held-ms`): 0 from a SuperLink that does not hold.
+    pub held_replies: u64,
+    /// Dispatch latency: PushTaskIns sent → the PullTaskIns answer carrying it received.
+    #[serde(flatten)]
+    pub latency: Latency,
+    /// Latency of the ServerAppIo PushTaskIns calls.
+    pub push_latency: Latency,
+}
+
 /// What one test measured. Field names are the JSON keys.
 ///
 /// `requests` counts calls sent in the measurement window and answered without a gRPC error;
@@ -54,9 +88,9 @@ pub struct RpcReport {
 /// CreateNode failures included, which `registration_errors` also lists on their own.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
-    /// `cadence` or `closed-loop`.
+    /// `cadence`, `closed-loop` or `dispatch`.
     pub mode: String,
-    /// `ping`, `pull` or `push`; `ping+pull` in cadence mode.
+    /// `ping`, `pull` or `push`; `ping+pull` in cadence and dispatch mode.
     pub rpc: String,
     /// The Fleet API address.
     pub superlink: String,
@@ -120,6 +154,9 @@ pub struct Report {
     pub server_rss_peak_mib: Option<f64>,
     /// Whether calls still running at the hard deadline were abandoned.
     pub hard_stopped: bool,
+    /// Pushes and deliveries in `--mode dispatch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<DispatchReport>,
 }
 
 impl Report {
@@ -167,6 +204,16 @@ impl fmt::Display for Report {
         )?;
         let load = if self.mode == "cadence" {
             format!("{:.2} s, reference SuperNode cadence", self.seconds)
+        } else if let Some(dispatch) = &self.dispatch {
+            let hold = if dispatch.hold_ms == 0 {
+                "pulls ask no hold".to_owned()
+            } else {
+                format!("pulls ask a {:.1} s hold", dispatch.hold_ms as f64 / 1000.0)
+            };
+            format!(
+                "{:.2} s, TaskIns pushed at {} /s through ServerAppIo, {hold}",
+                self.seconds, dispatch.rate
+            )
         } else if self.rpc == "push" {
             format!(
                 "{:.2} s, {} in flight, {} payload bytes",
@@ -203,6 +250,47 @@ impl fmt::Display for Report {
                     ),
                 )?;
             }
+        }
+        if let Some(dispatch) = &self.dispatch {
+            row(
+                f,
+                "dispatch",
+                format!(
+                    "{} pushed ({} failed), {} delivered, {} not delivered within {:.1} s, \
+                     {} unexpected",
+                    dispatch.pushed,
+                    dispatch.push_failed,
+                    dispatch.delivered,
+                    dispatch.not_delivered,
+                    dispatch.grace_s,
+                    dispatch.unexpected
+                ),
+            )?;
+            let latency = &dispatch.latency;
+            row(
+                f,
+                "  latency",
+                format!(
+                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms (push → node has it)",
+                    latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms
+                ),
+            )?;
+            row(
+                f,
+                "  push",
+                format!(
+                    "PushTaskIns p50 {:.3} ms p99 {:.3} ms",
+                    dispatch.push_latency.p50_ms, dispatch.push_latency.p99_ms
+                ),
+            )?;
+            row(
+                f,
+                "  held pulls",
+                format!(
+                    "{} of {} PullTaskIns answers",
+                    dispatch.held_replies, dispatch.pull_replies
+                ),
+            )?;
         }
         let errors = if self.errors.is_empty() {
             "0".to_owned()

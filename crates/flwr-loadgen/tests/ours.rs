@@ -1,5 +1,6 @@
 //! `flower-loadgen` against our SuperLink (in-process, TLS): authenticated closed loops of every
-//! RPC, the cadence mode, a SuperLink without node authentication, and refused keys.
+//! RPC, the cadence and dispatch modes, a SuperLink without node authentication, and refused
+//! keys.
 
 mod common;
 
@@ -134,6 +135,64 @@ async fn cadence_pings_and_pulls_like_the_reference_supernode() {
         "{cadence}"
     );
     assert!(cadence["by_rpc"]["ping"].is_object(), "{cadence}");
+    superlink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_delivers_every_pushed_task_ins_to_held_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let keys = dir.path().join("keys");
+    generate_keys(&keys, 5);
+    let flags = auth_flags(&keys, &keys.join("client_public_keys.csv"));
+    let superlink = OurSuperLink::start(dir.path(), &certs, &flags).await;
+    let output = loadgen_async(args(&[
+        "--superlink",
+        &superlink.fleet,
+        "--root-certificates",
+        certs.ca.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+        "--nodes",
+        "5",
+        "--mode",
+        "dispatch",
+        "--rate",
+        "20",
+        "--seconds",
+        "2",
+        "--serverappio-api-address",
+        &superlink.serverappio,
+        "--json",
+    ]))
+    .await;
+    let measured = report(&output);
+    assert_report_fields(&measured);
+    assert_eq!(measured["mode"], "dispatch");
+    assert_eq!(measured["rpc"], "ping+pull");
+    assert_eq!(measured["nodes_connected"], 5);
+    assert_eq!(measured["errors_total"], 0, "{measured}");
+    let dispatch = &measured["dispatch"];
+    let pushed = dispatch["pushed"].as_u64().unwrap();
+    assert!(pushed > 0, "{measured}");
+    assert_eq!(dispatch["delivered"].as_u64(), Some(pushed), "{measured}");
+    assert_eq!(dispatch["not_delivered"], 0, "{measured}");
+    assert_eq!(dispatch["push_failed"], 0, "{measured}");
+    assert_eq!(dispatch["unexpected"], 0, "{measured}");
+    assert_eq!(dispatch["hold_ms"], 20_000, "{measured}");
+    // Our SuperLink holds, and says so on every answer.
+    assert!(dispatch["held_replies"].as_u64().unwrap() > 0, "{measured}");
+    assert_eq!(dispatch["run_id"], measured["run_id"], "{measured}");
+    for field in ["p50_ms", "p90_ms", "p99_ms", "max_ms"] {
+        assert!(
+            dispatch[field].as_f64().is_some(),
+            "no {field} in {measured}"
+        );
+        assert!(
+            dispatch["push_latency"][field].as_f64().is_some(),
+            "no push_latency.{field} in {measured}"
+        );
+    }
     superlink.stop().await;
 }
 

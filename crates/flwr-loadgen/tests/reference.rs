@@ -146,7 +146,7 @@ fn the_reference_superlink_accepts_every_signed_request() {
         "--payload-bytes".to_owned(),
         "5000".to_owned(),
         "--serverappio-api-address".to_owned(),
-        serverappio_address,
+        serverappio_address.clone(),
     ]);
     let measured = report(&run(&push));
     assert_eq!(measured["errors_total"], 0, "{measured}");
@@ -157,6 +157,41 @@ fn the_reference_superlink_accepts_every_signed_request() {
         Some(requests),
         "{measured}"
     );
+
+    // Dispatch: the reference accepts our TaskIns and does not hold, so nodes poll (here every
+    // 0.3 s instead of 3 s) and every TaskIns still arrives.
+    let dispatch: Vec<String> = [
+        "--superlink",
+        fleet_address.as_str(),
+        "--root-certificates",
+        certs.ca.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+        "--nodes",
+        "4",
+        "--mode",
+        "dispatch",
+        "--rate",
+        "10",
+        "--seconds",
+        "1.5",
+        "--pull-interval",
+        "0.3",
+        "--serverappio-api-address",
+        serverappio_address.as_str(),
+        "--json",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    let measured = report(&run(&dispatch));
+    assert_eq!(measured["errors_total"], 0, "{measured}");
+    let dispatch = &measured["dispatch"];
+    let pushed = dispatch["pushed"].as_u64().unwrap();
+    assert!(pushed > 0, "{measured}");
+    assert_eq!(dispatch["delivered"].as_u64(), Some(pushed), "{measured}");
+    assert_eq!(dispatch["held_replies"], 0, "{measured}");
+    assert!(dispatch["p99_ms"].as_f64().is_some(), "{measured}");
     drop_superlink(superlink, dir.path());
 }
 
