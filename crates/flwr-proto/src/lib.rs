@@ -8,7 +8,8 @@
 //!   [`fleet_client::FleetClient`], [`fleet_server::FleetServer`]);
 //! - [`canonical`]: the reference's *deterministic* serialization (protobuf upb backend), which
 //!   differs from prost's encoding in map entry layout and order;
-//! - [`MAX_MESSAGE_SIZE`]: the message size limit every Flower server and channel uses.
+//! - [`MAX_MESSAGE_SIZE`]: the message size limit every Flower server and channel uses, and the
+//!   bounds of [`MESSAGE_SIZE_FLAG`] that raises or lowers it.
 
 #![warn(missing_docs)]
 
@@ -23,8 +24,41 @@ mod generated {
 
 pub use generated::*;
 
-/// 512 MiB: the send and receive limit on every gRPC server and channel of the reference.
+/// 512 MiB: the send and receive limit on every gRPC server and channel of the reference, and
+/// the default of [`MESSAGE_SIZE_FLAG`].
 pub const MAX_MESSAGE_SIZE: usize = 536_870_912;
+
+/// The flag of `flower-superlink` and `flower-supernode` that sets their message-size limit
+/// (named after Flower's `grpc_max_message_length` parameter).
+pub const MESSAGE_SIZE_FLAG: &str = "--grpc-max-message-length";
+
+/// The environment variable through which a SuperLink or SuperNode tells the apps it launches
+/// its [`MESSAGE_SIZE_FLAG`] when that is not the reference's 512 MiB (our Rust app runners
+/// read it; Python's `flwr-serverapp` and `flwr-clientapp` keep 512 MiB).
+pub const MESSAGE_SIZE_ENV: &str = "FLWR_GRPC_MAX_MESSAGE_LENGTH";
+
+/// The smallest limit [`MESSAGE_SIZE_FLAG`] accepts: gRPC's own default, below which FABs and
+/// models of ordinary apps no longer fit.
+pub const MIN_MESSAGE_SIZE: usize = 4 << 20;
+
+/// The largest limit [`MESSAGE_SIZE_FLAG`] accepts, 2 GiB − 1: protobuf messages cannot be
+/// larger.
+pub const MAX_MESSAGE_SIZE_CEILING: usize = (1 << 31) - 1;
+
+/// A status for a message over a size limit as gRPC reports it, with a hint at the flag.
+///
+/// tonic refuses a message over its limit with `OUT_OF_RANGE` ("… message length too large …"),
+/// where gRPC, and so the reference, says `RESOURCE_EXHAUSTED`. Such a status comes back with
+/// the reference's code and [`MESSAGE_SIZE_FLAG`] named; any other status is returned as is.
+pub fn size_limit_status(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("length too large") {
+        return tonic::Status::resource_exhausted(format!(
+            "{} (raise the limit on both sides with {MESSAGE_SIZE_FLAG})",
+            status.message()
+        ));
+    }
+    status
+}
 
 /// The compiled descriptor set of every `.proto` file, as encoded `FileDescriptorSet` bytes.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -147,6 +147,20 @@ pub struct Cli {
     /// with port.
     #[arg(long, value_name = "CLIENTAPPIO_API_ADDRESS", default_value = DEFAULT_CLIENTAPPIO)]
     pub clientappio_api_address: String,
+
+    /// Largest gRPC message, in bytes, exchanged with the SuperLink and the ClientApp (the
+    /// reference's fixed 512 MiB by default; at most 2 GiB − 1; the SuperLink needs the same
+    /// limit). Passed on to launched ClientApps as `FLWR_GRPC_MAX_MESSAGE_LENGTH`, which the
+    /// Rust ClientApp runner reads. (Not a Flower 1.14 flag.)
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = flwr_proto::MAX_MESSAGE_SIZE as u64,
+        value_parser = clap::value_parser!(u64).range(
+            flwr_proto::MIN_MESSAGE_SIZE as u64..=flwr_proto::MAX_MESSAGE_SIZE_CEILING as u64
+        )
+    )]
+    pub grpc_max_message_length: u64,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -193,6 +207,8 @@ pub struct Config {
     pub auth: Option<AuthKeys>,
     /// The `flwr-clientapp` program (name looked up on `PATH`, or a path).
     pub clientapp_program: PathBuf,
+    /// `--grpc-max-message-length`: the largest message received or sent, in bytes.
+    pub max_message_size: usize,
 }
 
 /// A command line that cannot be run. Every message names the flag at fault.
@@ -335,6 +351,9 @@ impl Cli {
             flwr_dir: self.flwr_dir,
             auth,
             clientapp_program: PathBuf::from(crate::launcher::CLIENTAPP_PROGRAM),
+            // The parser bounded it to 2 GiB − 1, which fits any usize of a 64-bit target.
+            max_message_size: usize::try_from(self.grpc_max_message_length)
+                .unwrap_or(flwr_proto::MAX_MESSAGE_SIZE_CEILING),
         })
     }
 }

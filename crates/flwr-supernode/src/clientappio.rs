@@ -507,7 +507,8 @@ impl ClientAppIo for ClientAppIoService {
 /// Connections the ClientAppIo port holds at once: its clients are this SuperNode's ClientApps.
 const MAX_CONNECTIONS: usize = 1024;
 
-/// Serves ClientAppIo on `listener` (plaintext, the reference's server options) until `stop`
+/// Serves ClientAppIo on `listener` (plaintext, the reference's server options, messages up to
+/// `max_message_size` bytes) until `stop`
 /// is cancelled, through the bounded accept loop of [`flwr_runtime::listener`] (accept errors
 /// retried, silent and excess connections closed).
 ///
@@ -517,6 +518,7 @@ const MAX_CONNECTIONS: usize = 1024;
 pub async fn serve(
     listener: TcpListener,
     exchange: Arc<Exchange>,
+    max_message_size: usize,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let settings = ListenerSettings {
@@ -527,8 +529,8 @@ pub async fn serve(
     };
     let connections = listener::incoming(listener, settings, stop.child_token());
     let service = ClientAppIoServer::new(ClientAppIoService::new(exchange, stop.clone()))
-        .max_decoding_message_size(flwr_proto::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(flwr_proto::MAX_MESSAGE_SIZE);
+        .max_decoding_message_size(max_message_size)
+        .max_encoding_message_size(max_message_size);
     tonic::transport::Server::builder()
         .max_concurrent_streams(1000)
         .concurrency_limit_per_connection(1000)

@@ -293,6 +293,17 @@ impl Fleet {
         }
     }
 
+    /// The same client with another message-size limit (`--grpc-max-message-length`) than the
+    /// reference's 512 MiB, for what it sends and what it receives.
+    #[must_use]
+    pub fn with_max_message_size(self, limit: usize) -> Self {
+        let client = self
+            .client
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        Self { client, ..self }
+    }
+
     /// The same client with other per-call deadlines.
     pub fn with_deadlines(self, deadlines: Deadlines) -> Self {
         Self { deadlines, ..self }
@@ -615,6 +626,7 @@ impl Fleet {
 /// refused, reset, TLS handshake, stream closed mid-call) to `UNAVAILABLE`, as gRPC-core does
 /// for the reference. A status sent by the server has no error source and is kept as is.
 fn normalize(status: Status) -> Status {
+    let status = flwr_proto::size_limit_status(status);
     let from_transport = std::error::Error::source(&status).is_some();
     match status.code() {
         Code::Unknown | Code::Internal | Code::Cancelled if from_transport => {

@@ -148,6 +148,8 @@ pub struct Launcher {
     program: PathBuf,
     io_address: Address,
     flwr_dir: Option<PathBuf>,
+    /// A message-size limit other than the reference's, passed on to the app.
+    max_message_size: Option<usize>,
 }
 
 impl Launcher {
@@ -163,7 +165,15 @@ impl Launcher {
             program: program.into(),
             io_address: bind_address.for_local_client(),
             flwr_dir,
+            max_message_size: None,
         }
+    }
+
+    /// Tells launched apps about a message-size limit other than the reference's 512 MiB.
+    #[must_use]
+    pub fn with_max_message_size(mut self, limit: usize) -> Self {
+        self.max_message_size = (limit != flwr_proto::MAX_MESSAGE_SIZE).then_some(limit);
+        self
     }
 
     /// The command line for `token`: the reference's exactly, plus `--flwr-dir` when configured.
@@ -204,6 +214,9 @@ impl Launcher {
         let args: Vec<OsString> = line.iter().skip(1).map(OsString::from).collect();
         let mut command = Command::new(&self.program);
         command.args(&args).kill_on_drop(true);
+        if let Some(limit) = self.max_message_size {
+            command.env(flwr_proto::MESSAGE_SIZE_ENV, limit.to_string());
+        }
         tie_to_parent(command.as_std_mut());
         let child = command.spawn().map_err(|source| LaunchError::Spawn {
             program: self.program.to_string_lossy().into_owned(),

@@ -151,7 +151,12 @@ pub async fn run_with_signer(
     let io_stop = CancellationToken::new();
     let mut io_server = spawn(
         "clientappio",
-        clientappio::serve(listener, Arc::clone(&exchange), io_stop.clone()),
+        clientappio::serve(
+            listener,
+            Arc::clone(&exchange),
+            config.max_message_size,
+            io_stop.clone(),
+        ),
     );
     tracing::info!(
         "ClientAppIo API listening on {} (isolation: {:?})",
@@ -166,13 +171,15 @@ pub async fn run_with_signer(
         signer,
         config.retry,
         cancel.clone(),
-    )?;
+    )?
+    .with_max_message_size(config.max_message_size);
     let (beats_tx, beats_rx) = mpsc::channel(4);
     let launcher = Launcher::new(
         config.clientapp_program.clone(),
         &config.clientappio_address,
         config.flwr_dir.clone(),
-    );
+    )
+    .with_max_message_size(config.max_message_size);
     let warm = warm_clientapp.then(|| {
         WarmApp::start(
             launcher.clone(),

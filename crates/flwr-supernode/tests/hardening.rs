@@ -314,6 +314,7 @@ async fn a_stopped_run_is_fetched_again_rather_than_cached_forever() {
         flwr_dir: Some(home.path().to_path_buf()),
         auth: None,
         clientapp_program: program,
+        max_message_size: flwr_proto::MAX_MESSAGE_SIZE,
     };
     let stop = CancellationToken::new();
     let stopped = stop.clone();

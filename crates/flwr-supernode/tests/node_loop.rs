@@ -289,6 +289,7 @@ async fn start_with(
     isolation: Isolation,
     clientapp_lifetime: ClientAppLifetime,
     clientapp_program: std::path::PathBuf,
+    max_message_size: flwr_proto::MAX_MESSAGE_SIZE,
 ) -> Harness {
     let fleet = MockFleet(Arc::new(Mutex::new(script)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

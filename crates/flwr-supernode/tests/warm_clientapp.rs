@@ -265,6 +265,7 @@ async fn start(dir: &Path, lifetime: ClientAppLifetime, queue: Vec<TaskIns>) -> 
         flwr_dir: Some(dir.join("home")),
         auth: None,
         clientapp_program: fake_clientapp_script(dir),
+        max_message_size: flwr_proto::MAX_MESSAGE_SIZE,
     };
     let (tx, rx) = oneshot::channel::<()>();
     #[allow(clippy::disallowed_methods)] // test scaffolding, awaited by the test

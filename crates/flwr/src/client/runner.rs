@@ -48,6 +48,18 @@ pub struct ClientAppArgs {
     /// Accepted for compatibility and ignored: a Rust app installs nothing.
     #[arg(long)]
     pub flwr_dir: Option<std::path::PathBuf>,
+    /// Largest message in bytes; a SuperNode started with `--grpc-max-message-length` passes
+    /// its limit in the environment. (Not a Flower 1.14 flag.)
+    #[arg(
+        long,
+        hide = true,
+        env = proto::MESSAGE_SIZE_ENV,
+        default_value_t = proto::MAX_MESSAGE_SIZE as u64,
+        value_parser = clap::value_parser!(u64).range(
+            proto::MIN_MESSAGE_SIZE as u64..=proto::MAX_MESSAGE_SIZE_CEILING as u64
+        )
+    )]
+    pub grpc_max_message_length: u64,
 }
 
 impl ClientAppArgs {
@@ -55,6 +67,8 @@ impl ClientAppArgs {
     pub fn options(&self) -> ClientAppOptions {
         ClientAppOptions {
             token: self.token,
+            max_message_size: usize::try_from(self.grpc_max_message_length)
+                .unwrap_or(proto::MAX_MESSAGE_SIZE_CEILING),
             ..ClientAppOptions::new(&self.clientappio_api_address)
         }
     }
@@ -73,6 +87,8 @@ pub struct ClientAppOptions {
     pub retry: RetryPolicy,
     /// Stop after this many messages even without a token (`None`: forever, as the reference).
     pub max_messages: Option<usize>,
+    /// Largest message received or sent, in bytes (512 MiB, as the reference).
+    pub max_message_size: usize,
 }
 
 impl ClientAppOptions {
@@ -84,6 +100,7 @@ impl ClientAppOptions {
             token_poll_interval: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             max_messages: None,
+            max_message_size: proto::MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -148,8 +165,8 @@ impl ClientAppOptions {
         loader: &mut L,
     ) -> Result<(), RunnerError> {
         let client = ClientAppIoClient::new(transport::channel(&self.address)?)
-            .max_decoding_message_size(proto::MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(proto::MAX_MESSAGE_SIZE);
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size);
         let io = AppIo {
             client,
             retry: self.retry,

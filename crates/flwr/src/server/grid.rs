@@ -106,6 +106,16 @@ impl Grid {
         })
     }
 
+    /// Sends and receives messages up to `limit` bytes instead of the reference's 512 MiB.
+    #[must_use]
+    pub fn with_max_message_size(mut self, limit: usize) -> Self {
+        self.client = self
+            .client
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        self
+    }
+
     /// Uses `interval` between `PullTaskRes` polls instead of the reference's 3 s.
     #[must_use]
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {

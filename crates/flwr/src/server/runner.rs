@@ -40,6 +40,18 @@ pub struct ServerAppArgs {
     /// Accepted for compatibility and ignored: a Rust app installs nothing.
     #[arg(long)]
     pub flwr_dir: Option<std::path::PathBuf>,
+    /// Largest message in bytes; a SuperLink started with `--grpc-max-message-length` passes
+    /// its limit in the environment. (Not a Flower 1.14 flag.)
+    #[arg(
+        long,
+        hide = true,
+        env = flwr_proto::MESSAGE_SIZE_ENV,
+        default_value_t = flwr_proto::MAX_MESSAGE_SIZE as u64,
+        value_parser = clap::value_parser!(u64).range(
+            flwr_proto::MIN_MESSAGE_SIZE as u64..=flwr_proto::MAX_MESSAGE_SIZE_CEILING as u64
+        )
+    )]
+    pub grpc_max_message_length: u64,
 }
 
 impl ServerAppArgs {
@@ -47,6 +59,8 @@ impl ServerAppArgs {
     pub fn options(&self) -> ServerAppOptions {
         ServerAppOptions {
             run_once: self.run_once,
+            max_message_size: usize::try_from(self.grpc_max_message_length)
+                .unwrap_or(flwr_proto::MAX_MESSAGE_SIZE_CEILING),
             ..ServerAppOptions::new(&self.serverappio_api_address)
         }
     }
@@ -65,6 +79,8 @@ pub struct ServerAppOptions {
     pub reply_poll_interval: Duration,
     /// Retry rule for `UNAVAILABLE`.
     pub retry: RetryPolicy,
+    /// Largest message received or sent, in bytes (512 MiB, as the reference).
+    pub max_message_size: usize,
     /// Where the app's log output is captured for `PushLogs`; `None` uploads nothing.
     pub logs: Option<LogTee>,
 }
@@ -78,6 +94,7 @@ impl ServerAppOptions {
             input_poll_interval: Duration::from_secs(3),
             reply_poll_interval: Duration::from_secs(3),
             retry: RetryPolicy::default(),
+            max_message_size: flwr_proto::MAX_MESSAGE_SIZE,
             logs: None,
         }
     }
@@ -105,6 +122,7 @@ pub async fn run_serverapp<L: ServerAppLoader + ?Sized>(
     options: &ServerAppOptions,
 ) -> Result<(), RunnerError> {
     let base = Grid::connect_lazy(&options.address)?
+        .with_max_message_size(options.max_message_size)
         .with_retry(options.retry)
         .with_poll_interval(options.reply_poll_interval);
     loop {
