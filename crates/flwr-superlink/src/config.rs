@@ -13,6 +13,7 @@ use clap::{Parser, ValueEnum};
 use flwr_core::{config, Address, AddressError};
 use flwr_proto::scalar;
 use flwr_runtime::listener::Limits;
+pub use flwr_runtime::logging::LogFormat;
 
 /// Default `--database`: one in-process, in-memory LinkState.
 pub const IN_MEMORY_DATABASE: &str = ":flwr-in-memory-state:";
@@ -119,6 +120,33 @@ pub struct Args {
     /// executor only).
     #[arg(long, default_value = "0.0.0.0:9096")]
     pub simulationio_api_address: String,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (plaintext; bind it to loopback or
+    /// a monitoring network). Off by default.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        help_heading = "Operations (flower-rs)"
+    )]
+    pub metrics_address: Option<String>,
+
+    /// Serve gRPC health checking (`grpc.health.v1.Health`) alone on a plaintext port, for
+    /// probes that cannot speak TLS. Every API port answers health checks too.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        help_heading = "Operations (flower-rs)"
+    )]
+    pub health_server_address: Option<String>,
+
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        help_heading = "Operations (flower-rs)"
+    )]
+    pub log_format: LogFormat,
 
     /// Most connections held at once over all APIs; past it new connections are closed with a
     /// log line [default: the open-file limit, raised to its hard limit at start, less 128].
@@ -244,6 +272,10 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `--max-connections`; `None` derives the cap from the open-file limit.
     pub max_connections: Option<usize>,
+    /// `--metrics-address`: where `/metrics` is served, if anywhere.
+    pub metrics_address: Option<Address>,
+    /// `--health-server-address`: the plaintext health-only port, if any.
+    pub health_address: Option<Address>,
     /// `--handshake-timeout` and `--idle-timeout`.
     pub connection_limits: Limits,
     /// `--hold-pulls` / `--no-hold-pulls`: how long pulls that do not ask for a hold are held.
@@ -385,6 +417,16 @@ impl Config {
         }
         if let Some(text) = &args.executor_config {
             check_executor_config(text)?;
+        let metrics_address = args
+            .metrics_address
+            .as_deref()
+            .map(|text| address("metrics-address", text))
+            .transpose()?;
+        let health_address = args
+            .health_server_address
+            .as_deref()
+            .map(|text| address("health-server-address", text))
+            .transpose()?;
         }
 
         // 4. what is not implemented (yet)
@@ -457,6 +499,8 @@ impl Config {
 /// A positive, finite duration flag (at most a day, which is longer than any bound needs).
 fn seconds(flag: &'static str, value: f64) -> Result<std::time::Duration, ConfigError> {
     if !(value > 0.0 && value <= 86_400.0) {
+            metrics_address,
+            health_address,
         return Err(ConfigError::Seconds { flag, value });
     }
     Ok(std::time::Duration::from_secs_f64(value))

@@ -51,6 +51,9 @@ use flwr_proto::{
 use flwr_runtime::RateLimited;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt as _, Full};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::Semaphore;
 use tonic::{body::BoxBody, server::NamedService, Status};
 use tower_service::Service;
@@ -80,6 +83,10 @@ pub struct NodeAuthenticator {
     secrets: Mutex<HashMap<Vec<u8>, SharedSecret>>,
     large_verifications: Arc<Semaphore>,
     refusal_log: Mutex<RateLimited>,
+    /// Refusals by reason, counted whether or not metrics are exported (an atomic add).
+    refusals: Family<RefusalLabels, Counter>,
+    /// Allow-list reloads by result.
+    reloads: Family<ReloadLabels, Counter>,
 }
 
 impl std::fmt::Debug for NodeAuthenticator {
@@ -110,7 +117,32 @@ impl NodeAuthenticator {
             secrets: Mutex::new(HashMap::new()),
             large_verifications: Arc::new(Semaphore::new(LARGE_VERIFICATIONS)),
             refusal_log: Mutex::new(RateLimited::new(REFUSAL_LOG_INTERVAL)),
+            refusals: Family::default(),
+            reloads: Family::default(),
         })
+    }
+
+    /// Refused requests by reason (`flwr_superlink_node_auth_refusals_total`), with every
+    /// reason present from the start so that rates work before the first refusal.
+    pub(crate) fn refusal_counts(&self) -> Family<RefusalLabels, Counter> {
+        for reason in RefusalReason::ALL {
+            let _ = self.refusals.get_or_create(&RefusalLabels {
+                reason: reason.label(),
+            });
+        }
+        self.refusals.clone()
+    }
+
+    /// Allow-list reloads by result (`flwr_superlink_allow_list_reloads_total`).
+    pub(crate) fn reload_counts(&self) -> Family<ReloadLabels, Counter> {
+        for result in [RELOAD_OK, RELOAD_REJECTED] {
+            let _ = self.reloads.get_or_create(&ReloadLabels { result });
+        }
+        self.reloads.clone()
+    }
+
+    fn count_reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// The curve of the SuperLink's key; every admitted key must be on it.
@@ -158,10 +190,14 @@ impl NodeAuthenticator {
         if let Some(secret) = self.secrets.lock().ok().and_then(|s| s.get(pem).cloned()) {
             return Ok(secret);
         }
-        let peer =
-            PublicKey::from_spki_pem(pem).map_err(|_| Refusal::new("unparsable public key"))?;
-        let secret = SharedSecret::derive(&self.private_key, &peer)
-            .map_err(|_| Refusal::new("cannot derive a shared secret (curve mismatch?)"))?;
+        let peer = PublicKey::from_spki_pem(pem)
+            .map_err(|_| Refusal::new(RefusalReason::KeyUnusable, "unparsable public key"))?;
+        let secret = SharedSecret::derive(&self.private_key, &peer).map_err(|_| {
+            Refusal::new(
+                RefusalReason::KeyUnusable,
+                "cannot derive a shared secret (curve mismatch?)",
+            )
+        })?;
         if let Ok(mut secrets) = self.secrets.lock() {
             // Only cache for keys still allowed, so a concurrent removal is not undone.
             if self.is_allowed(pem) {
@@ -171,9 +207,20 @@ impl NodeAuthenticator {
         Ok(secret)
     }
 
-    /// Logs a refused request, at most once per [`REFUSAL_LOG_INTERVAL`]: whoever can reach
-    /// the port can trigger refusals at will.
-    pub(crate) fn log_refusal(&self, method: &str, pem: Option<&[u8]>, reason: &str) {
+    /// Counts a refused request and logs it, at most once per [`REFUSAL_LOG_INTERVAL`]:
+    /// whoever can reach the port can trigger refusals at will.
+    pub(crate) fn log_refusal(
+        &self,
+        method: &str,
+        pem: Option<&[u8]>,
+        kind: RefusalReason,
+        reason: &str,
+    ) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                reason: kind.label(),
+            })
+            .inc();
         let held_back = match self.refusal_log.lock() {
             Ok(mut log) => log.check(),
             Err(_) => None,
@@ -188,6 +235,7 @@ impl NodeAuthenticator {
             method,
             key = %fingerprint,
             reason,
+            kind = kind.label(),
             refusals_not_logged = held_back,
             "refused Fleet request"
         );
@@ -202,14 +250,74 @@ fn key_set(list: &AllowList) -> HashSet<Vec<u8>> {
 /// Why a request was refused; logged, never sent.
 #[derive(Debug)]
 struct Refusal {
+    kind: RefusalReason,
     reason: &'static str,
 }
 
 impl Refusal {
-    fn new(reason: &'static str) -> Self {
-        Self { reason }
+    fn new(kind: RefusalReason, reason: &'static str) -> Self {
+        Self { kind, reason }
     }
 }
+
+/// The fixed set of refusal reasons that label `flwr_superlink_node_auth_refusals_total`; the
+/// log line carries the precise reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefusalReason {
+    /// The request does not parse, or names no TaskRes where one is needed.
+    BadRequest,
+    /// The `auth-token` is missing, undecodable or does not match.
+    BadToken,
+    /// The server could not complete the check (shutting down, a failed task).
+    Internal,
+    /// The listed key cannot be used (unparsable, or on another curve).
+    KeyUnusable,
+    /// The `public-key` is missing or not on the allow-list.
+    NotAllowed,
+    /// The node ids in the request are not the ones bound to the caller's key.
+    NotBound,
+    /// The path names no Fleet method.
+    UnknownMethod,
+}
+
+impl RefusalReason {
+    const ALL: [Self; 7] = [
+        Self::BadRequest,
+        Self::BadToken,
+        Self::Internal,
+        Self::KeyUnusable,
+        Self::NotAllowed,
+        Self::NotBound,
+        Self::UnknownMethod,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::BadToken => "bad_token",
+            Self::Internal => "internal",
+            Self::KeyUnusable => "key_unusable",
+            Self::NotAllowed => "not_allowed",
+            Self::NotBound => "not_bound",
+            Self::UnknownMethod => "unknown_method",
+        }
+    }
+}
+
+/// The label of `flwr_superlink_node_auth_refusals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    reason: &'static str,
+}
+
+/// The label of `flwr_superlink_allow_list_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReloadLabels {
+    result: &'static str,
+}
+
+const RELOAD_OK: &str = "ok";
+const RELOAD_REJECTED: &str = "rejected";
 
 /// The Fleet service `S` behind node authentication.
 #[derive(Debug, Clone)]
@@ -331,13 +439,23 @@ where
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path();
     let Some(method) = Method::from_path(path) else {
-        auth.log_refusal(path, None, "unknown Fleet method");
+        auth.log_refusal(
+            path,
+            None,
+            RefusalReason::UnknownMethod,
+            "unknown Fleet method",
+        );
         return Ok(access_denied());
     };
     let pem = match header_bytes(&parts.headers, "public-key") {
         Some(pem) if auth.is_allowed(&pem) => pem,
         pem => {
-            auth.log_refusal(method.name(), pem.as_deref(), "public key not allowed");
+            auth.log_refusal(
+                method.name(),
+                pem.as_deref(),
+                RefusalReason::NotAllowed,
+                "public key not allowed",
+            );
             return Ok(access_denied());
         }
     };
@@ -358,7 +476,7 @@ where
     } else {
         let message = framed.slice(5..);
         if let Err(refusal) = verify(&auth, &parts.headers, method, &pem, message).await {
-            auth.log_refusal(method.name(), Some(&pem), refusal.reason);
+            auth.log_refusal(method.name(), Some(&pem), refusal.kind, refusal.reason);
             return Ok(access_denied());
         }
     }
@@ -388,23 +506,29 @@ async fn verify(
     pem: &[u8],
     message: Bytes,
 ) -> Result<(), Refusal> {
-    let token = header_bytes(headers, "auth-token")
-        .ok_or(Refusal::new("missing or undecodable auth-token"))?;
+    let token = header_bytes(headers, "auth-token").ok_or(Refusal::new(
+        RefusalReason::BadToken,
+        "missing or undecodable auth-token",
+    ))?;
     let secret = auth.secret_for(pem)?;
-    let request_type = method
-        .request_type()
-        .ok_or(Refusal::new("request type missing from the schema"))?;
+    let request_type = method.request_type().ok_or(Refusal::new(
+        RefusalReason::Internal,
+        "request type missing from the schema",
+    ))?;
     let check = move |message: &[u8]| -> Result<(), Refusal> {
         // The sender signed its own deterministic encoding; re-encode what arrived the same way,
         // straight into the MAC: the canonical bytes are never materialized.
         let mut mac = secret.mac();
         request_type
             .canonicalize_into(message, &mut |bytes: &[u8]| mac.update(bytes))
-            .map_err(|_| Refusal::new("request does not parse"))?;
+            .map_err(|_| Refusal::new(RefusalReason::BadRequest, "request does not parse"))?;
         if mac.verify(&token) {
             Ok(())
         } else {
-            Err(Refusal::new("auth-token does not match"))
+            Err(Refusal::new(
+                RefusalReason::BadToken,
+                "auth-token does not match",
+            ))
         }
     };
     if message.len() <= LARGE_BODY {
@@ -413,10 +537,10 @@ async fn verify(
     let _slot = Arc::clone(&auth.large_verifications)
         .acquire_owned()
         .await
-        .map_err(|_| Refusal::new("shutting down"))?;
+        .map_err(|_| Refusal::new(RefusalReason::Internal, "shutting down"))?;
     tokio::task::spawn_blocking(move || check(&message))
         .await
-        .map_err(|_| Refusal::new("verification did not complete"))?
+        .map_err(|_| Refusal::new(RefusalReason::Internal, "verification did not complete"))?
 }
 
 /// Why a request body could not be read.
@@ -663,16 +787,23 @@ pub async fn watch_allow_list(
                 auth.replace_allow_list(list);
                 tracing::info!(file = %path.display(), keys, "reloaded --auth-list-public-keys");
             }
-            ReloadStep::Unreadable(error) => tracing::error!(
-                file = %path.display(),
-                %error,
-                "cannot read --auth-list-public-keys; keeping the previous list"
-            ),
-            ReloadStep::Refuse(error) => tracing::error!(
-                file = %path.display(),
-                %error,
-                "--auth-list-public-keys no longer parses; keeping the previous list"
-            ),
+                auth.count_reload(RELOAD_OK);
+            ReloadStep::Unreadable(error) => {
+                auth.count_reload(RELOAD_REJECTED);
+                tracing::error!(
+                    file = %path.display(),
+                    %error,
+                    "cannot read --auth-list-public-keys; keeping the previous list"
+                );
+            }
+            ReloadStep::Refuse(error) => {
+                auth.count_reload(RELOAD_REJECTED);
+                tracing::error!(
+                    file = %path.display(),
+                    %error,
+                    "--auth-list-public-keys no longer parses; keeping the previous list"
+                );
+            }
         }
     }
 }

@@ -32,6 +32,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::LauncherCounters;
 use crate::task::{self, TaskHandle};
 
 /// How often the launcher looks for a pending run (the reference's scheduler period).
@@ -106,12 +107,14 @@ pub(crate) fn start(
     settings: LauncherSettings,
     shutdown: CancellationToken,
 ) -> (LauncherHandle, TaskHandle<()>) {
+    counters: LauncherCounters,
     let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
     let launcher = Launcher {
         state,
         settings,
         children: HashMap::new(),
         attempts: HashMap::new(),
+        counters,
     };
     let handle = task::spawn("serverapp-launcher", launcher.run(receiver, shutdown));
     (
@@ -127,6 +130,7 @@ struct Launcher {
     settings: LauncherSettings,
     /// The supervised child per run id.
     children: HashMap<u64, Supervised>,
+    counters: LauncherCounters,
     /// Children started per run id, for runs that stay pending.
     attempts: HashMap<u64, u32>,
 }
@@ -225,6 +229,7 @@ impl Launcher {
                     Arc::clone(&self.state),
                     kill.clone(),
                 );
+                self.counters.starts.inc();
                 let task = task::spawn("serverapp-child", supervisor);
                 self.children.insert(run_id, Supervised { kill, task });
                 return;
@@ -232,6 +237,7 @@ impl Launcher {
             Err(error) => format!(
                 "could not start {}: {error}",
                 self.settings.program.display()
+                    self.counters.failures.clone(),
             ),
         };
         tracing::error!(run_id, attempt, "{outcome}");
@@ -242,6 +248,7 @@ impl Launcher {
 }
 
 /// Waits for the child (killing its process group when `kill` fires), then fails the run if
+        self.counters.failures.inc();
 /// the child left it unfinished.
 async fn supervise(
     mut child: Child,
@@ -257,6 +264,7 @@ async fn supervise(
     };
     let description = match &status {
         Ok(status) => describe(*status),
+    failures: prometheus_client::metrics::counter::Counter,
         Err(error) => format!("could not be waited for: {error}"),
     };
     tracing::info!(run_id, "flwr-serverapp {description}");
@@ -268,6 +276,9 @@ async fn supervise(
     };
     let current = run.status.unwrap_or_default();
     if current.status == FINISHED {
+    if !killed && !status.as_ref().is_ok_and(ExitStatus::success) {
+        failures.inc();
+    }
         return;
     }
     if current.status == PENDING && (killed || attempt < MAX_ATTEMPTS) {
@@ -388,7 +399,7 @@ mod tests {
                 poll_interval: Duration::from_millis(100),
             };
             let shutdown = CancellationToken::new();
-            let (_handle, _task) = start(state, settings, shutdown);
+            let (_handle, _task) = start(state, settings, LauncherCounters::default(), shutdown);
             tokio::time::sleep(Duration::from_secs(300)).await;
         });
     }

@@ -12,6 +12,7 @@
 //!   with the allow-list reloaded when its file changes.
 //! - [`error`]: the services' domain [`Error`] and its single conversion to `tonic::Status`.
 //! - [`launcher`]: supervised `flwr-serverapp` children for `--isolation subprocess`.
+//! - [`metrics`]: every metric `--metrics-address` exports, and their scrape-time sources.
 //! - [`server`]: [`SuperLink::bind`] (stores + ports) and [`SuperLink::run`] (serve, drain),
 //!   and [`serve`] which does both; tests pass a oneshot as the shutdown future, the binary
 //!   passes [`signal::shutdown_signal`].
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod fleet_auth;
 pub mod launcher;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod signal;

@@ -17,16 +17,21 @@ use flwr_proto::exec_server::ExecServer;
 use flwr_proto::fleet_server::FleetServer;
 use flwr_proto::server_app_io_server::ServerAppIoServer;
 use flwr_proto::MAX_MESSAGE_SIZE;
+use flwr_runtime::health::Health;
 use flwr_runtime::limits;
+use flwr_runtime::metrics::GrpcMetrics;
 use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
 use flwr_state::{Ffs, InMemoryLinkState, LinkState, SqliteLinkState, SystemClock};
 use tokio::net::TcpListener;
+use tonic::body::BoxBody;
+use tonic::server::NamedService;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 
 use crate::config::{Config, Database, Isolation, NodeAuthFiles};
 use crate::fleet_auth::{self, FleetAuth, NodeAuthenticator};
+use crate::metrics::{self, LauncherCounters, EXEC_METHODS, FLEET_METHODS, SERVERAPPIO_METHODS};
 use crate::launcher::{self, LauncherHandle, LauncherSettings};
 use crate::service::exec::ExecService;
 use crate::service::fleet::{FleetHandler, FleetService};
@@ -116,6 +121,10 @@ pub struct SuperLink {
     stores: Stores,
     serverappio: TcpListener,
     fleet: TcpListener,
+    /// `--metrics-address`, bound.
+    metrics: Option<TcpListener>,
+    /// `--health-server-address`, bound.
+    health: Option<TcpListener>,
     exec: TcpListener,
     serverapp_program: std::path::PathBuf,
     launcher_poll_interval: Duration,
@@ -140,6 +149,14 @@ impl SuperLink {
             .map_err(StartError::Tls)?;
         let exec = listen("exec-api-address", &config.exec_address).await?;
         let serverappio = listen("serverappio-api-address", &config.serverappio_address).await?;
+        let metrics = match &config.metrics_address {
+            Some(address) => Some(listen("metrics-address", address).await?),
+            None => None,
+        };
+        let health = match &config.health_address {
+            Some(address) => Some(listen("health-server-address", address).await?),
+            None => None,
+        };
         let fleet = listen("fleet-api-address", &config.fleet_address).await?;
         std::fs::create_dir_all(&config.storage_dir).map_err(|source| StartError::StorageDir {
             path: config.storage_dir.clone(),
@@ -154,6 +171,8 @@ impl SuperLink {
             stores,
             serverappio,
             fleet,
+            metrics,
+            health,
             exec,
             serverapp_program: "flwr-serverapp".into(),
             launcher_poll_interval: launcher::POLL_INTERVAL,
@@ -201,6 +220,16 @@ impl SuperLink {
     pub fn exec_address(&self) -> io::Result<SocketAddr> {
         self.exec.local_addr()
     }
+    /// The bound `--metrics-address`, if any.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound `--health-server-address`, if any.
+    pub fn health_address(&self) -> Option<SocketAddr> {
+        self.health.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
 
     /// Warns when an API without authentication listens beyond loopback: whoever reaches
     /// ServerAppIo reads and writes every task, and whoever reaches Exec runs code on every
@@ -248,6 +277,14 @@ impl SuperLink {
             tracing::warn!("{warning}");
         }
         self.warn_about_exposure();
+        // NOT_SERVING until every server below runs.
+        let health = Health::new(&[
+            flwr_proto::exec_server::SERVICE_NAME,
+            flwr_proto::server_app_io_server::SERVICE_NAME,
+            flwr_proto::fleet_server::SERVICE_NAME,
+        ])
+        .await;
+        let launcher_counters = LauncherCounters::default();
         let stop = CancellationToken::new();
         let (launcher, launcher_task) = match self.config.isolation {
             Isolation::Subprocess => {
@@ -256,8 +293,12 @@ impl SuperLink {
                     serverappio_address: self.config.serverappio_address.for_local_client(),
                     poll_interval: self.launcher_poll_interval,
                 };
-                let (handle, task) =
-                    launcher::start(Arc::clone(&self.stores.state), settings, stop.child_token());
+                let (handle, task) = launcher::start(
+                    Arc::clone(&self.stores.state),
+                    settings,
+                    launcher_counters.clone(),
+                    stop.child_token(),
+                );
                 (handle, Some(task))
             }
             Isolation::Process => (LauncherHandle::disabled(), None),
@@ -279,6 +320,24 @@ impl SuperLink {
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
         let budget = connection_budget(self.config.max_connections);
+        let (grpc_metrics, metrics_server) = match self.metrics {
+            Some(listener) => {
+                let (grpc, registry) = metrics::build(metrics::Sources {
+                    stores: self.stores.clone(),
+                    budget: budget.clone(),
+                    auth: self.node_auth.clone(),
+                    launcher: launcher_counters,
+                });
+                if let Ok(address) = listener.local_addr() {
+                    tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
+                }
+                let served =
+                    flwr_runtime::metrics::serve(listener, Arc::new(registry), stop.child_token());
+                (Some(grpc), Some(task::spawn("metrics", served)))
+            }
+            None => (None, None),
+        };
+        let grpc_metrics = grpc_metrics.as_ref();
         let settings = |api: &'static str, tls: Option<&ServerTls>| ListenerSettings {
             api,
             tls: tls.cloned(),
@@ -292,7 +351,7 @@ impl SuperLink {
             self.config.exec_address
         );
         servers.push(serve_api(
-            builder().add_service(exec),
+            route(grpc_metrics, "Exec", EXEC_METHODS, exec).add_service(health.service()),
             self.exec,
             settings("Exec", tls),
             &stop,
@@ -302,7 +361,13 @@ impl SuperLink {
             self.config.serverappio_address
         );
         servers.push(serve_api(
-            builder().add_service(serverappio),
+            route(
+                grpc_metrics,
+                "ServerAppIo",
+                SERVERAPPIO_METHODS,
+                serverappio,
+            )
+            .add_service(health.service()),
             self.serverappio,
             settings("ServerAppIo", None),
             &stop,
@@ -319,10 +384,14 @@ impl SuperLink {
                     );
                     watcher = Some(task::spawn("allow-list-watcher", reload));
                 }
-                builder().add_service(FleetAuth::new(fleet, auth, MAX_MESSAGE_SIZE))
+                // Outside the auth layer, so that refused requests are counted too.
+                let fleet = FleetAuth::new(fleet, auth, MAX_MESSAGE_SIZE);
+                route(grpc_metrics, "Fleet", FLEET_METHODS, fleet)
             }
-            None => builder().add_service(fleet),
+            None => route(grpc_metrics, "Fleet", FLEET_METHODS, fleet),
         };
+        // Health checks answer without node authentication.
+        let fleet_router = fleet_router.add_service(health.service());
         tracing::info!(
             "Flower ECE: Starting Fleet API (gRPC-rere) on {}",
             self.config.fleet_address
@@ -333,6 +402,22 @@ impl SuperLink {
             settings("Fleet", tls),
             &stop,
         ));
+
+        // The plaintext health-only port outlives the APIs' drain, so that probes see
+        // NOT_SERVING rather than a refused connection while calls finish.
+        let health_stop = CancellationToken::new();
+        let health_server = self.health.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!("Serving gRPC health checks (plaintext) on {address}");
+            }
+            serve_api(
+                builder().add_service(health.service()),
+                listener,
+                settings("Health", None),
+                &health_stop,
+            )
+        });
+        health.set_serving().await;
 
         // Serve until asked to stop or until a server dies.
         let failure = {
@@ -356,6 +441,8 @@ impl SuperLink {
             }
         };
 
+        // Load balancers stop sending new work before the servers stop taking it.
+        health.set_not_serving().await;
         tracing::info!("SuperLink shutting down");
         // Held pulls answer now, so that draining does not wait for their bounds.
         self.stores.events.close();
@@ -379,6 +466,11 @@ impl SuperLink {
         // Dropping the handles aborts whatever is still running.
         drop(servers);
         drop(watcher);
+        health_stop.cancel();
+        if let Some((_, server)) = health_server {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+        }
+        drop(metrics_server);
         if let Some(launcher_task) = launcher_task {
             let _ = launcher_task.await;
         }
@@ -406,6 +498,30 @@ fn builder() -> Server {
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+}
+
+/// A router for `service`, counted as API `api` when metrics are on.
+fn route<S>(
+    metrics: Option<&GrpcMetrics>,
+    api: &'static str,
+    methods: &'static [&'static str],
+    service: S,
+) -> Router
+where
+    S: tower_service::Service<
+            http::Request<BoxBody>,
+            Response = http::Response<BoxBody>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match metrics {
+        Some(metrics) => builder().add_service(metrics.wrap(api, methods, service)),
+        None => builder().add_service(service),
+    }
 }
 
 type ServerTask = (

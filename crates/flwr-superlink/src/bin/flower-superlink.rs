@@ -2,26 +2,21 @@
 //! SIGTERM → exit 0. Bad configuration exits 64 (EX_USAGE), any other failure 1, each with one
 //! `error: …` line on stderr.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use flwr_superlink::{Args, Config, SuperLink};
-use tracing_subscriber::EnvFilter;
 
 /// `EX_USAGE` from sysexits.h: the command was used incorrectly.
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(error) = flwr_runtime::logging::init(args.log_format) {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
 
     let config = match Config::from_args(args) {
         Ok(config) => config,

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::fleet_auth::NodeAuthenticator;
+use crate::fleet_auth::{NodeAuthenticator, RefusalReason};
 use crate::service::{fab_content, guarded_run, respond, respond_held, Held, HoldRequest, Stores};
 use crate::wakeups::{Subscription, Topic, Wake};
 
@@ -107,20 +107,20 @@ fn authorize(
     let Some(node) = node else {
         return Ok(());
     };
-    let refuse = |reason: &str| {
+    let refuse = |kind: RefusalReason, reason: &str| {
         node.authenticator
-            .log_refusal(method, Some(&node.public_key), reason);
+            .log_refusal(method, Some(&node.public_key), kind, reason);
         Err(Error::AccessDenied)
     };
     let Some(id) = state.node_id_for_public_key(&node.public_key)? else {
-        return refuse("no node registered for this key");
+        return refuse(RefusalReason::NotBound, "no node registered for this key");
     };
     let bound = match claim {
         Claim::Node(node_id) => node_id == id,
         Claim::Producers {
             all_the_caller: None,
             ..
-        } => return refuse("PushTaskRes without a TaskRes"),
+        } => return refuse(RefusalReason::BadRequest, "PushTaskRes without a TaskRes"),
         Claim::Producers {
             all_the_caller: Some(same),
             first,
@@ -130,7 +130,10 @@ fn authorize(
     if bound {
         Ok(())
     } else {
-        refuse("node id in the request is not bound to this key")
+        refuse(
+            RefusalReason::NotBound,
+            "node id in the request is not bound to this key",
+        )
     }
 }
 
