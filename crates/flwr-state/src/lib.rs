@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod clock;
+mod content;
 mod error;
 pub mod ffs;
 pub mod lifecycle;

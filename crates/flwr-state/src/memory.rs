@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRes};
 use uuid::Uuid;
 
+use crate::content::{Handle, RecordSets};
 use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
 use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
@@ -62,6 +63,10 @@ struct Inner {
     task_res: HashMap<Uuid, TaskRes>,
     /// TaskIns id → id of its (latest) reply.
     reply_of: HashMap<Uuid, Uuid>,
+    /// The record sets of stored TaskIns, each distinct content once; a stored TaskIns keeps
+    /// no record set of its own but a handle here, by sequence number.
+    record_sets: RecordSets,
+    content_of: HashMap<u64, Handle>,
 }
 
 /// A run and what hangs off it.
@@ -90,6 +95,12 @@ impl InMemoryLinkState {
         }
     }
 
+    /// How many distinct record sets the stored TaskIns carry: TaskIns with equal content (a
+    /// model sent to every node) share one copy.
+    pub fn distinct_record_sets(&self) -> usize {
+        self.lock().record_sets.distinct()
+    }
+
     /// Locks the state. A panic while holding the lock cannot leave a half-applied update
     /// observable in a way worse than the panic itself, so poisoning is ignored.
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -101,6 +112,9 @@ impl Inner {
     /// Removes a TaskIns (from its consumer's queue too) and its reply, if any.
     fn remove_task_ins(&mut self, id: &Uuid) {
         if let Some(seq) = self.task_ins_seq.remove(id) {
+            if let Some(handle) = self.content_of.remove(&seq) {
+                self.record_sets.release(&handle);
+            }
             let consumer = self.task_ins.remove(&seq).as_ref().and_then(queue_of);
             if let Some(consumer) = consumer {
                 self.dequeue(consumer, seq);
@@ -247,6 +261,14 @@ impl LinkState for InMemoryLinkState {
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
+        if let Some(recordset) = task_ins
+            .task
+            .as_mut()
+            .and_then(|task| task.recordset.take())
+        {
+            let handle = inner.record_sets.insert(recordset);
+            inner.content_of.insert(seq, handle);
+        }
         inner.task_ins.insert(seq, task_ins);
         inner.task_ins_seq.insert(id, seq);
         inner.queues.entry(consumer).or_default().insert(seq);
@@ -266,7 +288,10 @@ impl LinkState for InMemoryLinkState {
         let mut delivered_at = None;
         let mut inner = self.lock();
         let Inner {
-            queues, task_ins, ..
+            queues,
+            task_ins,
+            content_of,
+            ..
         } = &mut *inner;
         let Some(queue) = queues.get_mut(&node_id) else {
             return Ok(Vec::new());
@@ -290,7 +315,11 @@ impl LinkState for InMemoryLinkState {
             delivered_at
                 .get_or_insert_with(|| isoformat(now))
                 .clone_into(&mut task.delivered_at);
-            out.push(stored.clone());
+            let mut delivered = stored.clone();
+            if let (Some(task), Some(handle)) = (delivered.task.as_mut(), content_of.get(&seq)) {
+                task.recordset = Some(handle.recordset().clone());
+            }
+            out.push(delivered);
         }
         if queue.is_empty() {
             queues.remove(&node_id);

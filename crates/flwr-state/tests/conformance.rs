@@ -1144,6 +1144,79 @@ fn only_sqlite_blocks() {
     assert!(SqliteLinkState::open_in_memory(clock).unwrap().blocks());
 }
 
+// ----- in memory only -----
+
+/// A model sent to every node is stored once, handed out whole to each, and released with the
+/// last TaskIns that carries it.
+#[test]
+fn in_memory_identical_task_ins_content_is_stored_once() {
+    let clock = Arc::new(TestClock::new(T0));
+    let state = InMemoryLinkState::new(clock.clone());
+    let run_id = running_run(&state);
+    let nodes: Vec<u64> = (0..4)
+        .map(|_| state.create_node(30.0, None).unwrap())
+        .collect();
+    let model = RecordSet {
+        parameters: HashMap::from([(
+            "model".to_owned(),
+            flwr_proto::ParametersRecord {
+                data_keys: vec!["w".to_owned()],
+                data_values: vec![flwr_proto::Array {
+                    dtype: "float32".to_owned(),
+                    shape: vec![4096],
+                    stype: "numpy.ndarray".to_owned(),
+                    data: (0..16_384_u32).map(|i| (i % 251) as u8).collect(),
+                }],
+            },
+        )]),
+        ..RecordSet::default()
+    };
+    let with_model = |node_id: u64| {
+        let mut ins = task_ins(run_id, node_id, T0, 3600.0);
+        task_mut(&mut ins).recordset = Some(model.clone());
+        ins
+    };
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|&node_id| state.store_task_ins(with_model(node_id)).unwrap().unwrap())
+        .collect();
+    assert_eq!(state.distinct_record_sets(), 1, "four TaskIns, one model");
+    let other = state
+        .store_task_ins(task_ins(run_id, nodes[0], T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.distinct_record_sets(),
+        2,
+        "different content is kept apart"
+    );
+
+    for &node_id in &nodes {
+        let pulled = state.task_ins_for_node(Some(node_id), 1).unwrap();
+        assert_eq!(pulled.len(), 1);
+        assert_eq!(
+            pulled[0].task.as_ref().unwrap().recordset.as_ref(),
+            Some(&model)
+        );
+    }
+    clock.advance(1.0);
+    for (id, &node_id) in ids.iter().zip(&nodes).take(3) {
+        state
+            .store_task_res(task_res(run_id, node_id, id, T0 + 1.0, 3599.0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.task_res(std::slice::from_ref(id)).unwrap().len(), 1);
+    }
+    assert_eq!(
+        state.distinct_record_sets(),
+        2,
+        "one TaskIns still holds the model"
+    );
+    state.delete_tasks_of_run(run_id).unwrap();
+    assert_eq!(state.distinct_record_sets(), 0);
+    let _ = other;
+}
+
 // ----- SQLite only -----
 
 #[test]
