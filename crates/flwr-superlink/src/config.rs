@@ -258,6 +258,10 @@ pub struct Config {
     pub fleet_address: Address,
     /// Exec API bind address.
     pub exec_address: Address,
+    /// `--metrics-address`: where `/metrics` is served, if anywhere.
+    pub metrics_address: Option<Address>,
+    /// `--health-server-address`: the plaintext health-only port, if any.
+    pub health_address: Option<Address>,
     /// TLS for Fleet and Exec; `None` with `--insecure`.
     pub tls: Option<TlsFiles>,
     /// How ServerApps are run.
@@ -272,10 +276,6 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `--max-connections`; `None` derives the cap from the open-file limit.
     pub max_connections: Option<usize>,
-    /// `--metrics-address`: where `/metrics` is served, if anywhere.
-    pub metrics_address: Option<Address>,
-    /// `--health-server-address`: the plaintext health-only port, if any.
-    pub health_address: Option<Address>,
     /// `--handshake-timeout` and `--idle-timeout`.
     pub connection_limits: Limits,
     /// `--hold-pulls` / `--no-hold-pulls`: how long pulls that do not ask for a hold are held.
@@ -401,6 +401,16 @@ impl Config {
             "fleet-api-address",
             args.fleet_api_address.as_deref().unwrap_or(fleet_default),
         )?;
+        let metrics_address = args
+            .metrics_address
+            .as_deref()
+            .map(|text| address("metrics-address", text))
+            .transpose()?;
+        let health_address = args
+            .health_server_address
+            .as_deref()
+            .map(|text| address("health-server-address", text))
+            .transpose()?;
 
         // 2. TLS
         let tls = tls_files(&args, &mut warnings)?;
@@ -417,16 +427,6 @@ impl Config {
         }
         if let Some(text) = &args.executor_config {
             check_executor_config(text)?;
-        let metrics_address = args
-            .metrics_address
-            .as_deref()
-            .map(|text| address("metrics-address", text))
-            .transpose()?;
-        let health_address = args
-            .health_server_address
-            .as_deref()
-            .map(|text| address("health-server-address", text))
-            .transpose()?;
         }
 
         // 4. what is not implemented (yet)
@@ -483,6 +483,8 @@ impl Config {
             serverappio_address,
             fleet_address,
             exec_address,
+            metrics_address,
+            health_address,
             tls,
             isolation: args.isolation,
             database,
@@ -499,8 +501,6 @@ impl Config {
 /// A positive, finite duration flag (at most a day, which is longer than any bound needs).
 fn seconds(flag: &'static str, value: f64) -> Result<std::time::Duration, ConfigError> {
     if !(value > 0.0 && value <= 86_400.0) {
-            metrics_address,
-            health_address,
         return Err(ConfigError::Seconds { flag, value });
     }
     Ok(std::time::Duration::from_secs_f64(value))

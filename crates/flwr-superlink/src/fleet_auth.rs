@@ -785,9 +785,9 @@ pub async fn watch_allow_list(
             ReloadStep::Apply(list) => {
                 let keys = list.len();
                 auth.replace_allow_list(list);
+                auth.count_reload(RELOAD_OK);
                 tracing::info!(file = %path.display(), keys, "reloaded --auth-list-public-keys");
             }
-                auth.count_reload(RELOAD_OK);
             ReloadStep::Unreadable(error) => {
                 auth.count_reload(RELOAD_REJECTED);
                 tracing::error!(

@@ -105,16 +105,16 @@ impl LauncherHandle {
 pub(crate) fn start(
     state: Arc<dyn LinkState>,
     settings: LauncherSettings,
+    counters: LauncherCounters,
     shutdown: CancellationToken,
 ) -> (LauncherHandle, TaskHandle<()>) {
-    counters: LauncherCounters,
     let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
     let launcher = Launcher {
         state,
         settings,
+        counters,
         children: HashMap::new(),
         attempts: HashMap::new(),
-        counters,
     };
     let handle = task::spawn("serverapp-launcher", launcher.run(receiver, shutdown));
     (
@@ -128,9 +128,9 @@ pub(crate) fn start(
 struct Launcher {
     state: Arc<dyn LinkState>,
     settings: LauncherSettings,
+    counters: LauncherCounters,
     /// The supervised child per run id.
     children: HashMap<u64, Supervised>,
-    counters: LauncherCounters,
     /// Children started per run id, for runs that stay pending.
     attempts: HashMap<u64, u32>,
 }
@@ -221,6 +221,7 @@ impl Launcher {
         let child = command.spawn();
         let outcome = match child {
             Ok(child) => {
+                self.counters.starts.inc();
                 let kill = CancellationToken::new();
                 let supervisor = supervise(
                     child,
@@ -228,8 +229,8 @@ impl Launcher {
                     attempt,
                     Arc::clone(&self.state),
                     kill.clone(),
+                    self.counters.failures.clone(),
                 );
-                self.counters.starts.inc();
                 let task = task::spawn("serverapp-child", supervisor);
                 self.children.insert(run_id, Supervised { kill, task });
                 return;
@@ -237,9 +238,9 @@ impl Launcher {
             Err(error) => format!(
                 "could not start {}: {error}",
                 self.settings.program.display()
-                    self.counters.failures.clone(),
             ),
         };
+        self.counters.failures.inc();
         tracing::error!(run_id, attempt, "{outcome}");
         if attempt >= MAX_ATTEMPTS {
             fail_run(&self.state, run_id, outcome).await;
@@ -248,7 +249,6 @@ impl Launcher {
 }
 
 /// Waits for the child (killing its process group when `kill` fires), then fails the run if
-        self.counters.failures.inc();
 /// the child left it unfinished.
 async fn supervise(
     mut child: Child,
@@ -256,6 +256,7 @@ async fn supervise(
     attempt: u32,
     state: Arc<dyn LinkState>,
     kill: CancellationToken,
+    failures: prometheus_client::metrics::counter::Counter,
 ) {
     let pid = child.id();
     let (status, killed) = tokio::select! {
@@ -264,10 +265,12 @@ async fn supervise(
     };
     let description = match &status {
         Ok(status) => describe(*status),
-    failures: prometheus_client::metrics::counter::Counter,
         Err(error) => format!("could not be waited for: {error}"),
     };
     tracing::info!(run_id, "flwr-serverapp {description}");
+    if !killed && !status.as_ref().is_ok_and(ExitStatus::success) {
+        failures.inc();
+    }
 
     let state_for_lookup = Arc::clone(&state);
     let run = tokio::task::spawn_blocking(move || state_for_lookup.run(run_id)).await;
@@ -276,9 +279,6 @@ async fn supervise(
     };
     let current = run.status.unwrap_or_default();
     if current.status == FINISHED {
-    if !killed && !status.as_ref().is_ok_and(ExitStatus::success) {
-        failures.inc();
-    }
         return;
     }
     if current.status == PENDING && (killed || attempt < MAX_ATTEMPTS) {

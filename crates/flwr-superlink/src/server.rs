@@ -19,20 +19,20 @@ use flwr_proto::server_app_io_server::ServerAppIoServer;
 use flwr_proto::MAX_MESSAGE_SIZE;
 use flwr_runtime::health::Health;
 use flwr_runtime::limits;
-use flwr_runtime::metrics::GrpcMetrics;
 use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
+use flwr_runtime::metrics::GrpcMetrics;
 use flwr_state::{Ffs, InMemoryLinkState, LinkState, SqliteLinkState, SystemClock};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::body::BoxBody;
 use tonic::server::NamedService;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 
 use crate::config::{Config, Database, Isolation, NodeAuthFiles};
 use crate::fleet_auth::{self, FleetAuth, NodeAuthenticator};
-use crate::metrics::{self, LauncherCounters, EXEC_METHODS, FLEET_METHODS, SERVERAPPIO_METHODS};
 use crate::launcher::{self, LauncherHandle, LauncherSettings};
+use crate::metrics::{self, LauncherCounters, EXEC_METHODS, FLEET_METHODS, SERVERAPPIO_METHODS};
 use crate::service::exec::ExecService;
 use crate::service::fleet::{FleetHandler, FleetService};
 use crate::service::serverappio::ServerAppIoService;
@@ -121,11 +121,11 @@ pub struct SuperLink {
     stores: Stores,
     serverappio: TcpListener,
     fleet: TcpListener,
+    exec: TcpListener,
     /// `--metrics-address`, bound.
     metrics: Option<TcpListener>,
     /// `--health-server-address`, bound.
     health: Option<TcpListener>,
-    exec: TcpListener,
     serverapp_program: std::path::PathBuf,
     launcher_poll_interval: Duration,
     node_auth: Option<Arc<NodeAuthenticator>>,
@@ -149,6 +149,7 @@ impl SuperLink {
             .map_err(StartError::Tls)?;
         let exec = listen("exec-api-address", &config.exec_address).await?;
         let serverappio = listen("serverappio-api-address", &config.serverappio_address).await?;
+        let fleet = listen("fleet-api-address", &config.fleet_address).await?;
         let metrics = match &config.metrics_address {
             Some(address) => Some(listen("metrics-address", address).await?),
             None => None,
@@ -157,7 +158,6 @@ impl SuperLink {
             Some(address) => Some(listen("health-server-address", address).await?),
             None => None,
         };
-        let fleet = listen("fleet-api-address", &config.fleet_address).await?;
         std::fs::create_dir_all(&config.storage_dir).map_err(|source| StartError::StorageDir {
             path: config.storage_dir.clone(),
             source,
@@ -171,9 +171,9 @@ impl SuperLink {
             stores,
             serverappio,
             fleet,
+            exec,
             metrics,
             health,
-            exec,
             serverapp_program: "flwr-serverapp".into(),
             launcher_poll_interval: launcher::POLL_INTERVAL,
             node_auth,
@@ -220,6 +220,7 @@ impl SuperLink {
     pub fn exec_address(&self) -> io::Result<SocketAddr> {
         self.exec.local_addr()
     }
+
     /// The bound `--metrics-address`, if any.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
@@ -229,7 +230,6 @@ impl SuperLink {
     pub fn health_address(&self) -> Option<SocketAddr> {
         self.health.as_ref().and_then(|l| l.local_addr().ok())
     }
-
 
     /// Warns when an API without authentication listens beyond loopback: whoever reaches
     /// ServerAppIo reads and writes every task, and whoever reaches Exec runs code on every
@@ -277,6 +277,7 @@ impl SuperLink {
             tracing::warn!("{warning}");
         }
         self.warn_about_exposure();
+        let stop = CancellationToken::new();
         // NOT_SERVING until every server below runs.
         let health = Health::new(&[
             flwr_proto::exec_server::SERVICE_NAME,
@@ -285,7 +286,6 @@ impl SuperLink {
         ])
         .await;
         let launcher_counters = LauncherCounters::default();
-        let stop = CancellationToken::new();
         let (launcher, launcher_task) = match self.config.isolation {
             Isolation::Subprocess => {
                 let settings = LauncherSettings {
