@@ -181,6 +181,20 @@ pub struct Args {
         help_heading = "Rounds (flower-rs)"
     )]
     pub no_hold_pulls: bool,
+
+    /// Largest gRPC message, in bytes, the SuperLink receives or sends on any API (the
+    /// reference's fixed 512 MiB by default; at most 2 GiB − 1). Raise it for models above
+    /// 512 MiB; every SuperNode and app of the federation needs the same limit.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = flwr_proto::MAX_MESSAGE_SIZE as u64,
+        value_parser = clap::value_parser!(u64).range(
+            flwr_proto::MIN_MESSAGE_SIZE as u64..=flwr_proto::MAX_MESSAGE_SIZE_CEILING as u64
+        ),
+        help_heading = "Large models (flower-rs)"
+    )]
+    pub grpc_max_message_length: u64,
 }
 
 /// How ServerApps are run.
@@ -280,6 +294,8 @@ pub struct Config {
     pub connection_limits: Limits,
     /// `--hold-pulls` / `--no-hold-pulls`: how long pulls that do not ask for a hold are held.
     pub unasked_hold: Option<std::time::Duration>,
+    /// `--grpc-max-message-length`: the largest message received or sent, in bytes.
+    pub max_message_size: usize,
 }
 
 /// How long `--hold-pulls` holds the pulls of 1.14 clients: they sleep 3 s after an empty pull
@@ -494,6 +510,9 @@ impl Config {
             max_connections: args.max_connections,
             connection_limits,
             unasked_hold: (!args.no_hold_pulls).then_some(UNASKED_HOLD),
+            // The parser bounded it to 2 GiB − 1, which fits any usize of a 64-bit target.
+            max_message_size: usize::try_from(args.grpc_max_message_length)
+                .unwrap_or(flwr_proto::MAX_MESSAGE_SIZE_CEILING),
         })
     }
 }
@@ -704,6 +723,26 @@ mod tests {
             Some(UNASKED_HOLD)
         );
         assert_eq!(hold(&["--hold-pulls", "--no-hold-pulls"]), None);
+    }
+
+    #[test]
+    fn the_message_size_limit_defaults_to_the_references_and_is_bounded() {
+        let limit = |extra: &[&str]| {
+            let mut argv = vec!["flower-superlink", "--insecure"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+                .map(|args| Config::from_args(args).expect("valid").max_message_size)
+        };
+        assert_eq!(limit(&[]).ok(), Some(flwr_proto::MAX_MESSAGE_SIZE));
+        let raised = ["--grpc-max-message-length", "2147483647"];
+        assert_eq!(limit(&raised).ok(), Some((1 << 31) - 1));
+        for refused in ["2147483648", "1024", "-1", "lots"] {
+            let error = limit(&["--grpc-max-message-length", refused]).expect_err(refused);
+            assert!(
+                error.to_string().contains("--grpc-max-message-length"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -560,7 +560,9 @@ impl BodyError {
     fn into_status(self, limit: usize) -> Status {
         match self {
             Self::TooLarge(length) => Status::resource_exhausted(format!(
-                "request message of {length} bytes exceeds the SuperLink's limit of {limit} bytes"
+                "request message of {length} bytes exceeds the SuperLink's limit of {limit} bytes \
+                 ({})",
+                flwr_proto::MESSAGE_SIZE_FLAG
             )),
             Self::Malformed => Status::internal("Exception deserializing request!"),
             Self::TimedOut => Status::deadline_exceeded("request body did not arrive in time"),

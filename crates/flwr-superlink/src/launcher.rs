@@ -53,6 +53,8 @@ pub struct LauncherSettings {
     pub serverappio_address: Address,
     /// Period of the pending-run check.
     pub poll_interval: Duration,
+    /// `--grpc-max-message-length`, told to the child when it is not the reference's.
+    pub max_message_size: usize,
 }
 
 /// Lets the services tell the launcher about runs; cheap to clone. A SuperLink without a
@@ -214,6 +216,12 @@ impl Launcher {
             .arg("--insecure")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if self.settings.max_message_size != flwr_proto::MAX_MESSAGE_SIZE {
+            command.env(
+                flwr_proto::MESSAGE_SIZE_ENV,
+                self.settings.max_message_size.to_string(),
+            );
+        }
         // Own process group, and SIGKILL if the SuperLink dies. The parent-death signal follows
         // the forking *thread*: this runs in the launcher task on a runtime worker thread, which
         // lives as long as the runtime (never move this spawn into `spawn_blocking`).
@@ -397,6 +405,7 @@ mod tests {
                 program: dir.join("flwr-serverapp"),
                 serverappio_address: "127.0.0.1:9091".parse().expect("address"),
                 poll_interval: Duration::from_millis(100),
+                max_message_size: flwr_proto::MAX_MESSAGE_SIZE,
             };
             let shutdown = CancellationToken::new();
             let (_handle, _task) = start(state, settings, LauncherCounters::default(), shutdown);

@@ -16,7 +16,6 @@ use flwr_core::{Address, Host};
 use flwr_proto::exec_server::ExecServer;
 use flwr_proto::fleet_server::FleetServer;
 use flwr_proto::server_app_io_server::ServerAppIoServer;
-use flwr_proto::MAX_MESSAGE_SIZE;
 use flwr_runtime::health::Health;
 use flwr_runtime::limits;
 use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
@@ -292,6 +291,7 @@ impl SuperLink {
                     program: self.serverapp_program.clone(),
                     serverappio_address: self.config.serverappio_address.for_local_client(),
                     poll_interval: self.launcher_poll_interval,
+                    max_message_size: self.config.max_message_size,
                 };
                 let (handle, task) = launcher::start(
                     Arc::clone(&self.stores.state),
@@ -305,19 +305,19 @@ impl SuperLink {
         };
 
         let exec = ExecServer::new(ExecService::new(self.stores.clone(), launcher))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+            .max_decoding_message_size(self.config.max_message_size)
+            .max_encoding_message_size(self.config.max_message_size);
         let serverappio = ServerAppIoService::new(self.stores.clone())
             .with_unasked_hold(self.config.unasked_hold);
         let serverappio = ServerAppIoServer::new(serverappio)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+            .max_decoding_message_size(self.config.max_message_size)
+            .max_encoding_message_size(self.config.max_message_size);
         let fleet_handler = Arc::new(
             FleetHandler::new(self.stores.clone()).with_unasked_hold(self.config.unasked_hold),
         );
         let fleet = FleetServer::new(FleetService::new(fleet_handler))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+            .max_decoding_message_size(self.config.max_message_size)
+            .max_encoding_message_size(self.config.max_message_size);
 
         let budget = connection_budget(self.config.max_connections);
         let (grpc_metrics, metrics_server) = match self.metrics {
@@ -385,7 +385,7 @@ impl SuperLink {
                     watcher = Some(task::spawn("allow-list-watcher", reload));
                 }
                 // Outside the auth layer, so that refused requests are counted too.
-                let fleet = FleetAuth::new(fleet, auth, MAX_MESSAGE_SIZE);
+                let fleet = FleetAuth::new(fleet, auth, self.config.max_message_size);
                 route(grpc_metrics, "Fleet", FLEET_METHODS, fleet)
             }
             None => route(grpc_metrics, "Fleet", FLEET_METHODS, fleet),
