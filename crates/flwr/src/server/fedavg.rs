@@ -347,10 +347,19 @@ impl FedAvg {
         let replies = grid.send_and_receive(messages, self.round_timeout).await?;
         let exchange = exchange.elapsed().as_secs_f64();
         let mut failures = nodes.len().saturating_sub(replies.len());
-        let mut results = Vec::new();
-        for reply in &replies {
-            match reply_content(reply).and_then(|c| Ok(FitRes::from_record_set(c)?)) {
-                Ok(res) if res.status.code == Code::Ok => results.push(res),
+        // Each model is added to the running sum as it is converted and dropped right after, so
+        // the round holds the replies plus one sum, not every client's model twice more.
+        let mut sum = WeightedSum::default();
+        let mut sum_error = None;
+        let mut results: Vec<(u64, Config)> = Vec::new();
+        for reply in replies {
+            match reply_content(&reply).and_then(|c| Ok(FitRes::from_record_set(c)?)) {
+                Ok(res) if res.status.code == Code::Ok => {
+                    if sum_error.is_none() {
+                        sum_error = sum.add(&res.parameters, res.num_examples).err();
+                    }
+                    results.push((res.num_examples, res.metrics));
+                }
                 Ok(res) => {
                     tracing::warn!("fit failed on a client: {}", res.status.message);
                     failures += 1;
@@ -365,7 +374,7 @@ impl FedAvg {
             exchange,
             results
                 .iter()
-                .map(|r| r.metrics.get(COMPUTE_SECONDS_METRIC)),
+                .map(|(_, metrics)| metrics.get(COMPUTE_SECONDS_METRIC)),
         );
         tracing::info!(
             "aggregate_fit: received {} results and {failures} failures",
@@ -374,15 +383,14 @@ impl FedAvg {
         if results.is_empty() || (!self.accept_failures && failures > 0) {
             return Ok(None);
         }
-        let weighted: Vec<(Vec<Array>, u64)> = results
-            .iter()
-            .map(|r| (r.parameters.clone(), r.num_examples))
-            .collect();
-        let aggregated = aggregate(&weighted)?;
+        if let Some(error) = sum_error {
+            return Err(error);
+        }
+        let aggregated = sum.finish()?;
         let metrics = match self.fit_metrics_aggregation {
             MetricsAggregation::Ignore => Config::new(),
             MetricsAggregation::WeightedAverage => {
-                weighted_average(results.iter().map(|r| (r.num_examples, &r.metrics)))
+                weighted_average(results.iter().map(|(n, metrics)| (*n, metrics)))
             }
         };
         Ok(Some((aggregated, metrics)))
@@ -551,61 +559,109 @@ fn reply_content(reply: &Message) -> Result<&crate::record::RecordSet, AppError>
 ///
 /// An [`AppError`] for mismatched layers, undecodable arrays or zero examples in total.
 pub fn aggregate(results: &[(Vec<Array>, u64)]) -> Result<Vec<Array>, AppError> {
-    let total: u64 = results.iter().map(|(_, n)| n).sum();
-    if total == 0 {
-        return Err(AppError::new("cannot aggregate: zero examples in total"));
+    let mut sum = WeightedSum::default();
+    for (arrays, examples) in results {
+        sum.add(arrays, *examples)?;
     }
-    let Some((first, _)) = results.first() else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::with_capacity(first.len());
-    for layer in 0..first.len() {
-        let mut shape: Option<Vec<usize>> = None;
-        let mut dtype = Dtype::Float32;
-        let mut sum: Vec<f64> = Vec::new();
-        for (client, (arrays, examples)) in results.iter().enumerate() {
-            let array = arrays.get(layer).ok_or_else(|| {
-                AppError::new(format!("client {client} sent {} layers", arrays.len()))
-            })?;
-            let header = array.npy_header()?;
-            if header.dtype()?.0 == Dtype::Float64 {
-                dtype = Dtype::Float64;
-            }
-            let values = array.to_f64()?;
-            match &shape {
-                None => {
-                    shape = Some(header.shape);
-                    sum = vec![0.0; values.len()];
-                }
-                Some(expected) if *expected != header.shape => {
-                    return Err(AppError::new(format!(
-                        "layer {layer}: shape {:?} differs from {expected:?}",
-                        header.shape
-                    )));
-                }
-                Some(_) => {}
-            }
-            #[allow(clippy::cast_precision_loss)] // example counts are far below 2^52
-            let weight = *examples as f64;
-            for (acc, value) in sum.iter_mut().zip(values) {
-                *acc += value * weight;
-            }
+    sum.finish()
+}
+
+/// A weighted average of models built one client at a time: adding a model folds it into one
+/// `f64` sum per layer, so the caller can drop each model as soon as it is added.
+#[derive(Debug, Default)]
+pub struct WeightedSum {
+    layers: Vec<LayerSum>,
+    total: u64,
+    clients: usize,
+}
+
+#[derive(Debug)]
+struct LayerSum {
+    shape: Vec<usize>,
+    dtype: Dtype,
+    sum: Vec<f64>,
+}
+
+impl WeightedSum {
+    /// Adds one client's model, weighted by its number of examples.
+    ///
+    /// # Errors
+    ///
+    /// The model has another number of layers or another shape than the first one added, or a
+    /// layer is not a float array.
+    pub fn add(&mut self, arrays: &[Array], examples: u64) -> Result<(), AppError> {
+        let client = self.clients;
+        if client > 0 && arrays.len() != self.layers.len() {
+            return Err(AppError::new(format!(
+                "client {client} sent {} layers, the first sent {}",
+                arrays.len(),
+                self.layers.len()
+            )));
         }
         #[allow(clippy::cast_precision_loss)] // example counts are far below 2^52
-        let total = total as f64;
-        let shape = shape.unwrap_or_default();
-        let averaged: Vec<f64> = sum.into_iter().map(|v| v / total).collect();
-        let array = match dtype {
-            #[allow(clippy::cast_possible_truncation)] // float32 in, float32 out
-            Dtype::Float32 => {
-                let narrowed: Vec<f32> = averaged.iter().map(|&v| v as f32).collect();
-                Array::from_f32(&shape, &narrowed)?
+        let weight = examples as f64;
+        for (layer, array) in arrays.iter().enumerate() {
+            let header = array.npy_header()?;
+            let float64 = header.dtype()?.0 == Dtype::Float64;
+            let values = array.to_f64()?;
+            if client == 0 {
+                self.layers.push(LayerSum {
+                    shape: header.shape.clone(),
+                    dtype: Dtype::Float32,
+                    sum: vec![0.0; values.len()],
+                });
             }
-            _ => Array::from_f64(&shape, &averaged)?,
-        };
-        out.push(array);
+            let Some(acc) = self.layers.get_mut(layer) else {
+                return Err(AppError::new(format!("client {client}: no layer {layer}")));
+            };
+            if acc.shape != header.shape {
+                return Err(AppError::new(format!(
+                    "layer {layer}: shape {:?} differs from {:?}",
+                    header.shape, acc.shape
+                )));
+            }
+            if float64 {
+                acc.dtype = Dtype::Float64;
+            }
+            for (sum, value) in acc.sum.iter_mut().zip(values) {
+                *sum += value * weight;
+            }
+        }
+        self.total += examples;
+        self.clients += 1;
+        Ok(())
     }
-    Ok(out)
+
+    /// The weighted average of every model added (float32 layers stay float32 unless a client
+    /// sent float64).
+    ///
+    /// # Errors
+    ///
+    /// Zero examples in total (also when nothing was added).
+    pub fn finish(self) -> Result<Vec<Array>, AppError> {
+        if self.total == 0 {
+            return Err(AppError::new("cannot aggregate: zero examples in total"));
+        }
+        #[allow(clippy::cast_precision_loss)] // example counts are far below 2^52
+        let total = self.total as f64;
+        self.layers
+            .into_iter()
+            .map(|layer| {
+                let averaged = layer.sum.into_iter().map(|v| v / total);
+                match layer.dtype {
+                    #[allow(clippy::cast_possible_truncation)] // float32 in, float32 out
+                    Dtype::Float32 => {
+                        let narrowed: Vec<f32> = averaged.map(|v| v as f32).collect();
+                        Ok(Array::from_f32(&layer.shape, &narrowed)?)
+                    }
+                    _ => Ok(Array::from_f64(
+                        &layer.shape,
+                        &averaged.collect::<Vec<_>>(),
+                    )?),
+                }
+            })
+            .collect()
+    }
 }
 
 /// `sum(n_i * loss_i) / sum(n_i)`; `None` when there are no examples.

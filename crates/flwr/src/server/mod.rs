@@ -11,7 +11,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use fedavg::{
-    FedAvg, FedAvgOutcome, History, MetricsAggregation, RoundTiming, COMPUTE_SECONDS_METRIC,
+    FedAvg, FedAvgOutcome, History, MetricsAggregation, RoundTiming, WeightedSum,
+    COMPUTE_SECONDS_METRIC,
 };
 pub use grid::{Grid, GridError, ServerAppInputs, DEFAULT_ADDRESS};
 pub use logs::{LogTee, LogTeeWriter};
