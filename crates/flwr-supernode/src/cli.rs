@@ -14,7 +14,9 @@ use flwr_proto::Scalar;
 
 use crate::backoff::RetryPolicy;
 pub use crate::fleet::Tls;
+use crate::node::Operations;
 use crate::node_config::{self, NodeConfigError};
+pub use flwr_runtime::logging::LogFormat;
 
 /// The reference's default for `--superlink` (and `--server`): literally `0.0.0.0:9092`.
 pub const DEFAULT_SUPERLINK: &str = "0.0.0.0:9092";
@@ -161,6 +163,24 @@ pub struct Cli {
         )
     )]
     pub grpc_max_message_length: u64,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (plaintext; bind it to loopback or
+    /// a monitoring network). Off by default. The ClientAppIo port answers gRPC health checks.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        help_heading = "Operations (flower-rs)"
+    )]
+    pub metrics_address: Option<String>,
+
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        help_heading = "Operations (flower-rs)"
+    )]
+    pub log_format: LogFormat,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -260,6 +280,20 @@ pub enum ConfigError {
 }
 
 impl Cli {
+    /// The operator-facing flags (`--metrics-address`), validated.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Address`] for an unparsable address.
+    pub fn operations(&self) -> Result<Operations, ConfigError> {
+        let metrics_address = self
+            .metrics_address
+            .as_deref()
+            .map(|text| parse_address("--metrics-address", text))
+            .transpose()?;
+        Ok(Operations { metrics_address })
+    }
+
     /// Validates the flags and reads the files they name.
     ///
     /// # Errors

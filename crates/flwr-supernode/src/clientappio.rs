@@ -519,6 +519,7 @@ pub async fn serve(
     listener: TcpListener,
     exchange: Arc<Exchange>,
     max_message_size: usize,
+    observed: Observed,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let settings = ListenerSettings {
@@ -531,13 +532,31 @@ pub async fn serve(
     let service = ClientAppIoServer::new(ClientAppIoService::new(exchange, stop.clone()))
         .max_decoding_message_size(max_message_size)
         .max_encoding_message_size(max_message_size);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(1000)
         .concurrency_limit_per_connection(1000)
-        .http2_keepalive_interval(Some(Duration::from_secs(210)))
-        .add_service(service)
+        .http2_keepalive_interval(Some(Duration::from_secs(210)));
+    let router = match &observed.grpc {
+        Some(grpc) => builder.add_service(grpc.wrap("ClientAppIo", CLIENTAPPIO_METHODS, service)),
+        None => builder.add_service(service),
+    };
+    router
+        .add_service(observed.health)
         .serve_with_incoming_shutdown(connections, stop.cancelled_owned())
         .await
+}
+
+/// The ClientAppIo methods (label values of `method` in the request metrics).
+pub const CLIENTAPPIO_METHODS: &[&str] =
+    &["GetToken", "PullClientAppInputs", "PushClientAppOutputs"];
+
+/// What [`serve`] adds beside ClientAppIo: gRPC health, and request metrics when exported.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// `grpc.health.v1.Health`, answered on the ClientAppIo port.
+    pub health: flwr_runtime::health::HealthGrpc,
+    /// Request counts and latencies, with `--metrics-address`.
+    pub grpc: Option<flwr_runtime::metrics::GrpcMetrics>,
 }
 
 #[cfg(test)]

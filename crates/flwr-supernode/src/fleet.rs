@@ -228,6 +228,8 @@ pub struct Fleet {
     policy: RetryPolicy,
     deadlines: Deadlines,
     cancel: CancellationToken,
+    /// Retried attempts (`flwr_supernode_fleet_retries_total`).
+    retries: prometheus_client::metrics::counter::Counter,
 }
 
 impl Fleet {
@@ -290,7 +292,18 @@ impl Fleet {
             policy,
             deadlines: Deadlines::default(),
             cancel,
+            retries: prometheus_client::metrics::counter::Counter::default(),
         }
+    }
+
+    /// The same client, counting its retried attempts in `retries`.
+    #[must_use]
+    pub fn with_retry_counter(
+        mut self,
+        retries: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.retries = retries;
+        self
     }
 
     /// The same client with another message-size limit (`--grpc-max-message-length`) than the
@@ -607,6 +620,7 @@ impl Fleet {
                     });
                 }
                 Retry::Wait(wait) => {
+                    self.retries.inc();
                     tracing::warn!(
                         "{rpc}: connection attempt failed ({}), retrying in {:.2} seconds",
                         describe(&status),

@@ -19,6 +19,7 @@
 //! - [`clientappio`]: the ClientAppIo gRPC service and its token state machine;
 //! - [`launcher`]: starting, timing out and reaping `flwr-clientapp`;
 //! - [`warm`]: the long-lived ClientApp process and its supervisor (`--clientapp-lifetime warm`);
+//! - [`metrics`]: what `--metrics-address` exports;
 //! - [`node`]: the connection loop tying it all together ([`run`]);
 //! - [`shutdown`]: the SIGINT and SIGTERM handlers;
 //! - [`spawn`]: the one place tasks are spawned.
@@ -34,6 +35,7 @@ pub mod fleet;
 pub mod heartbeat;
 pub mod launcher;
 pub mod message;
+pub mod metrics;
 pub mod node;
 pub mod node_config;
 pub mod shutdown;
@@ -42,4 +44,4 @@ pub mod spawn;
 pub mod warm;
 
 pub use cli::{Cli, ClientAppLifetime, Config, ConfigError, Isolation, Tls};
-pub use node::{run, run_with_signer, NodeError};
+pub use node::{run, run_operated, run_with_signer, NodeError, Operations};

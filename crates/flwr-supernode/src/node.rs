@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use flwr_core::FabMetadata;
 use flwr_proto::{Context, Fab, Message, Metadata, Node, RecordSet, Run, Scalar, TaskIns};
+use flwr_runtime::health::Health;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,7 @@ use crate::message::{
     task_res_from_message, unix_now, validate_reply, CLIENT_APP_RAISED_EXCEPTION,
     LOAD_CLIENT_APP_EXCEPTION, LOAD_CLIENT_APP_REASON,
 };
+use crate::metrics::NodeMetrics;
 use crate::signer::{NodeAuth, RequestSigner, Unsigned};
 use crate::spawn::{spawn, TaskHandle};
 use crate::warm::{self, Exit, Lease, WarmApp};
@@ -87,6 +89,15 @@ pub enum NodeError {
     /// The Fleet channel could not be configured.
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    /// `--metrics-address` could not be bound.
+    #[error("--metrics-address {address}: cannot listen: {source}")]
+    Metrics {
+        /// The address.
+        address: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A Fleet call failed for good: the SuperLink stayed unreachable past the retry limits, or
     /// answered with a status the reference does not retry.
     #[error("lost the SuperLink")]
@@ -101,11 +112,32 @@ pub enum NodeError {
 ///
 /// See [`NodeError`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    run_operated(config, Operations::default(), shutdown).await
+}
+
+/// What a SuperNode exposes to operators beside its work (flower-rs flags, not the
+/// reference's).
+#[derive(Clone, Debug, Default)]
+pub struct Operations {
+    /// `--metrics-address`: where `/metrics` is served, if anywhere.
+    pub metrics_address: Option<flwr_core::Address>,
+}
+
+/// [`run`] with the operator-facing extras of `operations`.
+///
+/// # Errors
+///
+/// See [`NodeError`].
+pub async fn run_operated(
+    config: Config,
+    operations: Operations,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
     let signer: Arc<dyn RequestSigner> = match &config.auth {
         Some(keys) => Arc::new(NodeAuth::new(keys.private.clone(), &keys.public)),
         None => Arc::new(Unsigned),
     };
-    run_with_signer(config, signer, shutdown).await
+    run_node(config, operations, signer, shutdown).await
 }
 
 /// [`run`] with an explicit [`RequestSigner`].
@@ -115,6 +147,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// See [`NodeError`].
 pub async fn run_with_signer(
     config: Config,
+    signer: Arc<dyn RequestSigner>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    run_node(config, Operations::default(), signer, shutdown).await
+}
+
+async fn run_node(
+    config: Config,
+    operations: Operations,
     signer: Arc<dyn RequestSigner>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
@@ -141,6 +182,34 @@ pub async fn run_with_signer(
             address: config.clientappio_address.to_string(),
             source,
         })?;
+    let metrics_listener =
+        match &operations.metrics_address {
+            Some(address) => Some(TcpListener::bind(address.to_string()).await.map_err(
+                |source| NodeError::Metrics {
+                    address: address.to_string(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+    let node_metrics = NodeMetrics::default();
+    // NOT_SERVING until ClientAppIo serves.
+    let health = Health::new(&[flwr_proto::client_app_io_server::SERVICE_NAME]).await;
+    let io_stop = CancellationToken::new();
+    let (grpc_metrics, _metrics_server) = match metrics_listener {
+        Some(listener) => {
+            let mut metrics = flwr_runtime::metrics::Metrics::new();
+            let grpc = flwr_runtime::metrics::GrpcMetrics::register(metrics.registry_mut());
+            node_metrics.register(metrics.registry_mut());
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
+            }
+            let served =
+                flwr_runtime::metrics::serve(listener, Arc::new(metrics), io_stop.child_token());
+            (Some(grpc), Some(spawn("metrics", served)))
+        }
+        None => (None, None),
+    };
     let warm_clientapp = config.isolation == Isolation::Subprocess
         && config.clientapp_lifetime == ClientAppLifetime::Warm;
     let exchange = Arc::new(if warm_clientapp {
@@ -148,16 +217,21 @@ pub async fn run_with_signer(
     } else {
         Exchange::new()
     });
-    let io_stop = CancellationToken::new();
+    let observed = clientappio::Observed {
+        health: health.service(),
+        grpc: grpc_metrics,
+    };
     let mut io_server = spawn(
         "clientappio",
         clientappio::serve(
             listener,
             Arc::clone(&exchange),
             config.max_message_size,
+            observed,
             io_stop.clone(),
         ),
     );
+    health.set_serving().await;
     tracing::info!(
         "ClientAppIo API listening on {} (isolation: {:?})",
         config.clientappio_address,
@@ -172,7 +246,8 @@ pub async fn run_with_signer(
         config.retry,
         cancel.clone(),
     )?
-    .with_max_message_size(config.max_message_size);
+    .with_max_message_size(config.max_message_size)
+    .with_retry_counter(node_metrics.retries.clone());
     let (beats_tx, beats_rx) = mpsc::channel(4);
     let launcher = Launcher::new(
         config.clientapp_program.clone(),
@@ -199,6 +274,8 @@ pub async fn run_with_signer(
         heartbeat: None,
         beats_tx,
         beats_rx,
+        metrics: node_metrics,
+        registrations: 0,
         runs: Lru::new(MAX_CACHED_RUNS),
         fabs: Lru::new(MAX_CACHED_FABS),
         contexts: Lru::new(MAX_CACHED_RUNS),
@@ -221,6 +298,7 @@ pub async fn run_with_signer(
                 }));
             }
             () = shutdown => {
+                health.set_not_serving().await;
                 tracing::info!("Shutting down: stopping the current ClientApp, if any");
                 cancel.cancel();
                 match tokio::time::timeout(SHUTDOWN_GRACE, &mut main).await {
@@ -233,12 +311,16 @@ pub async fn run_with_signer(
             }
         }
     };
+    health.set_not_serving().await;
     supernode.heartbeat = None;
     if outcome.is_ok() {
         if let Some(node) = supernode.node {
             let fleet = supernode.fleet.with_cancel(CancellationToken::new());
             match tokio::time::timeout(DELETE_NODE_BUDGET, fleet.delete_node(&node)).await {
-                Ok(Ok(())) => tracing::info!("Unregistered node {}", node.node_id),
+                Ok(Ok(())) => {
+                    supernode.metrics.registered.set(0);
+                    tracing::info!("Unregistered node {}", node.node_id);
+                }
                 Ok(Err(error)) => tracing::warn!("DeleteNode failed: {error}"),
                 Err(_) => {
                     tracing::warn!("DeleteNode did not complete within {DELETE_NODE_BUDGET:?}")
@@ -329,6 +411,9 @@ struct SuperNode {
     heartbeat: Option<TaskHandle<()>>,
     beats_tx: mpsc::Sender<Beat>,
     beats_rx: mpsc::Receiver<Beat>,
+    metrics: NodeMetrics,
+    /// Successful `CreateNode`s so far; every one after the first is a reconnect.
+    registrations: u64,
     runs: Lru<u64, Run>,
     fabs: Lru<String, Arc<CachedFab>>,
     contexts: Lru<u64, RunContext>,
@@ -389,6 +474,11 @@ impl SuperNode {
             Err(error) => return Err(error.into()),
         };
         tracing::info!("Registered with the SuperLink as node {}", node.node_id);
+        if self.registrations > 0 {
+            self.metrics.reconnects.inc();
+        }
+        self.registrations += 1;
+        self.metrics.registered.set(1);
         self.node = Some(node);
         self.heartbeat = Some(spawn(
             "heartbeat",
@@ -408,6 +498,7 @@ impl SuperNode {
             tracing::warn!("Node {node_id} is unknown to the SuperLink; registering again");
             self.node = None;
             self.heartbeat = None;
+            self.metrics.registered.set(0);
         }
     }
 
@@ -453,6 +544,7 @@ impl SuperNode {
             incoming.message_type,
             incoming.message_id
         );
+        self.metrics.received.inc();
         if incoming.message_type == message::RECONNECT_MESSAGE_TYPE {
             tracing::warn!("Ignoring a legacy reconnect message");
             return Ok(Flow::Continue);
@@ -596,12 +688,19 @@ impl SuperNode {
             fab: fab.map(|cached| cached.fab.clone()),
             token: rand::random::<u64>(),
         };
-        match self.exchange_outputs(inputs, incoming).await {
+        let started = tokio::time::Instant::now();
+        let outcome = self.exchange_outputs(inputs, incoming).await;
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(outputs) => {
                 if let Err(invalid) = validate_reply(&outputs.message, incoming) {
+                    self.metrics.failed.inc();
                     tracing::error!("Invalid out message ({invalid}); not sending it");
                     return Ok(None);
                 }
+                self.metrics.completed.inc();
                 if let Some(run_context) = self.contexts.get_mut(&run_id) {
                     let mut context = outputs.context;
                     // The reference leaves its main loop here; we keep serving and only refuse
@@ -625,6 +724,7 @@ impl SuperNode {
                 Ok(None)
             }
             Err(error) => {
+                self.metrics.failed.inc();
                 tracing::error!("ClientApp raised an exception: {error}");
                 Ok(Some(error_reply(
                     incoming,
@@ -656,7 +756,13 @@ impl SuperNode {
         self.exchange.set_inputs(inputs, subprocess)?;
         let reset = ResetOnDrop(&self.exchange);
         if subprocess {
-            self.launcher.run(token, budget, &self.cancel).await?;
+            let ran = self.launcher.run(token, budget, &self.cancel).await;
+            match &ran {
+                Ok(()) => self.metrics.exited(&std::process::ExitStatus::default()),
+                Err(LaunchError::Failed { status, .. }) => self.metrics.exited(status),
+                Err(_) => {}
+            }
+            ran?;
         } else {
             tokio::select! {
                 () = self.exchange.outputs_pushed() => {}
@@ -692,6 +798,9 @@ impl SuperNode {
                 () = self.exchange.outputs_pushed() => break,
                 exit = lease.exited() => {
                     // Outputs pushed just before the exit still count.
+                    if let Some(Exit::Status(status)) = &exit {
+                        self.metrics.exited(status);
+                    }
                     if self.exchange.has_outputs() {
                         break;
                     }

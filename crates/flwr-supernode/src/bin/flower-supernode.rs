@@ -4,7 +4,6 @@
 //! line, 1 when the node gives up on the SuperLink. Failures end with one `error: ...` line on
 //! stderr.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -35,7 +34,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    init_logging();
+    if let Err(error) = flwr_runtime::logging::init(cli.log_format) {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
+    let operations = match cli.operations() {
+        Ok(operations) => operations,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(error) => {
@@ -43,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    match run(config) {
+    match run(config, operations) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -52,7 +61,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: flwr_supernode::Config) -> anyhow::Result<()> {
+fn run(
+    config: flwr_supernode::Config,
+    operations: flwr_supernode::Operations,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,18 +76,7 @@ fn run(config: flwr_supernode::Config) -> anyhow::Result<()> {
             let signal = signals.recv().await;
             tracing::info!("Received {signal}");
         };
-        flwr_supernode::run(config, shutdown).await?;
+        flwr_supernode::run_operated(config, operations, shutdown).await?;
         Ok(())
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
 }
