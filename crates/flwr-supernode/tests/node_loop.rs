@@ -289,7 +289,6 @@ async fn start_with(
     isolation: Isolation,
     clientapp_lifetime: ClientAppLifetime,
     clientapp_program: std::path::PathBuf,
-    max_message_size: flwr_proto::MAX_MESSAGE_SIZE,
 ) -> Harness {
     let fleet = MockFleet(Arc::new(Mutex::new(script)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -320,6 +319,7 @@ async fn start_with(
         flwr_dir: Some(home.to_path_buf()),
         auth: None,
         clientapp_program,
+        max_message_size: flwr_proto::MAX_MESSAGE_SIZE,
     };
     let (tx, rx) = oneshot::channel::<()>();
     #[allow(clippy::disallowed_methods)] // test scaffolding, awaited by the test
