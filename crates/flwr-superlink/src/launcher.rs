@@ -13,7 +13,10 @@
 //!   status in `details` (a run still `pending` gets [`MAX_ATTEMPTS`] tries first), so a broken
 //!   app cannot make the SuperLink spawn forever;
 //! - `StopRun` ([`LauncherHandle::stop_run`]) and shutdown kill its process group (SIGTERM, then
-//!   SIGKILL after [`KILL_GRACE`]).
+//!   SIGKILL after [`KILL_GRACE`]);
+//! - runs that a previous SuperLink process left `starting` or `running` (it was killed or
+//!   crashed, taking their ServerApps with it) are marked `finished:failed` at start
+//!   ([`INTERRUPTED`]), so a restart on the same database never leaves a run stuck.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,7 +27,7 @@ use std::time::Duration;
 use flwr_core::Address;
 use flwr_proto::RunStatus;
 use flwr_runtime::process::tie_to_parent;
-use flwr_state::lifecycle::{FAILED, FINISHED, PENDING};
+use flwr_state::lifecycle::{FAILED, FINISHED, PENDING, RUNNING, STARTING};
 use flwr_state::LinkState;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -150,6 +153,7 @@ impl Launcher {
         shutdown: CancellationToken,
     ) {
         tracing::debug!("started flwr-serverapp launcher");
+        self.fail_interrupted_runs().await;
         let first = tokio::time::Instant::now() + self.settings.poll_interval;
         let mut ticks = tokio::time::interval_at(first, self.settings.poll_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -327,6 +331,40 @@ fn describe(status: ExitStatus) -> String {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         (None, None) => format!("exited ({status})"),
+    }
+}
+
+/// What a run left `starting` or `running` by a previous SuperLink process is marked with.
+pub const INTERRUPTED: &str =
+    "the SuperLink stopped while the run was in progress, and with it the run's ServerApp";
+
+impl Launcher {
+    /// Fails the runs a previous SuperLink left `starting` or `running` (a crash, a kill, a
+    /// restart on the same database). Their ServerApps were this launcher's children and died
+    /// with that process, so nobody would ever finish them: without this they stay `running`
+    /// for ever.
+    async fn fail_interrupted_runs(&self) {
+        let state = Arc::clone(&self.state);
+        let runs = match tokio::task::spawn_blocking(move || state.runs()).await {
+            Ok(Ok(runs)) => runs,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "could not look for interrupted runs");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "looking for interrupted runs panicked");
+                return;
+            }
+        };
+        for run in runs {
+            let status = run
+                .status
+                .as_ref()
+                .map_or("", |status| status.status.as_str());
+            if status == STARTING || status == RUNNING {
+                fail_run(&self.state, run.run_id, INTERRUPTED.to_owned()).await;
+            }
+        }
     }
 }
 

@@ -1213,3 +1213,36 @@ async fn by_default_the_pulls_of_clients_that_do_not_ask_are_held() {
     assert!(empty.into_inner().task_ins_list.is_empty());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_fails_the_runs_whose_launched_serverapp_died_with_the_superlink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = dir.path().join("state.db").display().to_string();
+    // Never connects: the launcher has nothing to do for a run that is already running.
+    let idle = script(dir.path(), "flwr-serverapp", "sleep 30");
+    let sqlite = |serverapp: Option<PathBuf>| Options {
+        database: Some(database.clone()),
+        serverapp,
+        ..Options::default()
+    };
+
+    // A run taken by an operator-started ServerApp (process isolation) and left running.
+    let mut first = Harness::start(sqlite(None)).await;
+    let run_id = first.running_run().await;
+    first.stop().await;
+
+    // Restarted in process isolation, the run waits for its external ServerApp to come back.
+    let mut second = Harness::start(sqlite(None)).await;
+    assert_eq!(second.status(run_id).await.status, "running");
+    second.stop().await;
+
+    // Restarted with a launcher, which owns every ServerApp: the run's died with the old
+    // process, so the run is failed at start instead of staying `running` for ever.
+    let mut third = Harness::start(sqlite(Some(idle))).await;
+    let status = third
+        .wait_for_status(run_id, "finished", Duration::from_secs(10))
+        .await;
+    assert_eq!(status.sub_status, "failed");
+    assert_eq!(status.details, flwr_superlink::launcher::INTERRUPTED);
+    third.stop().await;
+}
