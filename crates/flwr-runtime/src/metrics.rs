@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -193,6 +193,7 @@ impl GrpcMetrics {
                     .duration
                     .get_or_create(&MethodLabels { api, method })
                     .clone(),
+                codes: std::array::from_fn(|_| OnceLock::new()),
             })
             .collect();
         Grpc {
@@ -208,11 +209,19 @@ impl GrpcMetrics {
     }
 }
 
-/// A method's metric handles, looked up once so that a request touches no map for them.
+/// gRPC status codes are 0 to 16.
+const CODES: usize = 17;
+/// Where codes outside 0–16 are counted.
+const UNKNOWN_CODE: i32 = 2;
+
+/// A method's metric handles, looked up once so that a request touches no map: the duration
+/// histogram, and the request counter of each code, created in the family on first use (so
+/// only codes that happened are exposed).
 #[derive(Debug)]
 struct MethodHandles {
     method: &'static str,
     duration: Histogram,
+    codes: [OnceLock<Counter>; CODES],
 }
 
 #[derive(Debug)]
@@ -235,14 +244,22 @@ impl Shared {
             .unwrap_or(other)
     }
 
-    fn complete(&self, method: usize, started: Instant, code: &'static str) {
+    fn complete(&self, method: usize, started: Instant, code: i32) {
         let handles = &self.methods[method];
         handles.duration.observe(started.elapsed().as_secs_f64());
-        self.requests
-            .get_or_create(&RequestLabels {
-                api: self.api,
-                method: handles.method,
-                code,
+        let code = usize::try_from(code)
+            .ok()
+            .filter(|code| *code < CODES)
+            .unwrap_or(UNKNOWN_CODE as usize);
+        handles.codes[code]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        api: self.api,
+                        method: handles.method,
+                        code: code_name(code as i32),
+                    })
+                    .clone()
             })
             .inc();
     }
@@ -353,7 +370,7 @@ struct Observed {
 }
 
 impl Observed {
-    fn complete(&mut self, code: &'static str) {
+    fn complete(&mut self, code: i32) {
         if let Some(pending) = self.pending.take() {
             self.shared.complete(pending.method, pending.started, code);
         }
@@ -375,12 +392,12 @@ impl Body for Observed {
                 if let Some(data) = frame.data_ref() {
                     this.shared.sent.inc_by(data.len() as u64);
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    this.complete(status_code(trailers).unwrap_or("UNKNOWN"));
+                    this.complete(status_code(trailers).unwrap_or(UNKNOWN_CODE));
                 }
             }
-            Poll::Ready(Some(Err(status))) => this.complete(code_name(status.code() as i32)),
+            Poll::Ready(Some(Err(status))) => this.complete(status.code() as i32),
             // A gRPC response always ends with a status; one without is not a success.
-            Poll::Ready(None) => this.complete("UNKNOWN"),
+            Poll::Ready(None) => this.complete(UNKNOWN_CODE),
             Poll::Pending => {}
         }
         polled
@@ -398,17 +415,17 @@ impl Body for Observed {
 impl Drop for Observed {
     fn drop(&mut self) {
         // The client went away (or the server is stopping) before the status was sent.
-        self.complete("CANCELLED");
+        self.complete(tonic::Code::Cancelled as i32);
     }
 }
 
 /// The code of a `grpc-status` header, if there is one.
-fn status_code(headers: &HeaderMap) -> Option<&'static str> {
+fn status_code(headers: &HeaderMap) -> Option<i32> {
     let value = headers.get("grpc-status")?;
     let code = std::str::from_utf8(value.as_bytes())
         .ok()
         .and_then(|text| text.parse::<i32>().ok());
-    Some(code.map_or("UNKNOWN", code_name))
+    Some(code.unwrap_or(UNKNOWN_CODE))
 }
 
 /// The canonical name of a gRPC status code (grpc/doc/statuscodes.md).
