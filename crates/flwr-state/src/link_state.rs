@@ -1,6 +1,6 @@
 //! The [`LinkState`] trait: everything the SuperLink remembers about runs, nodes and tasks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRes};
@@ -140,21 +140,6 @@ pub trait LinkState: Send + Sync + fmt::Debug {
     ///
     /// [`StateError::RunNotFound`].
     fn online_nodes(&self, run_id: u64) -> Result<Vec<u64>, StateError>;
-
-    // ----- node public keys (the auth allow-list) -----
-
-    /// Adds public keys (PEM SPKI bytes) to the allow-list; already present keys are ignored.
-    fn store_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError>;
-
-    /// The allow-listed public keys.
-    fn node_public_keys(&self) -> Result<BTreeSet<Vec<u8>>, StateError>;
-
-    /// Atomically replaces the allow-list (live reload). Nodes already bound to a removed key
-    /// keep their id; the auth layer refuses the key before it looks the node up.
-    fn replace_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError>;
-
-    /// Empties the allow-list (startup, AUTH.md §8). Node bindings are kept.
-    fn clear_node_public_keys(&self) -> Result<(), StateError>;
 
     // ----- runs -----
 

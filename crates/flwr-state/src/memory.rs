@@ -51,7 +51,6 @@ struct Inner {
     nodes: BTreeMap<u64, NodeEntry>,
     node_of_key: HashMap<Vec<u8>, u64>,
     liveness: Liveness,
-    public_keys: BTreeSet<Vec<u8>>,
     /// TaskIns by insertion sequence number.
     task_ins: HashMap<u64, TaskIns>,
     task_ins_seq: HashMap<Uuid, u64>,
@@ -541,25 +540,6 @@ impl LinkState for InMemoryLinkState {
                 .map(|(id, _)| *id),
         );
         Ok(ids)
-    }
-
-    fn store_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
-        self.lock().public_keys.extend(public_keys.iter().cloned());
-        Ok(())
-    }
-
-    fn node_public_keys(&self) -> Result<BTreeSet<Vec<u8>>, StateError> {
-        Ok(self.lock().public_keys.clone())
-    }
-
-    fn replace_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
-        self.lock().public_keys = public_keys.iter().cloned().collect();
-        Ok(())
-    }
-
-    fn clear_node_public_keys(&self) -> Result<(), StateError> {
-        self.lock().public_keys.clear();
-        Ok(())
     }
 
     fn create_run(

@@ -1,6 +1,6 @@
 //! [`SqliteLinkState`]: a [`LinkState`] persisted in one SQLite database.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -571,37 +571,6 @@ impl LinkState for SqliteLinkState {
         Ok(ids)
     }
 
-    fn store_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction()?;
-        insert_public_keys(&tx, public_keys)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn node_public_keys(&self) -> Result<BTreeSet<Vec<u8>>, StateError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached("SELECT public_key FROM public_key")?;
-        let keys = statement
-            .query_map([], |row| row.get::<_, Vec<u8>>(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(keys)
-    }
-
-    fn replace_node_public_keys(&self, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
-        let mut connection = self.lock();
-        let tx = connection.transaction()?;
-        tx.execute("DELETE FROM public_key", [])?;
-        insert_public_keys(&tx, public_keys)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn clear_node_public_keys(&self) -> Result<(), StateError> {
-        self.lock().execute("DELETE FROM public_key", [])?;
-        Ok(())
-    }
-
     fn create_run(
         &self,
         fab_id: &str,
@@ -778,15 +747,6 @@ fn queued_task_ins(
             .collect::<Result<_, _>>()?,
     };
     Ok(rows)
-}
-
-/// Adds keys to the allow-list, ignoring ones already present.
-fn insert_public_keys(tx: &Transaction<'_>, public_keys: &[Vec<u8>]) -> Result<(), StateError> {
-    let mut statement = tx.prepare_cached("INSERT OR IGNORE INTO public_key VALUES (?1)")?;
-    for key in public_keys {
-        statement.execute([key])?;
-    }
-    Ok(())
 }
 
 /// Creates a missing database file with mode 0600 before SQLite opens it: SQLite would create

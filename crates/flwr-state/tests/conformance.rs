@@ -992,30 +992,6 @@ fn story_node_key_binding(state: &dyn LinkState, clock: &TestClock) {
     ));
 }
 
-fn story_public_key_allow_list(state: &dyn LinkState, _clock: &TestClock) {
-    let (k1, k2, k3) = (b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec());
-    assert!(state.node_public_keys().unwrap().is_empty());
-    state
-        .store_node_public_keys(&[k1.clone(), k2.clone()])
-        .unwrap();
-    state
-        .store_node_public_keys(std::slice::from_ref(&k2))
-        .unwrap();
-    assert_eq!(
-        state.node_public_keys().unwrap(),
-        [k1.clone(), k2.clone()].into()
-    );
-    let node_id = state.create_node(30.0, Some(&k1)).unwrap();
-    state
-        .replace_node_public_keys(&[k2.clone(), k3.clone()])
-        .unwrap();
-    assert_eq!(state.node_public_keys().unwrap(), [k2, k3].into());
-    state.clear_node_public_keys().unwrap();
-    assert!(state.node_public_keys().unwrap().is_empty());
-    // Bindings are independent of the allow-list.
-    assert_eq!(state.node_id_for_public_key(&k1).unwrap(), Some(node_id));
-}
-
 fn story_log_epsilon(state: &dyn LinkState, clock: &TestClock) {
     let run_id = new_run(state);
     state.add_serverapp_log(run_id, "x").unwrap();
@@ -1121,7 +1097,6 @@ conformance!(
     story_node_online,
     story_many_nodes,
     story_node_key_binding,
-    story_public_key_allow_list,
     story_task_roundtrip,
     story_task_ins_validation,
     story_task_ins_delivery,
@@ -1240,9 +1215,6 @@ fn sqlite_restart_keeps_state() {
         state.add_serverapp_log(finished, "hello").unwrap();
         let pending = new_run(&state);
         let node_id = state.create_node(30.0, Some(&key)).unwrap();
-        state
-            .store_node_public_keys(std::slice::from_ref(&key))
-            .unwrap();
         let live = running_run(&state);
         let ins_id = state
             .store_task_ins(task_ins(live, node_id, T0, 100.0))
@@ -1267,7 +1239,6 @@ fn sqlite_restart_keeps_state() {
     );
     assert_eq!(state.pending_run_id().unwrap(), Some(pending));
     assert_eq!(state.node_id_for_public_key(&key).unwrap(), Some(node_id));
-    assert_eq!(state.node_public_keys().unwrap(), [key].into());
     assert_eq!(state.online_nodes(pending).unwrap(), vec![node_id]);
     let pulled = state.task_ins_for_node(Some(node_id), 5).unwrap();
     assert_eq!(pulled.len(), 1);
