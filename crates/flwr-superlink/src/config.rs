@@ -737,7 +737,8 @@ mod tests {
         let raised = ["--grpc-max-message-length", "2147483647"];
         assert_eq!(limit(&raised).ok(), Some((1 << 31) - 1));
         for refused in ["2147483648", "1024", "-1", "lots"] {
-            let error = limit(&["--grpc-max-message-length", refused]).expect_err(refused);
+            let flag = format!("--grpc-max-message-length={refused}");
+            let error = limit(&[flag.as_str()]).expect_err(refused);
             assert!(
                 error.to_string().contains("--grpc-max-message-length"),
                 "{error}"

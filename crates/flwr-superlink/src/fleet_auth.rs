@@ -765,9 +765,10 @@ impl Reloader {
 
 /// Keeps `auth`'s allow-list in step with the CSV file at `path` until `shutdown` resolves.
 ///
-/// A changed file is applied only when it has stopped changing (see [`RELOAD_INTERVAL`]) and
-/// parses under the start-up rules ([`parse_allow_list`]); anything else is logged and the
-/// previous list stays in force, so a half-written or emptied file never locks every node out.
+/// A changed file is applied only when it has stopped changing (the same content on two reads
+/// 250 ms apart) and parses under the start-up rules ([`parse_allow_list`]); anything else is
+/// logged and the previous list stays in force, so a half-written or emptied file never locks
+/// every node out.
 pub async fn watch_allow_list(
     path: PathBuf,
     auth: Arc<NodeAuthenticator>,
