@@ -106,6 +106,8 @@ pub(crate) struct Layout {
     pub(crate) serverappio: u16,
     /// Exec API port.
     pub(crate) exec: u16,
+    /// The SuperLink's Prometheus `/metrics` port.
+    pub(crate) metrics: u16,
     /// One ClientAppIo port per SuperNode; the last is the rogue's.
     pub(crate) clientappio: Vec<u16>,
 }
@@ -178,7 +180,9 @@ impl Federation {
             .arg("--serverappio-api-address")
             .arg(Layout::address(layout.serverappio))
             .arg("--exec-api-address")
-            .arg(Layout::address(layout.exec));
+            .arg(Layout::address(layout.exec))
+            .arg("--metrics-address")
+            .arg(Layout::address(layout.metrics));
         let mut superlink = Proc::spawn("superlink", &command, &layout.logs)?;
         superlink.set_drop_grace(DROP_GRACE);
         let mut federation = Self {

@@ -291,7 +291,7 @@ fn demo(
 
     // Fleet, ServerAppIo, Exec, then one ClientAppIo port per SuperNode and the rogue's;
     // `free_ports_vec` returns exactly as many as asked for, so the indexing below holds.
-    let ports = flwr_testkit::free_ports_vec(3 + config.nodes + 1)?;
+    let ports = flwr_testkit::free_ports_vec(4 + config.nodes + 1)?;
     let layout = Layout {
         logs: dir.join("logs"),
         bin: dir.join("bin"),
@@ -299,7 +299,8 @@ fn demo(
         fleet: ports[0],
         serverappio: ports[1],
         exec: ports[2],
-        clientappio: ports[3..].to_vec(),
+        metrics: ports[3],
+        clientappio: ports[4..].to_vec(),
     };
     binaries.link_apps(&layout.bin)?;
 
@@ -308,6 +309,7 @@ fn demo(
     reporter.report(Event::SuperLinkStarted {
         fleet: &Layout::address(layout.fleet),
         exec: &Layout::address(layout.exec),
+        metrics: &format!("http://{}/metrics", Layout::address(layout.metrics)),
     });
     let rogue = federation.start_supernodes(&layout, binaries, &credentials, cancel)?;
     reporter.report(Event::SuperNodesRegistered {

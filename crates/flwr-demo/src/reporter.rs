@@ -97,6 +97,8 @@ pub enum Event<'a> {
         fleet: &'a str,
         /// Exec API address.
         exec: &'a str,
+        /// Where the SuperLink's Prometheus metrics are served.
+        metrics: &'a str,
     },
     /// Every listed SuperNode has registered with the SuperLink.
     SuperNodesRegistered {

@@ -256,8 +256,13 @@ impl Reporter for Printer {
                 listed + 1,
                 allow_list.display()
             )),
-            Event::SuperLinkStarted { fleet, exec } => self.line(&format!(
-                "✓ SuperLink up with TLS and node authentication: Fleet API {fleet}, Exec API {exec}"
+            Event::SuperLinkStarted {
+                fleet,
+                exec,
+                metrics,
+            } => self.line(&format!(
+                "✓ SuperLink up with TLS and node authentication: Fleet API {fleet}, Exec API \
+                 {exec}, metrics {metrics}"
             )),
             Event::SuperNodesRegistered { count } => self.line(&format!(
                 "✓ {count} SuperNode(s) with listed keys registered"
