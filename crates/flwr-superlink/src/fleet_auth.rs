@@ -82,7 +82,7 @@ pub struct NodeAuthenticator {
     // A std mutex: held only for a map lookup or insert, never across an await.
     secrets: Mutex<HashMap<Vec<u8>, SharedSecret>>,
     large_verifications: Arc<Semaphore>,
-    refusal_log: Mutex<RateLimited>,
+    refusal_log: Mutex<RefusalLog>,
     /// Refusals by reason, counted whether or not metrics are exported (an atomic add).
     refusals: Family<RefusalLabels, Counter>,
     /// Allow-list reloads by result.
@@ -116,7 +116,10 @@ impl NodeAuthenticator {
             allowed: RwLock::new(Arc::new(key_set(&allowed))),
             secrets: Mutex::new(HashMap::new()),
             large_verifications: Arc::new(Semaphore::new(LARGE_VERIFICATIONS)),
-            refusal_log: Mutex::new(RateLimited::new(REFUSAL_LOG_INTERVAL)),
+            refusal_log: Mutex::new(RefusalLog {
+                limit: RateLimited::new(REFUSAL_LOG_INTERVAL),
+                held_back: [0; RefusalReason::ALL.len()],
+            }),
             refusals: Family::default(),
             reloads: Family::default(),
         })
@@ -222,10 +225,10 @@ impl NodeAuthenticator {
             })
             .inc();
         let held_back = match self.refusal_log.lock() {
-            Ok(mut log) => log.check(),
+            Ok(mut log) => log.admit(kind),
             Err(_) => None,
         };
-        let Some(held_back) = held_back else {
+        let Some((held_back, by_reason)) = held_back else {
             return;
         };
         let fingerprint = pem
@@ -237,8 +240,40 @@ impl NodeAuthenticator {
             reason,
             kind = kind.label(),
             refusals_not_logged = held_back,
+            not_logged_by_reason = %by_reason,
             "refused Fleet request"
         );
+    }
+}
+
+/// The refusal log's rate limit and, per reason, the refusals it held back since the last line.
+#[derive(Debug)]
+struct RefusalLog {
+    limit: RateLimited,
+    held_back: [u64; RefusalReason::ALL.len()],
+}
+
+impl RefusalLog {
+    /// `Some((held back, "reason=count …"))` when this refusal is to be logged; otherwise
+    /// counts it under its reason.
+    fn admit(&mut self, kind: RefusalReason) -> Option<(u64, String)> {
+        let Some(held_back) = self.limit.check() else {
+            if let Some(count) = RefusalReason::ALL
+                .iter()
+                .position(|reason| *reason == kind)
+                .and_then(|index| self.held_back.get_mut(index))
+            {
+                *count = count.saturating_add(1);
+            }
+            return None;
+        };
+        let summary: Vec<String> = RefusalReason::ALL
+            .iter()
+            .zip(std::mem::take(&mut self.held_back))
+            .filter(|(_, count)| *count > 0)
+            .map(|(reason, count)| format!("{}={count}", reason.label()))
+            .collect();
+        Some((held_back, summary.join(" ")))
     }
 }
 
@@ -824,6 +859,31 @@ mod tests {
             .expect("vector")
             .trim_end()
             .to_owned()
+    }
+
+    #[test]
+    fn the_refusal_log_summarizes_what_it_held_back_by_reason() {
+        let mut log = RefusalLog {
+            limit: RateLimited::new(Duration::from_secs(3600)),
+            held_back: [0; RefusalReason::ALL.len()],
+        };
+        assert_eq!(log.admit(RefusalReason::BadToken), Some((0, String::new())));
+        for kind in [
+            RefusalReason::NotAllowed,
+            RefusalReason::BadToken,
+            RefusalReason::NotAllowed,
+        ] {
+            assert_eq!(log.admit(kind), None, "within the interval");
+        }
+        assert_eq!(log.held_back.iter().sum::<u64>(), 3);
+        // The interval is over (a fresh limiter with none, whose own total restarts at 0); the
+        // per-reason counts are the log's.
+        log.limit = RateLimited::new(Duration::ZERO);
+        assert_eq!(
+            log.admit(RefusalReason::Internal),
+            Some((0, "bad_token=1 not_allowed=2".to_owned()))
+        );
+        assert_eq!(log.held_back, [0; RefusalReason::ALL.len()]);
     }
 
     #[test]
