@@ -48,6 +48,7 @@ fn running_run(state: &dyn LinkState) -> u64 {
             "ab",
             HashMap::new(),
             ConfigsRecord::default(),
+            None,
         )
         .expect("run");
     for status in ["starting", "running"] {

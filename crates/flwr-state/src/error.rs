@@ -28,6 +28,9 @@ pub enum StateError {
     /// The run id is unknown.
     #[error("run {0} not found")]
     RunNotFound(u64),
+    /// The PostgreSQL database failed (the text never holds the connection's password).
+    #[error("postgresql storage error: {0}")]
+    Postgres(String),
     /// The SQLite database failed.
     #[error("sqlite storage error")]
     Storage(#[from] rusqlite::Error),

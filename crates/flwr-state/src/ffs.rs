@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
+
+use crate::FabStore;
 
 /// Why an [`Ffs`] call failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +21,13 @@ pub enum FfsError {
     /// Reading or writing the storage directory failed.
     #[error("FAB storage i/o error")]
     Io(#[from] io::Error),
+    /// The store that keeps the FABs (PostgreSQL) failed.
+    #[error("FAB storage: {0}")]
+    Store(#[from] crate::StateError),
 }
 
 /// FAB storage: each FAB is a file `<sha256 hex>` with a sibling `<sha256 hex>.META`
-/// holding `{}`, or the same in memory.
+/// holding `{}`, the same in memory, or rows of a shared store that every replica reads.
 #[derive(Debug)]
 pub struct Ffs {
     backend: Backend,
@@ -34,6 +39,8 @@ enum Backend {
     Directory(PathBuf),
     /// Short critical sections only (a map insert or clone).
     Memory(Mutex<HashMap<String, Vec<u8>>>),
+    /// In the LinkState's database, so that every SuperLink replica serves every FAB.
+    Shared(Arc<dyn FabStore>),
 }
 
 impl Ffs {
@@ -51,6 +58,13 @@ impl Ffs {
         }
     }
 
+    /// Storage in a shared store (PostgreSQL): every replica sees every FAB.
+    pub fn shared(store: Arc<dyn FabStore>) -> Self {
+        Self {
+            backend: Backend::Shared(store),
+        }
+    }
+
     /// Stores `content` and returns its SHA-256 as lowercase hex. Storing the same content
     /// again is harmless.
     ///
@@ -62,9 +76,10 @@ impl Ffs {
         match &self.backend {
             Backend::Directory(dir) => {
                 std::fs::create_dir_all(dir)?;
-                std::fs::write(dir.join(&hash), content)?;
-                std::fs::write(dir.join(format!("{hash}.META")), b"{}")?;
+                write_replacing(&dir.join(&hash), content)?;
+                write_replacing(&dir.join(format!("{hash}.META")), b"{}")?;
             }
+            Backend::Shared(store) => store.put_fab(&hash, content)?,
             Backend::Memory(map) => {
                 let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
                 map.insert(hash.clone(), content.to_vec());
@@ -85,12 +100,30 @@ impl Ffs {
         }
         match &self.backend {
             Backend::Directory(dir) => read_if_exists(&dir.join(hash)),
+            Backend::Shared(store) => Ok(store.fab(hash)?),
             Backend::Memory(map) => {
                 let map = map.lock().unwrap_or_else(PoisonError::into_inner);
                 Ok(map.get(hash).cloned())
             }
         }
     }
+}
+
+/// Writes `path` through a temporary sibling and a rename: every run of a FAB shares its one
+/// file, and a crash mid-write must not leave it truncated for all of them.
+fn write_replacing(path: &Path, content: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let written = std::fs::write(&temporary, content)
+        .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 /// Reads a file, mapping "not found" to `None`.

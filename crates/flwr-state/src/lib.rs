@@ -36,7 +36,9 @@ pub use clock::{isoformat, Clock, ManualClock, SystemClock};
 pub use error::StateError;
 pub use ffs::{Ffs, FfsError};
 pub use lifecycle::{guard_denial, transition_allowed, Guard};
-pub use link_state::{LinkState, NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
+pub use link_state::{
+    Change, ChangeSink, FabStore, LinkState, NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON,
+};
 pub use memory::InMemoryLinkState;
 pub use sqlite::SqliteLinkState;
 pub use task::{

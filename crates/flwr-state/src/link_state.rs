@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRes};
 
@@ -31,6 +33,21 @@ pub trait LinkState: Send + Sync + fmt::Debug {
     /// it on an async worker instead of `spawn_blocking`.
     fn blocks(&self) -> bool {
         true
+    }
+
+    /// Whether other processes (SuperLink replicas) may use the same store at the same time.
+    /// `false` means this process is the only one: runs a previous process left `starting` or
+    /// `running` are orphans at start, and [launch leases](Self::claim_pending_run) are moot.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Asks to hear of changes other processes make (held pulls and the launcher wait for
+    /// them). A store only this process uses has nothing to tell: the default ignores the sink.
+    /// Delivery is best effort; listeners bound their waits, so a lost change only delays.
+    fn watch(&self, sink: ChangeSink) -> Result<(), StateError> {
+        let _ = sink;
+        Ok(())
     }
 
     // ----- tasks -----
@@ -144,7 +161,9 @@ pub trait LinkState: Send + Sync + fmt::Debug {
     // ----- runs -----
 
     /// Creates a run with a fresh random non-zero id, status `pending`, `pending_at = now`,
-    /// and no ServerApp context yet.
+    /// and, in the same transaction, its ServerApp context if one is given (its `run_id` is
+    /// set to the new id). Exec `StartRun` passes one, so a crash never leaves a pending run
+    /// without the context its ServerApp needs.
     fn create_run(
         &self,
         fab_id: &str,
@@ -152,6 +171,7 @@ pub trait LinkState: Send + Sync + fmt::Debug {
         fab_hash: &str,
         override_config: HashMap<String, Scalar>,
         federation_options: ConfigsRecord,
+        context: Option<Context>,
     ) -> Result<u64, StateError>;
 
     /// The full run (status and all timestamps; unreached ones are `""`), if it exists.
@@ -161,8 +181,37 @@ pub trait LinkState: Send + Sync + fmt::Debug {
     fn runs(&self) -> Result<Vec<Run>, StateError>;
 
     /// The oldest run whose status is `pending` (a run stopped while pending is finished,
-    /// hence not reported).
+    /// hence not reported). A [shared](Self::shared) store skips runs whose launch another
+    /// process has [claimed](Self::claim_pending_run).
     fn pending_run_id(&self) -> Result<Option<u64>, StateError>;
+
+    // ----- launch leases (shared stores) -----
+
+    /// Claims the launch of the oldest pending run for this process until now + `lease`, so
+    /// that of several replicas exactly one starts its ServerApp. A shared store takes a run
+    /// that nobody claimed, whose lease expired or that this process already holds; two
+    /// concurrent callers never get the same run. The default (one process) is
+    /// [`pending_run_id`](Self::pending_run_id).
+    fn claim_pending_run(&self, lease: Duration) -> Result<Option<u64>, StateError> {
+        let _ = lease;
+        self.pending_run_id()
+    }
+
+    /// Extends this process's leases on `run_ids` to now + `lease` (runs it still holds and
+    /// that have not finished). The launcher calls it while their ServerApps live.
+    fn renew_leases(&self, run_ids: &[u64], lease: Duration) -> Result<(), StateError> {
+        let _ = (run_ids, lease);
+        Ok(())
+    }
+
+    /// Takes over the runs whose launcher died: every unfinished run with an expired lease is
+    /// reset to `pending` (its tasks deleted, since its ServerApp starts again from the
+    /// beginning) and leased to this process; returns their ids. Runs never leased are never
+    /// taken. The default (one process) has nobody to take over from.
+    fn take_over_orphans(&self, lease: Duration) -> Result<Vec<u64>, StateError> {
+        let _ = lease;
+        Ok(Vec::new())
+    }
 
     /// Applies a status update if [`transition_allowed`](crate::transition_allowed); returns
     /// whether it was applied. An accepted update replaces status, sub-status and details
@@ -210,6 +259,29 @@ pub trait LinkState: Send + Sync + fmt::Debug {
         run_id: u64,
         after_timestamp: f64,
     ) -> Result<(String, f64), StateError>;
+}
+
+/// A change another process may need to hear of (see [`LinkState::watch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A TaskIns was stored for this consumer (`None`: anonymous), or the node was deleted.
+    NodeTasks(Option<u64>),
+    /// A run's replies, status or tasks changed.
+    Run(u64),
+    /// A run became pending (created, or taken over): a launcher may start it.
+    RunPending,
+}
+
+/// Where a store delivers [`Change`]s.
+pub type ChangeSink = Arc<dyn Fn(Change) + Send + Sync>;
+
+/// FAB bytes kept by the store itself, so that every replica of a shared store can answer
+/// `GetFab` (the directory store serves a single process).
+pub trait FabStore: Send + Sync + fmt::Debug {
+    /// Stores `content` under `hash` (its SHA-256, lowercase hex); storing it again is harmless.
+    fn put_fab(&self, hash: &str, content: &[u8]) -> Result<(), StateError>;
+    /// The FAB stored under `hash`, if any.
+    fn fab(&self, hash: &str) -> Result<Option<Vec<u8>>, StateError>;
 }
 
 /// How many tasks a store holds, see [`LinkState::task_counts`].

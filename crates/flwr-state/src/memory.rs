@@ -549,6 +549,7 @@ impl LinkState for InMemoryLinkState {
         fab_hash: &str,
         override_config: HashMap<String, Scalar>,
         federation_options: ConfigsRecord,
+        context: Option<Context>,
     ) -> Result<u64, StateError> {
         let pending_at = isoformat(self.clock.now());
         let mut inner = self.lock();
@@ -568,7 +569,7 @@ impl LinkState for InMemoryLinkState {
             RunEntry {
                 run,
                 federation_options,
-                context: None,
+                context: context.map(|context| Context { run_id, ..context }),
                 logs: Vec::new(),
             },
         );

@@ -578,6 +578,7 @@ impl LinkState for SqliteLinkState {
         fab_hash: &str,
         override_config: HashMap<String, Scalar>,
         federation_options: ConfigsRecord,
+        context: Option<Context>,
     ) -> Result<u64, StateError> {
         let pending_at = isoformat(self.clock.now());
         let override_blob = Run {
@@ -602,6 +603,11 @@ impl LinkState for SqliteLinkState {
             pending_status().status,
             federation_options.encode_to_vec(),
         ])?;
+        if let Some(context) = context {
+            let context = Context { run_id, ..context };
+            tx.prepare_cached("INSERT OR REPLACE INTO context (run_id, context) VALUES (?1, ?2)")?
+                .execute(params![sql_id(run_id), context.encode_to_vec()])?;
+        }
         tx.commit()?;
         Ok(run_id)
     }

@@ -42,6 +42,7 @@ fn new_run(state: &dyn LinkState) -> u64 {
             "ab",
             HashMap::new(),
             ConfigsRecord::default(),
+            None,
         )
         .unwrap()
 }
@@ -442,6 +443,29 @@ fn story_context(state: &dyn LinkState, _clock: &TestClock) {
     ));
 }
 
+/// `StartRun` stores the run and its context in one call; the context takes the new run id.
+fn story_context_at_creation(state: &dyn LinkState, _clock: &TestClock) {
+    let context = Context {
+        run_id: 0,
+        node_id: 0,
+        ..Context::default()
+    };
+    let run_id = state
+        .create_run(
+            "flwr/app",
+            "1.0.0",
+            "ab",
+            HashMap::new(),
+            ConfigsRecord::default(),
+            Some(context),
+        )
+        .unwrap();
+    let stored = state.serverapp_context(run_id).unwrap().unwrap();
+    assert_eq!(stored.run_id, run_id);
+    let without = new_run(state);
+    assert_eq!(state.serverapp_context(without).unwrap(), None);
+}
+
 fn story_invalid_sub_status_sticks(state: &dyn LinkState, _clock: &TestClock) {
     // The new sub-status is not validated, but a run whose current sub-status is
     // inconsistent accepts nothing further (BEHAVIOR.md §5.2 quirk).
@@ -485,6 +509,7 @@ fn story_run_listing(state: &dyn LinkState, clock: &TestClock) {
             "hash1",
             override_config.clone(),
             federation_options.clone(),
+            None,
         )
         .unwrap();
     clock.advance(1.0);
@@ -1110,6 +1135,7 @@ conformance!(
     story_logs,
     story_log_epsilon,
     story_context,
+    story_context_at_creation,
 );
 
 #[test]

@@ -437,7 +437,7 @@ mod tests {
         runtime.block_on(async move {
             let state: Arc<dyn LinkState> = Arc::new(InMemoryLinkState::new(Arc::new(SystemClock)));
             state
-                .create_run("", "", "", HashMap::new(), ConfigsRecord::default())
+                .create_run("", "", "", HashMap::new(), ConfigsRecord::default(), None)
                 .expect("create run");
             let settings = LauncherSettings {
                 program: dir.join("flwr-serverapp"),

@@ -12,8 +12,9 @@
 //! - a cut `PullTaskIns` may have marked a TaskIns delivered without the node seeing it
 //!   (Flower delivers at most once); it must still be stored (`PullTaskRes` finds it);
 //! - a cut `PullTaskRes` may have returned, and so deleted, replies the ServerApp never saw;
-//! - a cut `StartRun` may have left a pending run without its context: a known bug, counted
-//!   and stopped while [`SPLIT_START_RUN_IS_KNOWN`] says so.
+//! - a cut `StartRun` either created the run with its context or nothing (one transaction); a
+//!   pending run without a context would be stuck and is reported as a loss
+//!   ([`SPLIT_START_RUN_IS_KNOWN`]).
 //!
 //! Everything else is a loss. The decisions come from a seeded RNG: replay a failure with
 //! `CRASH_SAFETY_SEED=<seed> cargo test -p flwr-superlink --test crash_safety -- --nocapture`
@@ -75,13 +76,12 @@ const MAX_PULLS: usize = 64;
 /// What `PullTaskRes` answers when the store returned the synthetic "message unavailable"
 /// reply (run id 0) for an asked TaskIns: the TaskIns no longer exists.
 const UNAVAILABLE: &str = "mismatched `run_id`";
-/// Known bug, tolerated so that the rest stays checked on every run: `StartRun` commits the run
-/// (`pending`) and its ServerApp context in two transactions. A kill between them leaves a
-/// pending run without a context, which `PullServerAppInputs` refuses for ever ("Failed to
-/// start run N") — and, being the oldest pending run, it blocks every later run until stopped.
-/// While `true` the driver counts such runs and stops them (Exec `StopRun`); set it to `false`
-/// once `StartRun` is atomic, and such a run is then reported as stuck.
-const SPLIT_START_RUN_IS_KNOWN: bool = true;
+/// Whether a split `StartRun` is tolerated. It was a bug: the run (`pending`) and its ServerApp
+/// context were committed in two transactions, and a kill between them left a pending run
+/// that `PullServerAppInputs` refused for ever ("Failed to start run N"), blocking every later
+/// run. `StartRun` is now one store call; `false` makes such a run a reported loss (the driver
+/// still stops it, so that the rest of the test goes on).
+const SPLIT_START_RUN_IS_KNOWN: bool = false;
 
 const PYPROJECT: &str = r#"
 [project]
@@ -1244,7 +1244,7 @@ impl Driver {
         println!(
             "crash safety: seed {seed}, {} SIGKILLs, {} starts; {} runs of {ROUNDS} rounds x \
              {NODES} nodes: {completed} completed, {failed} failed by the restarted launcher, \
-             {stopped} left pending by a split StartRun (known bug) and stopped, 0 stuck; \
+             {stopped} left pending by a split StartRun and stopped, 0 stuck; \
              acknowledged {} TaskIns and {} TaskRes; checked after restarts: {} TaskIns, \
              {} TaskRes, {} nodes; cut off by a kill (unacknowledged): {} deliveries, {} \
              replies taken, {} TaskIns and {} TaskRes committed; lost {}",

@@ -14,7 +14,7 @@ use flwr_proto::{
     StreamLogsResponse,
 };
 use flwr_state::isoformat;
-use flwr_state::lifecycle::{FAILED, FINISHED, STOPPED};
+use flwr_state::lifecycle::{FINISHED, STOPPED};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -58,13 +58,21 @@ impl ExecService {
         let outcome = self
             .stores
             .call_blocking(move |state, ffs| {
-                let attempt = || -> Result<(u64, FabMetadata), StartFailure> {
+                let attempt = || -> Result<(u64, FabMetadata), String> {
                     // `fab.hash_str` is ignored: the SuperLink hashes the content itself.
                     let fab_hash = ffs
                         .put(&content)
-                        .map_err(|e| StartFailure::before_run(format!("storing the FAB: {e}")))?;
-                    let metadata = FabMetadata::from_fab(&content)
-                        .map_err(|e| StartFailure::before_run(e.to_string()))?;
+                        .map_err(|e| format!("storing the FAB: {e}"))?;
+                    let metadata = FabMetadata::from_fab(&content).map_err(|e| e.to_string())?;
+                    // The run and its context in one store call: a crash in between would
+                    // leave a pending run that no ServerApp can start.
+                    let context = Context {
+                        run_id: 0,
+                        node_id: 0,
+                        node_config: HashMap::new(),
+                        state: Some(RecordSet::default()),
+                        run_config: HashMap::new(),
+                    };
                     // Federation options are discarded by the deployment executor.
                     let run_id = state
                         .create_run(
@@ -73,28 +81,9 @@ impl ExecService {
                             &fab_hash,
                             override_config,
                             ConfigsRecord::default(),
+                            Some(context),
                         )
-                        .map_err(|e| StartFailure::before_run(e.to_string()))?;
-                    let context = Context {
-                        run_id,
-                        node_id: 0,
-                        node_config: HashMap::new(),
-                        state: Some(RecordSet::default()),
-                        run_config: HashMap::new(),
-                    };
-                    if let Err(error) = state.set_serverapp_context(run_id, context) {
-                        let details = error.to_string();
-                        let failed = RunStatus {
-                            status: FINISHED.to_owned(),
-                            sub_status: FAILED.to_owned(),
-                            details: details.clone(),
-                        };
-                        let _ = state.update_run_status(run_id, failed);
-                        return Err(StartFailure {
-                            run_id: Some(run_id),
-                            details,
-                        });
-                    }
+                        .map_err(|e| e.to_string())?;
                     Ok((run_id, metadata))
                 };
                 Ok(attempt())
@@ -113,8 +102,8 @@ impl ExecService {
                     run_id: Some(run_id),
                 })
             }
-            Ok(Err(failure)) => {
-                tracing::error!(run_id = ?failure.run_id, "Could not start run: {}", failure.details);
+            Ok(Err(details)) => {
+                tracing::error!("Could not start run: {details}");
                 Ok(StartRunResponse { run_id: None })
             }
             Err(error) => Err(error),
@@ -196,22 +185,6 @@ impl ExecService {
                 Some((item, more.then_some(cursor)))
             },
         )))
-    }
-}
-
-/// Why `StartRun` failed, and the run it created before failing, if any.
-#[derive(Debug)]
-struct StartFailure {
-    run_id: Option<u64>,
-    details: String,
-}
-
-impl StartFailure {
-    fn before_run(details: String) -> Self {
-        Self {
-            run_id: None,
-            details,
-        }
     }
 }
 

@@ -105,6 +105,7 @@ impl ServerAppIoService {
                     &fab_hash,
                     request.override_config,
                     ConfigsRecord::default(),
+                    None,
                 )?)
             })
             .await?;
