@@ -57,6 +57,7 @@ pub mod cli;
 pub mod cluster;
 pub mod pki;
 pub mod port;
+pub mod postgres;
 pub mod process;
 pub mod venv;
 
@@ -64,6 +65,7 @@ pub use app::{Federation, FederationTls, NumpyApp};
 pub use cli::{Flwr, RunId, RunInfo};
 pub use pki::Pki;
 pub use port::{free_port, free_ports, free_ports_vec};
+pub use postgres::TempPostgres;
 pub use process::{CommandLine, Proc};
 pub use venv::{workspace_root, Venv};
 
