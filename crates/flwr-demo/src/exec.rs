@@ -22,6 +22,67 @@ const REOPEN_PAUSE: Duration = Duration::from_millis(500);
 /// Log streams that may end early before following gives up.
 const MAX_REOPENS: u32 = 20;
 
+/// The status a run ends in (`finished:completed`, `finished:failed`, ...).
+const FINISHED: &str = "finished";
+
+/// What follows a run's log for [`ExecApi::follow_logs`].
+pub(crate) trait LogFollower {
+    /// What its checks fail with; following's own failures convert into it.
+    type Error: From<DemoError>;
+
+    /// Takes the next chunk of log text (not necessarily ending at a line break).
+    fn chunk(&mut self, text: &str) -> Result<(), Self::Error>;
+
+    /// Checks that following still makes sense (processes alive, not cancelled).
+    fn health(&mut self) -> Result<(), Self::Error>;
+
+    /// Hears that the stream broke and is about to be reopened, and why.
+    fn reopening(&mut self, _why: &str) {}
+}
+
+/// How [`ExecApi::follow_logs`] rides out log streams that end early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reopen {
+    /// Reopened streams before following gives up.
+    pub(crate) max: u32,
+    /// Pause before the first reopening; doubled per further one without a chunk between.
+    pub(crate) pause: Duration,
+    /// Longest pause.
+    pub(crate) max_pause: Duration,
+    /// Whether broken connections in general (not only `UNAVAILABLE`) are retried and a
+    /// `CANCELLED` end is checked against the run's status: for a stream through a load
+    /// balancer whose backend may die mid-stream.
+    pub(crate) confirm_end: bool,
+}
+
+impl Reopen {
+    /// A stream straight to one SuperLink: only `UNAVAILABLE` is retried, at a steady pace.
+    pub(crate) const DIRECT: Self = Self {
+        max: MAX_REOPENS,
+        pause: REOPEN_PAUSE,
+        max_pause: REOPEN_PAUSE,
+        confirm_end: false,
+    };
+
+    /// Whether a call that failed with `code` is worth another try.
+    pub(crate) fn retries(&self, code: Code) -> bool {
+        match code {
+            Code::Unavailable => true,
+            // What a connection cut by a dying backend surfaces as (hyper's "connection
+            // closed", h2's resets, a reconnect that timed out).
+            Code::Unknown | Code::Internal | Code::Aborted | Code::DeadlineExceeded => {
+                self.confirm_end
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `message (Code)` of a status, for reports.
+fn describe(status: &tonic::Status) -> String {
+    format!("{} ({:?})", status.message(), status.code())
+}
+
 /// A connected Exec API client.
 #[derive(Debug, Clone)]
 pub(crate) struct ExecApi {
@@ -82,24 +143,34 @@ impl ExecApi {
         response.run_id.ok_or(DemoError::StartRefused)
     }
 
-    /// Streams the run's log into `on_chunk` until the SuperLink ends the stream with
-    /// `CANCELLED` (the run is finished), reopening it where it left off when it ends early.
-    /// `health` runs at least every [`HEALTH_INTERVAL`] and aborts following with its error.
-    pub(crate) async fn follow_logs(
+    /// Streams the run's log into `follower` until the SuperLink ends the stream with
+    /// `CANCELLED` (the run is finished), reopening it where it left off when it ends early,
+    /// as `reopen` allows. The follower's health check runs at least every
+    /// [`HEALTH_INTERVAL`] and before each (re)open, and aborts following with its error; so
+    /// does an error from its chunk handler. Returns how many times the stream was reopened.
+    pub(crate) async fn follow_logs<F: LogFollower>(
         &mut self,
         run_id: u64,
         timeout: Duration,
-        mut on_chunk: impl FnMut(&str),
-        mut health: impl FnMut() -> Result<(), DemoError>,
-    ) -> Result<(), DemoError> {
+        reopen: Reopen,
+        follower: &mut F,
+    ) -> Result<u32, F::Error> {
         let deadline = Instant::now() + timeout;
         let timed_out = || DemoError::Timeout {
             waiting_for: format!("run {run_id} to finish"),
             after: timeout,
         };
         let mut after_timestamp = 0.0;
-        for _ in 0..=MAX_REOPENS {
-            health()?;
+        let mut pause = reopen.pause;
+        for attempt in 0..=reopen.max {
+            if attempt > 0 {
+                tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
+                    .await
+                    .map_err(|_| timed_out())?;
+                // Back off while failures follow each other; a stream that delivered resets it.
+                pause = (pause * 2).min(reopen.max_pause);
+            }
+            follower.health()?;
             let request = StreamLogsRequest {
                 run_id,
                 after_timestamp,
@@ -109,19 +180,19 @@ impl ExecApi {
                 .map_err(|_| timed_out())?;
             let mut stream = match opened {
                 Ok(response) => response.into_inner(),
-                Err(status) if status.code() == Code::Unavailable => {
-                    tokio::time::sleep(REOPEN_PAUSE).await;
+                Err(status) if reopen.retries(status.code()) => {
+                    follower.reopening(&describe(&status));
                     continue;
                 }
-                Err(status) => return Err(status.into()),
+                Err(status) => return Err(DemoError::from(status).into()),
             };
             loop {
                 let next = tokio::select! {
                     next = stream.message() => next,
                     () = tokio::time::sleep(HEALTH_INTERVAL) => {
-                        health()?;
+                        follower.health()?;
                         if Instant::now() >= deadline {
-                            return Err(timed_out());
+                            return Err(timed_out().into());
                         }
                         continue;
                     }
@@ -129,20 +200,47 @@ impl ExecApi {
                 match next {
                     Ok(Some(response)) => {
                         after_timestamp = after_timestamp.max(response.latest_timestamp);
-                        on_chunk(&response.log_output);
+                        pause = reopen.pause;
+                        follower.chunk(&response.log_output)?;
                     }
-                    Err(status) if status.code() == Code::Cancelled => return Ok(()),
-                    Ok(None) => break,
-                    Err(status) if status.code() == Code::Unavailable => break,
-                    Err(status) => return Err(status.into()),
+                    Err(status) if status.code() == Code::Cancelled => {
+                        if !reopen.confirm_end {
+                            return Ok(attempt);
+                        }
+                        // Through a balancer a dying backend may also end the stream with
+                        // CANCELLED; only the run's status tells the two apart.
+                        match self.status(run_id).await {
+                            Ok(status) if status.status.starts_with(FINISHED) => {
+                                return Ok(attempt);
+                            }
+                            Ok(status) => follower.reopening(&format!(
+                                "the log stream ended while the run is {}",
+                                status.status
+                            )),
+                            Err(DemoError::Rpc { code, message }) if reopen.retries(code) => {
+                                follower.reopening(&format!("{message} ({code:?})"));
+                            }
+                            Err(error) => return Err(error.into()),
+                        }
+                        break;
+                    }
+                    Ok(None) => {
+                        follower.reopening("the log stream ended early");
+                        break;
+                    }
+                    Err(status) if reopen.retries(status.code()) => {
+                        follower.reopening(&describe(&status));
+                        break;
+                    }
+                    Err(status) => return Err(DemoError::from(status).into()),
                 }
             }
-            tokio::time::sleep(REOPEN_PAUSE).await;
         }
         Err(DemoError::Timeout {
             waiting_for: format!("a log stream of run {run_id} that lasts to its end"),
             after: timeout,
-        })
+        }
+        .into())
     }
 
     /// The run's status via `ListRuns`.

@@ -20,19 +20,19 @@ use crate::error::{io_error, DemoError};
 use crate::Cancel;
 
 /// How long a process may take to listen or register.
-const STARTUP: Duration = Duration::from_secs(30);
+pub(crate) const STARTUP: Duration = Duration::from_secs(30);
 /// How long the rogue SuperNode may take to be refused and exit.
 const ROGUE_EXIT: Duration = Duration::from_secs(20);
 /// Grace between SIGTERM and SIGKILL when stopping.
-const STOP_GRACE: Duration = Duration::from_secs(15);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Grace when processes are dropped on a failure path: enough for the SuperLink to stop a
 /// running ServerApp (which has a process group of its own, so only the SuperLink can reach
 /// it) and for a SuperNode to stop its ClientApp.
-const DROP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DROP_GRACE: Duration = Duration::from_secs(10);
 /// How often waits look again.
-const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 /// What a SuperNode logs once the SuperLink accepted it.
-const REGISTERED: &str = "Registered with the SuperLink as node";
+pub(crate) const REGISTERED: &str = "Registered with the SuperLink as node";
 
 /// The four programs the demo needs.
 #[derive(Clone, Debug)]
@@ -89,6 +89,72 @@ impl Binaries {
         }
         Ok(())
     }
+
+    /// Like [`Binaries::link_apps`], but `flwr-clientapp` is a script that sleeps `delay`
+    /// before it runs the Rust ClientApp. With one ClientApp process per message this paces
+    /// every fit and evaluate, so a run on this tiny data set lasts long enough to watch (and
+    /// to break) from outside.
+    pub(crate) fn link_apps_paced(&self, bin_dir: &Path, delay: Duration) -> Result<(), DemoError> {
+        use std::os::unix::ffi::OsStrExt as _;
+        use std::os::unix::fs::PermissionsExt as _;
+
+        self.link_apps(bin_dir)?;
+        let script_path = bin_dir.join("flwr-clientapp");
+        std::fs::remove_file(&script_path)
+            .map_err(io_error(format!("replacing {}", script_path.display())))?;
+        // Single-quoted for sh: a `'` inside becomes `'\''`.
+        let mut quoted = b"'".to_vec();
+        for &byte in self.clientapp.as_os_str().as_bytes() {
+            if byte == b'\'' {
+                quoted.extend_from_slice(b"'\\''");
+            } else {
+                quoted.push(byte);
+            }
+        }
+        quoted.push(b'\'');
+        let mut script = format!(
+            "#!/bin/sh\n# Paces each ClientApp message (see flwr-demo's federation.rs).\nsleep {}.{:03}\nexec ",
+            delay.as_secs(),
+            delay.subsec_millis()
+        )
+        .into_bytes();
+        script.extend_from_slice(&quoted);
+        script.extend_from_slice(b" \"$@\"\n");
+        std::fs::write(&script_path, script)
+            .map_err(io_error(format!("writing {}", script_path.display())))?;
+        std::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o755)).map_err(
+            io_error(format!("making {} executable", script_path.display())),
+        )?;
+        Ok(())
+    }
+}
+
+/// The ports one SuperLink serves, all on 127.0.0.1.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SuperLinkPorts {
+    /// Fleet API port.
+    pub(crate) fleet: u16,
+    /// ServerAppIo API port (its launched ServerApps connect here).
+    pub(crate) serverappio: u16,
+    /// Exec API port.
+    pub(crate) exec: u16,
+    /// Prometheus `/metrics` port.
+    pub(crate) metrics: u16,
+}
+
+impl SuperLinkPorts {
+    /// Four ports in the order fleet, ServerAppIo, Exec, metrics; `None` if fewer are given.
+    pub(crate) fn from_slice(ports: &[u16]) -> Option<Self> {
+        match *ports {
+            [fleet, serverappio, exec, metrics, ..] => Some(Self {
+                fleet,
+                serverappio,
+                exec,
+                metrics,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Where processes keep their files and which ports they use.
@@ -100,14 +166,8 @@ pub(crate) struct Layout {
     pub(crate) bin: PathBuf,
     /// Parent of each process's `FLWR_HOME`.
     pub(crate) homes: PathBuf,
-    /// Fleet API port.
-    pub(crate) fleet: u16,
-    /// ServerAppIo API port.
-    pub(crate) serverappio: u16,
-    /// Exec API port.
-    pub(crate) exec: u16,
-    /// The SuperLink's Prometheus `/metrics` port.
-    pub(crate) metrics: u16,
+    /// The (first) SuperLink's ports.
+    pub(crate) superlink: SuperLinkPorts,
     /// One ClientAppIo port per SuperNode; the last is the rogue's.
     pub(crate) clientappio: Vec<u16>,
 }
@@ -120,7 +180,7 @@ impl Layout {
 
     /// A command line for `program` with `PATH` starting at the private bin directory, its
     /// own `FLWR_HOME` and info logging (the run's progress is read from the ServerApp log).
-    fn command(&self, program: &Path, home: &str) -> CommandLine {
+    pub(crate) fn command(&self, program: &Path, home: &str) -> CommandLine {
         let mut path = OsString::from(self.bin.as_os_str());
         if let Some(inherited) = std::env::var_os("PATH") {
             path.push(":");
@@ -131,6 +191,82 @@ impl Layout {
             .env("FLWR_HOME", self.homes.join(home))
             .env("RUST_LOG", "info")
     }
+
+    /// `flower-superlink` with TLS, node authentication and subprocess isolation on `ports`,
+    /// with `home` as its `FLWR_HOME` (which also holds its FAB storage).
+    pub(crate) fn superlink_command(
+        &self,
+        binaries: &Binaries,
+        credentials: &Credentials,
+        home: &str,
+        ports: &SuperLinkPorts,
+    ) -> CommandLine {
+        self.command(&binaries.superlink, home)
+            .arg("--ssl-ca-certfile")
+            .arg(&credentials.ca_cert)
+            .arg("--ssl-certfile")
+            .arg(&credentials.server_cert)
+            .arg("--ssl-keyfile")
+            .arg(&credentials.server_key)
+            .arg("--auth-list-public-keys")
+            .arg(&credentials.allow_list)
+            .arg("--auth-superlink-private-key")
+            .arg(&credentials.superlink_private)
+            .arg("--auth-superlink-public-key")
+            .arg(&credentials.superlink_public)
+            .arg("--isolation")
+            .arg("subprocess")
+            .arg("--fleet-api-address")
+            .arg(Self::address(ports.fleet))
+            .arg("--serverappio-api-address")
+            .arg(Self::address(ports.serverappio))
+            .arg("--exec-api-address")
+            .arg(Self::address(ports.exec))
+            .arg("--metrics-address")
+            .arg(Self::address(ports.metrics))
+    }
+
+    /// `flower-supernode` with TLS and node authentication as `node` describes it.
+    pub(crate) fn supernode_command(
+        &self,
+        binaries: &Binaries,
+        credentials: &Credentials,
+        node: &SuperNodeSpec<'_>,
+    ) -> CommandLine {
+        self.command(&binaries.supernode, node.name)
+            .arg("--root-certificates")
+            .arg(&credentials.ca_cert)
+            .arg("--superlink")
+            .arg(node.superlink)
+            .arg("--node-config")
+            .arg(format!(
+                "partition-id={} num-partitions={}",
+                node.partition, node.partitions
+            ))
+            .arg("--clientappio-api-address")
+            .arg(Self::address(node.clientappio))
+            .arg("--auth-supernode-private-key")
+            .arg(&node.keys.private)
+            .arg("--auth-supernode-public-key")
+            .arg(&node.keys.public)
+    }
+}
+
+/// One SuperNode's settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SuperNodeSpec<'a> {
+    /// Process name, log file stem and `FLWR_HOME` directory name.
+    pub(crate) name: &'a str,
+    /// The Fleet API address it connects to.
+    pub(crate) superlink: &'a str,
+    /// Its data partition.
+    pub(crate) partition: usize,
+    /// How many partitions the data is split into.
+    pub(crate) partitions: usize,
+    /// Its ClientAppIo API port.
+    pub(crate) clientappio: u16,
+    /// Its node-authentication key pair.
+    pub(crate) keys: &'a NodeKeys,
 }
 
 /// How the rogue SuperNode fared.
@@ -159,46 +295,13 @@ impl Federation {
         credentials: &Credentials,
         cancel: &Cancel,
     ) -> Result<Self, DemoError> {
-        let command = layout
-            .command(&binaries.superlink, "superlink")
-            .arg("--ssl-ca-certfile")
-            .arg(&credentials.ca_cert)
-            .arg("--ssl-certfile")
-            .arg(&credentials.server_cert)
-            .arg("--ssl-keyfile")
-            .arg(&credentials.server_key)
-            .arg("--auth-list-public-keys")
-            .arg(&credentials.allow_list)
-            .arg("--auth-superlink-private-key")
-            .arg(&credentials.superlink_private)
-            .arg("--auth-superlink-public-key")
-            .arg(&credentials.superlink_public)
-            .arg("--isolation")
-            .arg("subprocess")
-            .arg("--fleet-api-address")
-            .arg(Layout::address(layout.fleet))
-            .arg("--serverappio-api-address")
-            .arg(Layout::address(layout.serverappio))
-            .arg("--exec-api-address")
-            .arg(Layout::address(layout.exec))
-            .arg("--metrics-address")
-            .arg(Layout::address(layout.metrics));
-        let mut superlink = Proc::spawn("superlink", &command, &layout.logs)?;
-        superlink.set_drop_grace(DROP_GRACE);
-        let mut federation = Self {
+        let command =
+            layout.superlink_command(binaries, credentials, "superlink", &layout.superlink);
+        let superlink = spawn_superlink("superlink", &command, layout, &layout.superlink, cancel)?;
+        Ok(Self {
             supernodes: Vec::new(),
             superlink,
-        };
-        for port in [layout.fleet, layout.exec] {
-            let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            wait_until(
-                &mut federation.superlink,
-                &format!("listening on {address}"),
-                cancel,
-                |_| TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok(),
-            )?;
-        }
-        Ok(federation)
+        })
     }
 
     /// Starts one SuperNode per key pair (partition = position) and the rogue with `rogue`,
@@ -216,30 +319,19 @@ impl Federation {
         cancel: &Cancel,
     ) -> Result<RogueOutcome, DemoError> {
         let listed = &credentials.supernodes;
+        let superlink = Layout::address(layout.superlink.fleet);
         let spawn = |name: &str, index: usize, keys: &NodeKeys| -> Result<Proc, DemoError> {
-            let port = layout.clientappio.get(index).copied().unwrap_or_default();
-            let command = layout
-                .command(&binaries.supernode, name)
-                .arg("--root-certificates")
-                .arg(&credentials.ca_cert)
-                .arg("--superlink")
-                .arg(Layout::address(layout.fleet))
-                .arg("--node-config")
+            let node = SuperNodeSpec {
+                name,
+                superlink: &superlink,
                 // The rogue claims partition 0: it must not get any data either way.
-                .arg(format!(
-                    "partition-id={} num-partitions={}",
-                    index % listed.len(),
-                    listed.len()
-                ))
-                .arg("--clientappio-api-address")
-                .arg(Layout::address(port))
-                .arg("--auth-supernode-private-key")
-                .arg(&keys.private)
-                .arg("--auth-supernode-public-key")
-                .arg(&keys.public);
-            let mut process = Proc::spawn(name, &command, &layout.logs)?;
-            process.set_drop_grace(DROP_GRACE);
-            Ok(process)
+                partition: index % listed.len(),
+                partitions: listed.len(),
+                clientappio: layout.clientappio.get(index).copied().unwrap_or_default(),
+                keys,
+            };
+            let command = layout.supernode_command(binaries, credentials, &node);
+            spawn_logged(name, &command, &layout.logs)
         };
         for (index, keys) in listed.iter().enumerate() {
             let process = spawn(&format!("supernode-{index}"), index, keys)?;
@@ -247,31 +339,17 @@ impl Federation {
         }
         let mut rogue = spawn("rogue-supernode", listed.len(), &credentials.rogue)?;
         for supernode in &mut self.supernodes {
-            wait_until(supernode, "registration", cancel, |process| {
-                process.log_text().is_ok_and(|log| log.contains(REGISTERED))
-            })?;
+            wait_registered(supernode, cancel)?;
         }
         rogue_outcome(&mut rogue, cancel)
     }
 
     /// Fails when the SuperLink or a SuperNode has exited.
     pub(crate) fn check_alive(&mut self) -> Result<(), DemoError> {
-        for process in self
-            .supernodes
+        self.supernodes
             .iter_mut()
             .chain(std::iter::once(&mut self.superlink))
-        {
-            if process.is_running() {
-                continue;
-            }
-            let status = process.wait_for_exit(Duration::ZERO)?;
-            return Err(DemoError::ProcessDied {
-                name: process.name().to_owned(),
-                status: status.to_string(),
-                log: process.log_path().to_owned(),
-            });
-        }
-        Ok(())
+            .try_for_each(check_running)
     }
 
     /// Stops the SuperNodes (SIGTERM, all at once, so each sends DeleteNode while the
@@ -286,45 +364,112 @@ impl Federation {
         mut self,
         mut stopped: impl FnMut(&str, Option<i32>),
     ) -> Result<(), DemoError> {
-        let mut first_error = None;
-        let results: Vec<_> = thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .supernodes
-                .iter_mut()
-                .map(|process| scope.spawn(move || process.terminate(STOP_GRACE)))
-                .collect();
-            handles
-                .into_iter()
-                .map(thread::ScopedJoinHandle::join)
-                .collect()
-        });
-        let superlink = self.superlink.terminate(STOP_GRACE);
-        let processes = self
-            .supernodes
-            .iter()
-            .chain(std::iter::once(&self.superlink));
-        let outcomes = results
-            .into_iter()
-            .map(|joined| joined.unwrap_or_else(|_| Ok(failed_status())))
-            .chain(std::iter::once(superlink));
-        for (process, outcome) in processes.zip(outcomes) {
-            let error = match outcome {
-                Ok(status) => {
-                    stopped(process.name(), status.code());
-                    (!status.success()).then(|| DemoError::ProcessStop {
-                        name: process.name().to_owned(),
-                        status: status.to_string(),
-                        log: process.log_path().to_owned(),
-                    })
-                }
-                Err(error) => Some(error.into()),
-            };
-            if first_error.is_none() {
-                first_error = error;
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let supernodes = stop_all(&mut self.supernodes, &mut stopped);
+        let superlink = stop_all(std::slice::from_mut(&mut self.superlink), &mut stopped);
+        supernodes.and(superlink)
     }
+}
+
+/// Spawns a process logging to `<logs>/<name>.log` with the demo's drop grace.
+pub(crate) fn spawn_logged(
+    name: &str,
+    command: &CommandLine,
+    logs: &Path,
+) -> Result<Proc, DemoError> {
+    let mut process = Proc::spawn(name, command, logs)?;
+    process.set_drop_grace(DROP_GRACE);
+    Ok(process)
+}
+
+/// Spawns a SuperLink and waits until its Fleet and Exec APIs accept connections.
+pub(crate) fn spawn_superlink(
+    name: &str,
+    command: &CommandLine,
+    layout: &Layout,
+    ports: &SuperLinkPorts,
+    cancel: &Cancel,
+) -> Result<Proc, DemoError> {
+    let mut superlink = spawn_logged(name, command, &layout.logs)?;
+    for port in [ports.fleet, ports.exec] {
+        wait_listening(&mut superlink, port, cancel)?;
+    }
+    Ok(superlink)
+}
+
+/// Waits until `127.0.0.1:port` accepts connections while `process` runs.
+pub(crate) fn wait_listening(
+    process: &mut Proc,
+    port: u16,
+    cancel: &Cancel,
+) -> Result<(), DemoError> {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(process, &format!("listening on {address}"), cancel, |_| {
+        TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+    })
+}
+
+/// Waits until a SuperNode has logged its registration.
+pub(crate) fn wait_registered(supernode: &mut Proc, cancel: &Cancel) -> Result<(), DemoError> {
+    wait_until(supernode, "registration", cancel, |process| {
+        process.log_text().is_ok_and(|log| log.contains(REGISTERED))
+    })
+}
+
+/// [`DemoError::ProcessDied`] when `process` has exited.
+pub(crate) fn check_running(process: &mut Proc) -> Result<(), DemoError> {
+    if process.is_running() {
+        return Ok(());
+    }
+    let status = process.wait_for_exit(Duration::ZERO)?;
+    Err(DemoError::ProcessDied {
+        name: process.name().to_owned(),
+        status: status.to_string(),
+        log: process.log_path().to_owned(),
+    })
+}
+
+/// Stops `processes` with SIGTERM, all at once, and calls `stopped` with each name and exit
+/// code, in order.
+///
+/// # Errors
+///
+/// [`DemoError::ProcessStop`] for the first process that did not exit with status 0 (every
+/// process is stopped regardless).
+pub(crate) fn stop_all(
+    processes: &mut [Proc],
+    mut stopped: impl FnMut(&str, Option<i32>),
+) -> Result<(), DemoError> {
+    let results: Vec<_> = thread::scope(|scope| {
+        let handles: Vec<_> = processes
+            .iter_mut()
+            .map(|process| scope.spawn(move || process.terminate(STOP_GRACE)))
+            .collect();
+        handles
+            .into_iter()
+            .map(thread::ScopedJoinHandle::join)
+            .collect()
+    });
+    let mut first_error = None;
+    let outcomes = results
+        .into_iter()
+        .map(|joined| joined.unwrap_or_else(|_| Ok(failed_status())));
+    for (process, outcome) in processes.iter().zip(outcomes) {
+        let error = match outcome {
+            Ok(status) => {
+                stopped(process.name(), status.code());
+                (!status.success()).then(|| DemoError::ProcessStop {
+                    name: process.name().to_owned(),
+                    status: status.to_string(),
+                    log: process.log_path().to_owned(),
+                })
+            }
+            Err(error) => Some(error.into()),
+        };
+        if first_error.is_none() {
+            first_error = error;
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Waits for the rogue to exit (non-zero: refused) and reads why from its log.
@@ -368,7 +513,7 @@ fn rogue_outcome(rogue: &mut Proc, cancel: &Cancel) -> Result<RogueOutcome, Demo
 
 /// Polls `ready` until it holds; fails when `process` exits, `cancel` fires or [`STARTUP`]
 /// passes.
-fn wait_until(
+pub(crate) fn wait_until(
     process: &mut Proc,
     what: &str,
     cancel: &Cancel,

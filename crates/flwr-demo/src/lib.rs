@@ -36,7 +36,9 @@
 //! - `run_log`: round progress and `[HISTORY]` metrics from the streamed log;
 //! - [`report`]: [`Summary`], `summary.json`, the SVG learning curve;
 //! - [`reporter`]: the [`Reporter`] trait and its [`Event`]s;
-//! - the thin `flower-demo` binary (clap flags, an indicatif progress bar, the result table).
+//! - the thin `flower-demo` binary (clap flags, an indicatif progress bar, the result table);
+//! - [`ha`]: the same federation behind HAProxy on two SuperLink replicas sharing PostgreSQL,
+//!   one of which is killed mid-run (the `flower-ha-demo` binary).
 //!
 //! # Work directory
 //!
@@ -55,6 +57,7 @@ mod error;
 mod exec;
 pub mod fab;
 mod federation;
+pub mod ha;
 pub mod report;
 pub mod reporter;
 mod run_log;
@@ -72,8 +75,8 @@ pub use report::{RoundMetrics, Summary};
 pub use reporter::{Event, Reporter, Silent};
 
 use crate::error::io_error;
-use crate::exec::ExecApi;
-use crate::federation::{Binaries, Federation, Layout};
+use crate::exec::{ExecApi, LogFollower, Reopen};
+use crate::federation::{Binaries, Federation, Layout, SuperLinkPorts};
 use crate::run_log::{Progress, RunLog};
 
 /// Default number of listed SuperNodes.
@@ -209,6 +212,56 @@ impl Cancel {
         self.0.load(Ordering::SeqCst)
     }
 
+    /// Sets the flag on the first SIGINT or SIGTERM (from a thread of its own); returns once
+    /// the handlers are installed. The demos' servers run in process groups of their own, so a
+    /// Ctrl-C in the terminal reaches only the demo, which then stops them.
+    ///
+    /// # Errors
+    ///
+    /// When the thread or the handlers cannot be set up.
+    pub fn cancel_on_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+
+        let cancel = self.clone();
+        let (installed_tx, installed_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("signals".to_owned())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = installed_tx.send(Err(error));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let handlers = signal(SignalKind::interrupt())
+                        .and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
+                    let (mut interrupt, mut terminate) = match handlers {
+                        Ok(handlers) => handlers,
+                        Err(error) => {
+                            let _ = installed_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = installed_tx.send(Ok(()));
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                    cancel.cancel();
+                });
+            })?;
+        installed_rx.recv().unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the signal thread stopped before installing its handlers",
+            ))
+        })
+    }
+
     /// `Err(Cancelled)` once the flag is set.
     pub(crate) fn check(&self) -> Result<(), DemoError> {
         if self.is_cancelled() {
@@ -296,10 +349,12 @@ fn demo(
         logs: dir.join("logs"),
         bin: dir.join("bin"),
         homes: dir.join("home"),
-        fleet: ports[0],
-        serverappio: ports[1],
-        exec: ports[2],
-        metrics: ports[3],
+        superlink: SuperLinkPorts {
+            fleet: ports[0],
+            serverappio: ports[1],
+            exec: ports[2],
+            metrics: ports[3],
+        },
         clientappio: ports[4..].to_vec(),
     };
     binaries.link_apps(&layout.bin)?;
@@ -307,9 +362,12 @@ fn demo(
     cancel.check()?;
     let mut federation = Federation::start_superlink(&layout, binaries, &credentials, cancel)?;
     reporter.report(Event::SuperLinkStarted {
-        fleet: &Layout::address(layout.fleet),
-        exec: &Layout::address(layout.exec),
-        metrics: &format!("http://{}/metrics", Layout::address(layout.metrics)),
+        fleet: &Layout::address(layout.superlink.fleet),
+        exec: &Layout::address(layout.superlink.exec),
+        metrics: &format!(
+            "http://{}/metrics",
+            Layout::address(layout.superlink.metrics)
+        ),
     });
     let rogue = federation.start_supernodes(&layout, binaries, &credentials, cancel)?;
     reporter.report(Event::SuperNodesRegistered {
@@ -335,31 +393,23 @@ fn demo(
     let rounds = config.rounds;
     let mut log = RunLog::default();
     let (run_id, status) = runtime.block_on(async {
-        let mut exec = ExecApi::connect(layout.exec, &ca, credentials::HOSTS[0]).await?;
+        let mut exec = ExecApi::connect(layout.superlink.exec, &ca, credentials::HOSTS[0]).await?;
         let run_id = exec
             .start_run(fab.content.clone(), &fab.hash, overrides)
             .await?;
         reporter.report(Event::RunStarted { run_id, rounds });
         cancel.check()?;
-        let mut report_progress = |progress: Vec<Progress>| {
-            for step in progress {
-                reporter.report(match step {
-                    Progress::Began(round) => Event::RoundStarted { round, rounds },
-                    Progress::Ended(round) => Event::RoundCompleted { round, rounds },
-                });
-            }
+        let mut follower = Follower {
+            log: &mut log,
+            reporter: &mut *reporter,
+            federation: &mut federation,
+            cancel,
+            rounds,
         };
-        exec.follow_logs(
-            run_id,
-            config.run_timeout,
-            |chunk| report_progress(log.push(chunk)),
-            || {
-                cancel.check()?;
-                federation.check_alive()
-            },
-        )
-        .await?;
-        report_progress(log.finish());
+        exec.follow_logs(run_id, config.run_timeout, Reopen::DIRECT, &mut follower)
+            .await?;
+        let rest = follower.log.finish();
+        follower.report(rest);
         // The whole run may fit in one log chunk; a cancel asked while it was reported counts.
         cancel.check()?;
         let status = exec.status(run_id).await?;
@@ -421,6 +471,44 @@ fn demo(
         svg: &summary.curve_path,
     });
     Ok(summary)
+}
+
+/// Follows the demo's run: round progress to the reporter, health from the federation.
+struct Follower<'a> {
+    log: &'a mut RunLog,
+    reporter: &'a mut dyn Reporter,
+    federation: &'a mut Federation,
+    cancel: &'a Cancel,
+    rounds: u64,
+}
+
+impl Follower<'_> {
+    fn report(&mut self, progress: Vec<Progress>) {
+        let rounds = self.rounds;
+        for step in progress {
+            self.reporter.report(match step {
+                Progress::Began(round) => Event::RoundStarted { round, rounds },
+                Progress::Ended(round) => Event::RoundCompleted { round, rounds },
+                // One SuperLink fails a run whose ServerApp dies; it never starts one again.
+                Progress::Restarted => continue,
+            });
+        }
+    }
+}
+
+impl LogFollower for Follower<'_> {
+    type Error = DemoError;
+
+    fn chunk(&mut self, text: &str) -> Result<(), DemoError> {
+        let progress = self.log.push(text);
+        self.report(progress);
+        Ok(())
+    }
+
+    fn health(&mut self) -> Result<(), DemoError> {
+        self.cancel.check()?;
+        self.federation.check_alive()
+    }
 }
 
 /// The run config overrides of the demo's run: rounds, every SuperNode in every round, and

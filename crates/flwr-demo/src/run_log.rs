@@ -23,6 +23,9 @@ pub(crate) enum Progress {
     Began(u64),
     /// A round ended.
     Ended(u64),
+    /// The run started over at round 1: another ServerApp took the run up (a SuperLink
+    /// replica took over the run of a replica that died). Rounds are reported again from 1.
+    Restarted,
 }
 
 /// The log of one run, fed chunk by chunk.
@@ -36,6 +39,8 @@ pub(crate) struct RunLog {
     ended: u64,
     /// `[HISTORY]` lines by round.
     history: BTreeMap<u64, RoundSummary>,
+    /// How many times the run started over.
+    restarts: u32,
 }
 
 impl RunLog {
@@ -58,6 +63,11 @@ impl RunLog {
         progress
     }
 
+    /// How many times the run started over at round 1 ([`Progress::Restarted`]).
+    pub(crate) fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
     /// The `[HISTORY]` rounds, in round order.
     pub(crate) fn history(&self) -> Vec<RoundSummary> {
         self.history.values().copied().collect()
@@ -65,6 +75,13 @@ impl RunLog {
 
     fn line(&mut self, line: &str, progress: &mut Vec<Progress>) {
         if let Some(round) = began(line) {
+            if round == 1 && self.began >= 1 {
+                // Only a new ServerApp numbers from 1 again (the stream never repeats lines).
+                self.began = 0;
+                self.ended = 0;
+                self.restarts += 1;
+                progress.push(Progress::Restarted);
+            }
             // A round beginning means the one before it is over, even if its evaluation
             // line was missing (no client evaluated).
             self.end_through(round.saturating_sub(1), progress);
@@ -156,6 +173,29 @@ mod tests {
             [Progress::Began(1), Progress::Ended(1), Progress::Began(2)]
         );
         assert_eq!(log.finish(), [Progress::Ended(2)]);
+    }
+
+    #[test]
+    fn a_second_serverapp_restarts_the_rounds() {
+        let mut log = RunLog::default();
+        let mut progress = log.push("[ROUND 1]\nround 1: evaluation loss 0.6, metrics {}\n");
+        progress
+            .extend(log.push("[ROUND 2]\nround 2: evaluation loss 0.5, metrics {}\n[ROUND 3]\n"));
+        progress.extend(log.push("[INIT]\n[ROUND 1]\nround 1: evaluation loss 0.6, metrics {}\n"));
+        assert_eq!(
+            progress,
+            [
+                Progress::Began(1),
+                Progress::Ended(1),
+                Progress::Began(2),
+                Progress::Ended(2),
+                Progress::Began(3),
+                Progress::Restarted,
+                Progress::Began(1),
+                Progress::Ended(1),
+            ]
+        );
+        assert_eq!(log.restarts(), 1);
     }
 
     #[test]
