@@ -32,6 +32,10 @@ pub enum AuthError {
     /// A key comment to be written contains a line break, which would split the key line.
     #[error("key comment must not contain line breaks")]
     InvalidComment,
+    /// A method path to bind a hardened token to contains NUL, the separator of the MAC input
+    /// ([`crate::hardened::Binding`]).
+    #[error("method path contains NUL")]
+    InvalidMethodPath,
     /// A requested HKDF output length exceeds 255 hash lengths (RFC 5869 §2.3).
     #[error("hkdf output length {length} exceeds 8160 bytes")]
     InvalidHkdfLength {

@@ -19,6 +19,10 @@
 //!   [`primitives`] exposes the individual steps for test vectors.
 //! * [`header`]: the `public-key` / `auth-token` header names and their base64url coding,
 //!   with the reference decoder's exact leniency.
+//! * [`hardened`]: the opt-in hardened mode between our SuperNodes and SuperLink (not Flower
+//!   1.14): tokens bound to the method, a time and a counter ([`SharedSecret::bound_mac`]), and
+//!   the per-key anti-replay window ([`hardened::ReplayWindow`]). Its docs hold the threat model
+//!   of both modes.
 //! * [`AllowList`], [`CsvError`]: the `--auth-list-public-keys` CSV file.
 //! * [`AuthError`]: the crate's error type.
 //!
@@ -59,7 +63,8 @@
 //! * **Replay.** A token is a pure function of the key pair and the request bytes: no nonce,
 //!   timestamp or method binding. A captured `PullTaskIns` token is valid forever, and also for
 //!   `DeleteNode` with the same body. Only TLS keeps tokens secret, so tokens are never printed
-//!   ([`Token`]'s `Debug` is redacted).
+//!   ([`Token`]'s `Debug` is redacted). The opt-in [`hardened`] mode closes this between our
+//!   own peers.
 //! * **CreateNode without proof of possession.** Knowing an allow-listed *public* key is enough
 //!   to register as that node; the token is only checked on later calls.
 //! * **Per-request ECDH.** The reference derives the secret for every request from an
@@ -80,6 +85,7 @@
 mod allow_list;
 mod curve;
 mod error;
+pub mod hardened;
 pub mod header;
 mod keys;
 mod openssh;
