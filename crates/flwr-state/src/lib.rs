@@ -9,6 +9,8 @@
 //! - [`InMemoryLinkState`]: the default store, in process memory.
 //! - [`SqliteLinkState`]: a persistent store in one SQLite database (`--database <path>`
 //!   or `:memory:`), schema in `migrations/`.
+//! - [`PostgresLinkState`]: a store in PostgreSQL that several SuperLink replicas share, schema
+//!   in `migrations/postgres/`.
 //! - [`lifecycle`]: the sans-IO run status machine: allowed transitions, run guards and their
 //!   `PERMISSION_DENIED` texts, status string constants.
 //! - [`task`]: sans-IO TaskIns/TaskRes rules: validation texts, Python-compatible UUID
@@ -29,6 +31,7 @@ pub mod ffs;
 pub mod lifecycle;
 mod link_state;
 mod memory;
+pub mod postgres;
 mod sqlite;
 pub mod task;
 
@@ -40,6 +43,7 @@ pub use link_state::{
     Change, ChangeSink, FabStore, LinkState, NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON,
 };
 pub use memory::InMemoryLinkState;
+pub use postgres::PostgresLinkState;
 pub use sqlite::SqliteLinkState;
 pub use task::{
     message_unavailable_reply, parse_task_id, reply_unavailable_reply, validate_task_ins,

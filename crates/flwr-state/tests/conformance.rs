@@ -15,7 +15,7 @@ use flwr_state::task::{
 };
 use flwr_state::{
     guard_denial, isoformat, Clock, Guard, InMemoryLinkState, LinkState, ManualClock, NodeCounts,
-    SqliteLinkState, StateError, TaskCounts,
+    PostgresLinkState, SqliteLinkState, StateError, TaskCounts,
 };
 
 /// The injected clock the stories drive.
@@ -1096,6 +1096,21 @@ fn with_sqlite_memory_path(story: Story) {
     story(&state, &clock);
 }
 
+/// A fresh database on the test binary's shared PostgreSQL cluster. Fails at once, with the
+/// reason, when PostgreSQL is not installed.
+fn postgres_database() -> String {
+    let cluster = flwr_testkit::TempPostgres::shared().unwrap_or_else(|err| panic!("{err}"));
+    cluster
+        .fresh_database()
+        .unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn with_postgres(story: Story) {
+    let clock = Arc::new(TestClock::new(T0));
+    let state = PostgresLinkState::connect(&postgres_database(), clock.clone()).unwrap();
+    story(&state, &clock);
+}
+
 /// Runs every listed story against every store.
 macro_rules! conformance {
     ($($story:ident),* $(,)?) => {
@@ -1107,6 +1122,9 @@ macro_rules! conformance {
         }
         mod sqlite_memory_path {
             $(#[test] fn $story() { super::with_sqlite_memory_path(super::$story) })*
+        }
+        mod postgres {
+            $(#[test] fn $story() { super::with_postgres(super::$story) })*
         }
     };
 }
@@ -1292,4 +1310,453 @@ fn sqlite_separate_memory_databases_are_independent() {
     let run_id = new_run(&one);
     assert!(one.run(run_id).unwrap().is_some());
     assert!(two.runs().unwrap().is_empty());
+}
+
+// ----- PostgreSQL only: two store instances on one database are two SuperLink replicas -----
+
+/// How long a PostgreSQL-only test waits for something another instance caused.
+const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Two instances (replicas) on one fresh database, with one clock.
+fn two_replicas() -> (PostgresLinkState, PostgresLinkState, Arc<TestClock>) {
+    let url = postgres_database();
+    let clock = Arc::new(TestClock::new(T0));
+    let one = PostgresLinkState::connect(&url, clock.clone()).unwrap();
+    let two = PostgresLinkState::connect(&url, clock.clone()).unwrap();
+    assert_ne!(one.replica_id(), two.replica_id());
+    (one, two, clock)
+}
+
+/// Runs `statements` on the database at `url` with a plain connection.
+fn run_sql(url: &str, statements: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(statements).await.unwrap();
+    });
+}
+
+#[test]
+fn postgres_is_shared_and_blocks() {
+    let (one, _two, _clock) = two_replicas();
+    assert!(one.shared());
+    assert!(one.blocks());
+}
+
+#[test]
+fn postgres_delivers_each_task_ins_exactly_once_across_replicas() {
+    let (one, two, _clock) = two_replicas();
+    let run_id = running_run(&one);
+    let node_id = one.create_node(30.0, None).unwrap();
+    let stored: Vec<String> = (0..200)
+        .map(|_| {
+            let store: &dyn LinkState = if rand_bit() { &one } else { &two };
+            store
+                .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let pulled: Vec<String> = std::thread::scope(|scope| {
+        let pullers: Vec<_> = [&one, &two, &one, &two]
+            .into_iter()
+            .map(|state| {
+                scope.spawn(move || {
+                    let mut got = Vec::new();
+                    // Bounded: 200 TaskIns in batches of at least one.
+                    for _ in 0..250 {
+                        let batch = state.task_ins_for_node(Some(node_id), 7).unwrap();
+                        if batch.is_empty() {
+                            break;
+                        }
+                        got.extend(batch.into_iter().map(|ins| ins.task_id));
+                    }
+                    got
+                })
+            })
+            .collect();
+        pullers
+            .into_iter()
+            .flat_map(|puller| puller.join().unwrap())
+            .collect()
+    });
+    let distinct: std::collections::HashSet<&String> = pulled.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        pulled.len(),
+        "a TaskIns was delivered twice"
+    );
+    let mut pulled = pulled;
+    let mut stored = stored;
+    pulled.sort();
+    stored.sort();
+    assert_eq!(pulled, stored, "every TaskIns is delivered");
+    assert!(one.task_ins_for_node(Some(node_id), 10).unwrap().is_empty());
+}
+
+/// A cheap coin flip, so stores alternate irregularly.
+fn rand_bit() -> bool {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    hasher.finish() & 1 == 1
+}
+
+#[test]
+fn postgres_pending_to_starting_is_won_once_across_replicas() {
+    let (one, two, _clock) = two_replicas();
+    for _ in 0..5 {
+        let run_id = new_run(&one);
+        let wins = std::thread::scope(|scope| {
+            let racers: Vec<_> = [&one, &two, &one, &two]
+                .into_iter()
+                .map(|state| {
+                    scope.spawn(move || {
+                        state
+                            .update_run_status(run_id, status(STARTING, ""))
+                            .unwrap()
+                    })
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap())
+                .filter(|won| *won)
+                .count()
+        });
+        assert_eq!(wins, 1);
+    }
+}
+
+#[test]
+fn postgres_a_key_registers_once_across_replicas() {
+    let (one, two, _clock) = two_replicas();
+    for i in 0..5 {
+        let key = format!("racing key {i}").into_bytes();
+        let outcomes: Vec<Result<u64, StateError>> = std::thread::scope(|scope| {
+            let racers: Vec<_> = [&one, &two, &one, &two]
+                .into_iter()
+                .map(|state| scope.spawn(|| state.create_node(30.0, Some(&key))))
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap())
+                .collect()
+        });
+        let winners: Vec<u64> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .copied()
+            .collect();
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        for outcome in &outcomes {
+            if let Err(err) = outcome {
+                assert!(
+                    matches!(err, StateError::PublicKeyInUse(id) if *id == winners[0]),
+                    "{err:?}"
+                );
+            }
+        }
+        assert_eq!(two.node_id_for_public_key(&key).unwrap(), Some(winners[0]));
+    }
+}
+
+#[test]
+fn postgres_launch_claims_are_exclusive_and_expire() {
+    let (one, two, clock) = two_replicas();
+    let lease = std::time::Duration::from_secs(30);
+    let run_id = new_run(&one);
+    assert_eq!(one.claim_pending_run(lease).unwrap(), Some(run_id));
+    // Claimed by one: the other neither claims it nor reports it pending.
+    assert_eq!(two.claim_pending_run(lease).unwrap(), None);
+    assert_eq!(two.pending_run_id().unwrap(), None);
+    assert_eq!(one.pending_run_id().unwrap(), Some(run_id));
+    // Claiming again extends one's own claim.
+    assert_eq!(one.claim_pending_run(lease).unwrap(), Some(run_id));
+
+    // A renewed lease holds past the first expiry.
+    clock.advance(20.0);
+    one.renew_leases(&[run_id], lease).unwrap();
+    clock.advance(20.0);
+    assert_eq!(two.claim_pending_run(lease).unwrap(), None);
+    // Expired: the other replica may claim it, and then holds it.
+    clock.advance(11.0);
+    assert_eq!(two.claim_pending_run(lease).unwrap(), Some(run_id));
+    assert_eq!(one.claim_pending_run(lease).unwrap(), None);
+    assert_eq!(one.pending_run_id().unwrap(), None);
+    // A lease it lost is not renewed by its old holder.
+    one.renew_leases(&[run_id], lease).unwrap();
+    clock.advance(31.0);
+    assert_eq!(one.claim_pending_run(lease).unwrap(), Some(run_id));
+
+    // Two replicas racing for fresh runs never get the same one.
+    let runs: Vec<u64> = (0..6).map(|_| new_run(&two)).collect();
+    let claimed: Vec<u64> = std::thread::scope(|scope| {
+        let claimers: Vec<_> = [&one, &two]
+            .into_iter()
+            .map(|state| {
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    for _ in 0..10 {
+                        if let Some(run) = state.claim_pending_run(lease).unwrap() {
+                            if mine.contains(&run) {
+                                break;
+                            }
+                            mine.push(run);
+                            // Started: no longer pending, so the next claim takes another.
+                            assert!(state.update_run_status(run, status(STARTING, "")).unwrap());
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        claimers
+            .into_iter()
+            .flat_map(|claimer| claimer.join().unwrap())
+            .collect()
+    });
+    let mut expected = runs;
+    expected.push(run_id);
+    let mut claimed_sorted = claimed.clone();
+    claimed_sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(
+        claimed_sorted, expected,
+        "each run claimed exactly once: {claimed:?}"
+    );
+}
+
+#[test]
+fn postgres_take_over_resets_runs_whose_launcher_died() {
+    let (one, two, clock) = two_replicas();
+    let lease = std::time::Duration::from_secs(10);
+    let node_id = one.create_node(3600.0, None).unwrap();
+
+    // `orphan`: claimed by one, running, with a task and a reply; one then stops renewing.
+    let orphan = new_run(&one);
+    assert_eq!(one.claim_pending_run(lease).unwrap(), Some(orphan));
+    clock.advance(1.0);
+    assert!(one.update_run_status(orphan, status(STARTING, "")).unwrap());
+    assert!(one.update_run_status(orphan, status(RUNNING, "")).unwrap());
+    let ins_id = one
+        .store_task_ins(task_ins(orphan, node_id, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.task_ins_for_node(Some(node_id), 5).unwrap().len(), 1);
+    one.store_task_res(task_res(orphan, node_id, &ins_id, T0 + 1.0, 3599.0))
+        .unwrap()
+        .unwrap();
+    one.store_task_ins(task_ins(orphan, node_id, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+
+    // `live`: claimed by one, running, lease renewed.
+    let live = new_run(&one);
+    assert_eq!(one.claim_pending_run(lease).unwrap(), Some(live));
+    assert!(one.update_run_status(live, status(STARTING, "")).unwrap());
+    assert!(one.update_run_status(live, status(RUNNING, "")).unwrap());
+    one.store_task_ins(task_ins(live, node_id, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    // `unleased`: running without ever being claimed (a single-process launcher's run).
+    let unleased = running_run(&one);
+    // `done`: claimed, then finished.
+    let done = new_run(&one);
+    assert_eq!(one.claim_pending_run(lease).unwrap(), Some(done));
+    assert!(one
+        .update_run_status(done, status(FINISHED, STOPPED))
+        .unwrap());
+
+    assert_eq!(two.take_over_orphans(lease).unwrap(), Vec::<u64>::new());
+    clock.advance(9.0);
+    one.renew_leases(&[live], lease).unwrap();
+    clock.advance(2.0);
+    assert_eq!(two.take_over_orphans(lease).unwrap(), vec![orphan]);
+    // Taken once: a second look (or another replica) finds nothing more.
+    assert_eq!(one.take_over_orphans(lease).unwrap(), Vec::<u64>::new());
+    assert_eq!(two.take_over_orphans(lease).unwrap(), Vec::<u64>::new());
+
+    let run = two.run(orphan).unwrap().unwrap();
+    assert_eq!(run.status, Some(status(PENDING, "")));
+    assert_eq!(run.pending_at, isoformat(T0));
+    assert_eq!((&*run.starting_at, &*run.running_at), ("", ""));
+    assert_eq!(
+        two.task_counts().unwrap(),
+        TaskCounts {
+            task_ins: 1,
+            task_res: 0
+        },
+        "only the live run's TaskIns is left"
+    );
+    assert_eq!(
+        two.task_res(std::slice::from_ref(&ins_id)).unwrap()[0]
+            .task
+            .as_ref()
+            .unwrap()
+            .error
+            .as_ref()
+            .unwrap()
+            .code,
+        MESSAGE_UNAVAILABLE
+    );
+    // The lease moved to two: it launches the run, one no longer sees it pending.
+    assert_eq!(one.pending_run_id().unwrap(), None);
+    assert_eq!(two.pending_run_id().unwrap(), Some(orphan));
+    assert_eq!(one.claim_pending_run(lease).unwrap(), None);
+    assert_eq!(two.claim_pending_run(lease).unwrap(), Some(orphan));
+    for (run_id, want) in [(live, RUNNING), (unleased, RUNNING), (done, FINISHED)] {
+        let run = one.run(run_id).unwrap().unwrap();
+        assert_eq!(run.status.unwrap().status, want);
+    }
+}
+
+#[test]
+fn postgres_watch_hears_changes_made_through_another_replica() {
+    let (one, two, _clock) = two_replicas();
+    let (sender, changes) = std::sync::mpsc::channel();
+    let sender = std::sync::Mutex::new(sender);
+    one.watch(Arc::new(move |change| {
+        let _ = sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(change);
+    }))
+    .unwrap();
+    let expect = |want: flwr_state::Change| {
+        let deadline = std::time::Instant::now() + REPLICA_WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match changes.recv_timeout(left) {
+                Ok(change) if change == want => return,
+                Ok(change) => seen.push(change),
+                Err(_) => panic!("no {want:?} within {REPLICA_WAIT:?}; heard {seen:?}"),
+            }
+        }
+    };
+    use flwr_state::Change;
+
+    let run_id = new_run(&two);
+    expect(Change::RunPending);
+    assert!(two.update_run_status(run_id, status(STARTING, "")).unwrap());
+    expect(Change::Run(run_id));
+    assert!(two.update_run_status(run_id, status(RUNNING, "")).unwrap());
+    let node_id = two.create_node(30.0, None).unwrap();
+    let ins_id = two
+        .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    expect(Change::NodeTasks(Some(node_id)));
+    two.store_task_ins(task_ins(run_id, 0, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    expect(Change::NodeTasks(None));
+    two.store_task_res(task_res(run_id, node_id, &ins_id, T0, 3600.0))
+        .unwrap()
+        .unwrap();
+    expect(Change::Run(run_id));
+    two.delete_tasks_of_run(run_id).unwrap();
+    expect(Change::Run(run_id));
+    two.delete_node(node_id).unwrap();
+    expect(Change::NodeTasks(Some(node_id)));
+    // A rejected write notifies nobody: nothing but the next change arrives.
+    assert_eq!(
+        two.store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+            .unwrap(),
+        None
+    );
+    let other = new_run(&two);
+    assert_eq!(
+        changes.recv_timeout(REPLICA_WAIT).ok(),
+        Some(Change::RunPending)
+    );
+    let _ = other;
+}
+
+#[test]
+fn postgres_fabs_are_shared_by_replicas() {
+    use flwr_state::FabStore;
+    let (one, two, _clock) = two_replicas();
+    let hash = "ab".repeat(32);
+    assert_eq!(two.fab(&hash).unwrap(), None);
+    one.put_fab(&hash, b"fab bytes").unwrap();
+    assert_eq!(two.fab(&hash).unwrap().as_deref(), Some(&b"fab bytes"[..]));
+    // Storing it again, from either replica, is harmless.
+    two.put_fab(&hash, b"fab bytes").unwrap();
+    one.put_fab(&hash, b"fab bytes").unwrap();
+    assert_eq!(one.fab(&hash).unwrap().as_deref(), Some(&b"fab bytes"[..]));
+}
+
+#[test]
+fn postgres_replicas_starting_together_migrate_once() {
+    let url = postgres_database();
+    let clock = Arc::new(TestClock::new(T0));
+    let stores: Vec<PostgresLinkState> = std::thread::scope(|scope| {
+        let starters: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| PostgresLinkState::connect(&url, clock.clone()).unwrap()))
+            .collect();
+        starters
+            .into_iter()
+            .map(|starter| starter.join().unwrap())
+            .collect()
+    });
+    let run_id = new_run(&stores[0]);
+    assert!(stores[3].run(run_id).unwrap().is_some());
+}
+
+#[test]
+fn postgres_refuses_newer_schema() {
+    let url = postgres_database();
+    let clock = Arc::new(TestClock::new(T0));
+    drop(PostgresLinkState::connect(&url, clock.clone()).unwrap());
+    run_sql(&url, "UPDATE flwr_schema SET version = 99");
+    let err = PostgresLinkState::connect(&url, clock).unwrap_err();
+    assert!(matches!(err, StateError::UnsupportedSchema(99)), "{err:?}");
+}
+
+#[test]
+fn postgres_wrong_password_is_reported_without_the_password() {
+    let cluster = flwr_testkit::TempPostgres::shared().unwrap_or_else(|err| panic!("{err}"));
+    let url = cluster.fresh_database().unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let wrong = "not-the-password-4711";
+    let port = cluster.port();
+    let bad = format!("postgresql://flwr:{wrong}@127.0.0.1:{port}/{database}");
+    let err = PostgresLinkState::connect(&bad, Arc::new(TestClock::new(T0))).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StateError::Postgres(_)), "{err:?}");
+    assert!(!text.contains(wrong), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}/{database}")),
+        "{text}"
+    );
+    assert!(text.contains("password authentication failed"), "{text}");
+    // Nothing listens on a fresh port: refused, named, bounded.
+    let closed = flwr_testkit::free_port().unwrap();
+    let bad = format!("postgresql://flwr:{wrong}@127.0.0.1:{closed}/{database}");
+    let err = PostgresLinkState::connect(&bad, Arc::new(TestClock::new(T0))).unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains(wrong), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{closed}")), "{text}");
+}
+
+#[test]
+fn postgres_store_drops_on_an_async_worker() {
+    let (one, two, _clock) = two_replicas();
+    one.watch(Arc::new(|_| {})).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        drop(one);
+        drop(two);
+    });
 }
