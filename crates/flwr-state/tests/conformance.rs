@@ -1617,30 +1617,43 @@ fn postgres_take_over_resets_runs_whose_launcher_died() {
     }
 }
 
+/// Watches `state`; the changes it hears arrive on the returned channel.
+fn watch_changes(state: &PostgresLinkState) -> std::sync::mpsc::Receiver<flwr_state::Change> {
+    let (sender, changes) = std::sync::mpsc::channel();
+    let sender = std::sync::Mutex::new(sender);
+    state
+        .watch(Arc::new(move |change| {
+            let _ = sender
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(change);
+        }))
+        .unwrap();
+    changes
+}
+
+/// Waits (bounded) until `want` arrives, skipping other changes.
+fn expect_change(
+    changes: &std::sync::mpsc::Receiver<flwr_state::Change>,
+    want: flwr_state::Change,
+) {
+    let deadline = std::time::Instant::now() + REPLICA_WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match changes.recv_timeout(left) {
+            Ok(change) if change == want => return,
+            Ok(change) => seen.push(change),
+            Err(_) => panic!("no {want:?} within {REPLICA_WAIT:?}; heard {seen:?}"),
+        }
+    }
+}
+
 #[test]
 fn postgres_watch_hears_changes_made_through_another_replica() {
     let (one, two, _clock) = two_replicas();
-    let (sender, changes) = std::sync::mpsc::channel();
-    let sender = std::sync::Mutex::new(sender);
-    one.watch(Arc::new(move |change| {
-        let _ = sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(change);
-    }))
-    .unwrap();
-    let expect = |want: flwr_state::Change| {
-        let deadline = std::time::Instant::now() + REPLICA_WAIT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match changes.recv_timeout(left) {
-                Ok(change) if change == want => return,
-                Ok(change) => seen.push(change),
-                Err(_) => panic!("no {want:?} within {REPLICA_WAIT:?}; heard {seen:?}"),
-            }
-        }
-    };
+    let changes = watch_changes(&one);
+    let expect = |want| expect_change(&changes, want);
     use flwr_state::Change;
 
     let run_id = new_run(&two);
@@ -1759,4 +1772,28 @@ fn postgres_store_drops_on_an_async_worker() {
         drop(one);
         drop(two);
     });
+}
+
+#[test]
+fn postgres_watch_reconnects_after_losing_its_connection() {
+    use flwr_state::Change;
+    let url = postgres_database();
+    let clock = Arc::new(TestClock::new(T0));
+    let one = PostgresLinkState::connect(&url, clock.clone()).unwrap();
+    let two = PostgresLinkState::connect(&url, clock).unwrap();
+    let changes = watch_changes(&one);
+    new_run(&two);
+    expect_change(&changes, Change::RunPending);
+    // An administrator (or a failover) ends the listening session.
+    run_sql(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query = 'LISTEN flwr_changes' \
+           AND pid <> pg_backend_pid()",
+    );
+    // Back on a new connection, the watcher says that it may have missed a pending run...
+    expect_change(&changes, Change::RunPending);
+    // ... and hears changes again.
+    let run_id = running_run(&two);
+    expect_change(&changes, Change::Run(run_id));
 }

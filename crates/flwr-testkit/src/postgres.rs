@@ -311,7 +311,8 @@ impl TempPostgres {
             self.dir.display()
         ));
         let conf = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).map_err(io_error("reading postgresql.conf"))?;
+        let mut text =
+            std::fs::read_to_string(&conf).map_err(io_error("reading postgresql.conf"))?;
         text.push_str(&settings);
         std::fs::write(&conf, text).map_err(io_error("writing postgresql.conf"))
     }
@@ -403,11 +404,7 @@ fn spawn_watchdog(dir: &Path, stop: &[OsString]) -> Result<(Child, ChildStdin)> 
 fn private_dir() -> Result<PathBuf> {
     let base = std::env::temp_dir();
     for _ in 0..16 {
-        let dir = base.join(format!(
-            "flwr-pg-{}-{}",
-            std::process::id(),
-            random_hex(6)?
-        ));
+        let dir = base.join(format!("flwr-pg-{}-{}", std::process::id(), random_hex(6)?));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}

@@ -811,7 +811,10 @@ impl LinkState for PostgresLinkState {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.call(|| self.task_ins_for_node_once(node_id, limit))
+        // Not retried: its rounds commit one by one, and a retry would lose what the earlier
+        // rounds took out of the queue. Its statements never wait for a lock (SKIP LOCKED), so
+        // they cannot deadlock anyway.
+        self.block_on(self.task_ins_for_node_once(node_id, limit))
     }
 
     fn store_task_res(&self, mut task_res: TaskRes) -> Result<Option<String>, StateError> {
