@@ -57,7 +57,9 @@ pub struct Args {
 
     /// A string representing the path to the database file that will be opened. Note that
     /// passing ':memory:' will open a connection to a database that is in RAM, instead of on
-    /// disk. If nothing is provided, Flower will just create a state in memory.
+    /// disk. If nothing is provided, Flower will just create a state in memory. A
+    /// `postgresql://user:password@host:port/dbname` URL keeps the state in PostgreSQL, which
+    /// several SuperLink replicas may share (the password may instead come from PGPASSWORD).
     #[arg(long, default_value = IN_MEMORY_DATABASE)]
     pub database: String,
 
@@ -226,6 +228,50 @@ pub enum Database {
     Sqlite(PathBuf),
     /// SQLite's `:memory:` database (one shared connection, lost on exit).
     SqliteMemory,
+    /// A PostgreSQL database (`postgresql://user:password@host:port/dbname`), which several
+    /// SuperLink replicas may share.
+    Postgres(DatabaseUrl),
+}
+
+/// A database URL whose password never appears in `Debug` or `Display` (it is shown as `***`),
+/// so that logs and error lines can name the database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL as given, password included: only for opening the connection.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_password(&self.0))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`; other text unchanged.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user info ends at the last `@` before the path (a password may contain `@`... but
+    // not `/`, which must be percent-encoded there).
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// PEM contents for the Fleet and Exec TLS servers, read at validation time.
@@ -474,6 +520,7 @@ impl Config {
         let database = match args.database.as_str() {
             IN_MEMORY_DATABASE => Database::InMemory,
             ":memory:" => Database::SqliteMemory,
+            url if flwr_state::postgres::is_postgres_url(url) => Database::Postgres(DatabaseUrl(url.to_owned())),
             path => Database::Sqlite(PathBuf::from(path)),
         };
         // 6. node auth (AUTH.md §1.1 steps 1-4; key contents are checked when auth is set up)
@@ -856,6 +903,17 @@ mod tests {
             database("state/link.db"),
             Database::Sqlite(PathBuf::from("state/link.db"))
         );
+        let Database::Postgres(url) = database("postgresql://flwr:s3cr@t@db.example:5432/link")
+        else {
+            panic!("a postgresql:// URL is a PostgreSQL database");
+        };
+        assert_eq!(url.expose(), "postgresql://flwr:s3cr@t@db.example:5432/link");
+        assert_eq!(url.to_string(), "postgresql://flwr:***@db.example:5432/link");
+        assert!(!format!("{url:?}").contains("s3cr"));
+        let Database::Postgres(url) = database("postgres://flwr@localhost/link") else {
+            panic!("postgres:// too");
+        };
+        assert_eq!(url.to_string(), "postgres://flwr@localhost/link");
     }
 
     #[test]

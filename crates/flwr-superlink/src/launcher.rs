@@ -17,6 +17,14 @@
 //! - runs that a previous SuperLink process left `starting` or `running` (it was killed or
 //!   crashed, taking their ServerApps with it) are marked `finished:failed` at start
 //!   ([`INTERRUPTED`]), so a restart on the same database never leaves a run stuck.
+//!
+//! On a store shared by several replicas (PostgreSQL) a run is launched by the replica that
+//! [claims](LinkState::claim_pending_run) it, which renews its lease every
+//! [`SHARED_POLL_INTERVAL`] while the ServerApp lives. When a replica dies, its ServerApps die
+//! with it and its leases expire after [`LEASE`]; another replica then [takes the runs
+//! over](LinkState::take_over_orphans) and starts their ServerApps again from the beginning,
+//! instead of failing them. A replica that cannot renew for a whole lease kills its own
+//! ServerApps, since another replica may have taken their runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +48,12 @@ use crate::task::{self, TaskHandle};
 
 /// How often the launcher looks for a pending run (the reference's scheduler period).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a launch lease lasts without renewal (shared stores): a dead replica's runs are
+/// taken over this long after its last renewal.
+pub const LEASE: Duration = Duration::from_secs(4);
+/// How often a launcher on a shared store renews its leases and looks for runs to take over
+/// or start (other replicas' new runs also wake it at once).
+pub const SHARED_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How many children may exit while their run is still `pending` before the run is failed.
 pub const MAX_ATTEMPTS: u32 = 3;
 /// How long a child may take to exit after SIGTERM before its process group gets SIGKILL.
@@ -114,7 +128,12 @@ pub(crate) fn start(
     shutdown: CancellationToken,
 ) -> (LauncherHandle, TaskHandle<()>) {
     let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
+    let mut settings = settings;
+    if state.shared() {
+        settings.poll_interval = settings.poll_interval.min(SHARED_POLL_INTERVAL);
+    }
     let launcher = Launcher {
+        renewed: tokio::time::Instant::now(),
         state,
         settings,
         counters,
@@ -138,6 +157,8 @@ struct Launcher {
     children: HashMap<u64, Supervised>,
     /// Children started per run id, for runs that stay pending.
     attempts: HashMap<u64, u32>,
+    /// When the leases were last renewed (shared stores).
+    renewed: tokio::time::Instant,
 }
 
 /// A child's supervisor task and the token that makes it kill the child.
@@ -153,7 +174,9 @@ impl Launcher {
         shutdown: CancellationToken,
     ) {
         tracing::debug!("started flwr-serverapp launcher");
-        self.fail_interrupted_runs().await;
+        if !self.state.shared() {
+            self.fail_interrupted_runs().await;
+        }
         let first = tokio::time::Instant::now() + self.settings.poll_interval;
         let mut ticks = tokio::time::interval_at(first, self.settings.poll_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -168,7 +191,10 @@ impl Launcher {
                     }
                     LauncherCommand::Look => self.launch_if_pending().await,
                 },
-                _ = ticks.tick() => self.launch_if_pending().await,
+                _ = ticks.tick() => {
+                    self.keep_leases().await;
+                    self.launch_if_pending().await;
+                }
             }
         }
         // Shutdown: kill every child and wait until each supervisor has reaped its child.
@@ -183,17 +209,18 @@ impl Launcher {
     async fn launch_if_pending(&mut self) {
         self.children.retain(|_, child| !child.task.is_finished());
         let state = Arc::clone(&self.state);
-        let pending = match tokio::task::spawn_blocking(move || state.pending_run_id()).await {
-            Ok(Ok(pending)) => pending,
-            Ok(Err(error)) => {
-                tracing::error!(%error, "could not look for pending runs");
-                return;
-            }
-            Err(error) => {
-                tracing::error!(%error, "pending-run lookup panicked");
-                return;
-            }
-        };
+        let pending =
+            match tokio::task::spawn_blocking(move || state.claim_pending_run(LEASE)).await {
+                Ok(Ok(pending)) => pending,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "could not look for pending runs");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "pending-run lookup panicked");
+                    return;
+                }
+            };
         // Attempt counts matter only for the pending run and runs with a live child.
         self.attempts
             .retain(|run_id, _| pending == Some(*run_id) || self.children.contains_key(run_id));
@@ -243,6 +270,10 @@ impl Launcher {
                     kill.clone(),
                     self.counters.failures.clone(),
                 );
+                if self.children.is_empty() {
+                    // The renewal clock starts with the first lease.
+                    self.renewed = tokio::time::Instant::now();
+                }
                 let task = task::spawn("serverapp-child", supervisor);
                 self.children.insert(run_id, Supervised { kill, task });
                 return;
@@ -256,6 +287,50 @@ impl Launcher {
         tracing::error!(run_id, attempt, "{outcome}");
         if attempt >= MAX_ATTEMPTS {
             fail_run(&self.state, run_id, outcome).await;
+        }
+    }
+}
+
+impl Launcher {
+    /// Shared stores: renews the leases of the runs whose ServerApps live here, and takes over
+    /// the runs of replicas that stopped renewing theirs.
+    async fn keep_leases(&mut self) {
+        if !self.state.shared() {
+            return;
+        }
+        self.children.retain(|_, child| !child.task.is_finished());
+        let ours: Vec<u64> = self.children.keys().copied().collect();
+        let state = Arc::clone(&self.state);
+        let renewed = tokio::task::spawn_blocking(move || {
+            state.renew_leases(&ours, LEASE)?;
+            state.take_over_orphans(LEASE)
+        })
+        .await;
+        match renewed {
+            Ok(Ok(taken)) => {
+                self.renewed = tokio::time::Instant::now();
+                for run_id in taken {
+                    tracing::warn!(
+                        run_id,
+                        "took over run {run_id}: the replica that launched it stopped renewing \
+                         its lease; its ServerApp starts again"
+                    );
+                    self.attempts.remove(&run_id);
+                }
+            }
+            Ok(Err(error)) => tracing::error!(%error, "could not renew the launch leases"),
+            Err(error) => tracing::error!(%error, "renewing the launch leases panicked"),
+        }
+        if !self.children.is_empty() && self.renewed.elapsed() >= LEASE {
+            // Another replica may have taken these runs over: two ServerApps must not drive
+            // one run.
+            tracing::error!(
+                "no lease renewal for {:?}: stopping this replica's ServerApps",
+                LEASE
+            );
+            for child in self.children.values() {
+                child.kill.cancel();
+            }
         }
     }
 }
@@ -296,6 +371,11 @@ async fn supervise(
     if current.status == PENDING && (killed || attempt < MAX_ATTEMPTS) {
         // The child died (or was stopped at shutdown) before taking the run: the run stays
         // pending for the next poll, or for the next start of a persistent SuperLink.
+        return;
+    }
+    if killed && state.shared() {
+        // This replica is shutting down (or lost its lease): another replica takes the run
+        // over when the lease expires, rather than the run failing with this replica.
         return;
     }
     let details = if killed {

@@ -20,7 +20,10 @@ use flwr_runtime::health::Health;
 use flwr_runtime::limits;
 use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
 use flwr_runtime::metrics::GrpcMetrics;
-use flwr_state::{Ffs, InMemoryLinkState, LinkState, SqliteLinkState, SystemClock};
+use flwr_state::{
+    Change, ChangeSink, FabStore, Ffs, InMemoryLinkState, LinkState, PostgresLinkState, SqliteLinkState, StateError,
+    SystemClock,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::body::BoxBody;
@@ -37,6 +40,7 @@ use crate::service::fleet::{FleetHandler, FleetService};
 use crate::service::serverappio::ServerAppIoService;
 use crate::service::Stores;
 use crate::task::{self, TaskHandle};
+use crate::wakeups::Topic;
 
 /// How long in-flight calls may take to finish after shutdown starts (the reference's 1 s
 /// `grpc_server.stop(grace=1)`).
@@ -161,10 +165,8 @@ impl SuperLink {
             path: config.storage_dir.clone(),
             source,
         })?;
-        let stores = Stores::new(
-            open_state(&config.database)?,
-            Arc::new(Ffs::new(config.storage_dir.clone())),
-        );
+        let (state, ffs) = open_state(&config.database, &config.storage_dir).await?;
+        let stores = Stores::new(state, ffs);
         Ok(Self {
             config,
             stores,
@@ -177,6 +179,34 @@ impl SuperLink {
             launcher_poll_interval: launcher::POLL_INTERVAL,
             node_auth,
             tls,
+        })
+    }
+
+    /// Feeds what other SuperLink replicas change in a shared store (PostgreSQL) into this
+    /// process: their TaskIns and replies wake the pulls held here, their new runs wake the
+    /// launcher. A store only this process uses has nothing to tell.
+    async fn hear_other_replicas(&self, launcher: &LauncherHandle) -> Result<(), StartError> {
+        if !self.stores.state.shared() {
+            return Ok(());
+        }
+        let events = Arc::clone(&self.stores.events);
+        let launcher = launcher.clone();
+        let sink: ChangeSink = Arc::new(move |change| match change {
+            Change::NodeTasks(node_id) => events.publish(Topic::Node(node_id)),
+            Change::Run(run_id) => events.publish(Topic::Run(run_id)),
+            Change::RunPending => launcher.run_pending(),
+        });
+        let state = Arc::clone(&self.stores.state);
+        let watched = tokio::task::spawn_blocking(move || state.watch(sink))
+            .await
+            .map_err(|error| StateError::Postgres(error.to_string()))
+            .and_then(|watched| watched);
+        watched.map_err(|error| StartError::Database {
+            database: match &self.config.database {
+                Database::Postgres(url) => url.to_string(),
+                _ => String::new(),
+            },
+            reason: format!("cannot listen for other replicas' changes: {}", error_chain(&error)),
         })
     }
 
@@ -303,6 +333,8 @@ impl SuperLink {
             }
             Isolation::Process => (LauncherHandle::disabled(), None),
         };
+
+        self.hear_other_replicas(&launcher).await?;
 
         let exec = ExecServer::new(ExecService::new(self.stores.clone(), launcher))
             .max_decoding_message_size(self.config.max_message_size)
@@ -660,23 +692,43 @@ fn load_node_auth(files: &NodeAuthFiles) -> Result<Arc<NodeAuthenticator>, Start
     Ok(Arc::new(auth))
 }
 
-fn open_state(database: &Database) -> Result<Arc<dyn LinkState>, StartError> {
+async fn open_state(
+    database: &Database,
+    storage_dir: &std::path::Path,
+) -> Result<(Arc<dyn LinkState>, Arc<Ffs>), StartError> {
     let clock = Arc::new(SystemClock);
-    let opened = match database {
-        Database::InMemory => return Ok(Arc::new(InMemoryLinkState::new(clock))),
-        // One shared connection, so `:memory:` works (the reference's did not, §8.1).
-        Database::SqliteMemory => SqliteLinkState::open_in_memory(clock),
-        Database::Sqlite(path) => SqliteLinkState::open(path, clock),
+    let files = || Arc::new(Ffs::new(storage_dir.to_path_buf()));
+    let failed = |error: StateError| StartError::Database {
+        database: match database {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => url.to_string(),
+            _ => ":memory:".to_owned(),
+        },
+        reason: error_chain(&error),
     };
-    match opened {
-        Ok(state) => Ok(Arc::new(state)),
-        Err(error) => Err(StartError::Database {
-            database: match database {
-                Database::Sqlite(path) => path.display().to_string(),
-                _ => ":memory:".to_owned(),
-            },
-            reason: error_chain(&error),
-        }),
+    match database {
+        Database::InMemory => Ok((Arc::new(InMemoryLinkState::new(clock)), files())),
+        // One shared connection, so `:memory:` works (the reference's did not, §8.1).
+        Database::SqliteMemory => {
+            let state = SqliteLinkState::open_in_memory(clock).map_err(failed)?;
+            Ok((Arc::new(state), files()))
+        }
+        Database::Sqlite(path) => {
+            let state = SqliteLinkState::open(path, clock).map_err(failed)?;
+            Ok((Arc::new(state), files()))
+        }
+        // Replicas share everything through the database, FABs included.
+        Database::Postgres(url) => {
+            let url = url.expose().to_owned();
+            let connected =
+                tokio::task::spawn_blocking(move || PostgresLinkState::connect(&url, clock))
+                    .await
+                    .map_err(|error| failed(StateError::Postgres(error.to_string())))?;
+            let state = Arc::new(connected.map_err(failed)?);
+            tracing::info!(replica = state.replica_id(), "LinkState on PostgreSQL");
+            let ffs = Arc::new(Ffs::shared(Arc::clone(&state) as Arc<dyn FabStore>));
+            Ok((state, ffs))
+        }
     }
 }
 
