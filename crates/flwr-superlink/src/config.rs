@@ -520,7 +520,9 @@ impl Config {
         let database = match args.database.as_str() {
             IN_MEMORY_DATABASE => Database::InMemory,
             ":memory:" => Database::SqliteMemory,
-            url if flwr_state::postgres::is_postgres_url(url) => Database::Postgres(DatabaseUrl(url.to_owned())),
+            url if flwr_state::postgres::is_postgres_url(url) => {
+                Database::Postgres(DatabaseUrl(url.to_owned()))
+            }
             path => Database::Sqlite(PathBuf::from(path)),
         };
         // 6. node auth (AUTH.md §1.1 steps 1-4; key contents are checked when auth is set up)
@@ -907,8 +909,14 @@ mod tests {
         else {
             panic!("a postgresql:// URL is a PostgreSQL database");
         };
-        assert_eq!(url.expose(), "postgresql://flwr:s3cr@t@db.example:5432/link");
-        assert_eq!(url.to_string(), "postgresql://flwr:***@db.example:5432/link");
+        assert_eq!(
+            url.expose(),
+            "postgresql://flwr:s3cr@t@db.example:5432/link"
+        );
+        assert_eq!(
+            url.to_string(),
+            "postgresql://flwr:***@db.example:5432/link"
+        );
         assert!(!format!("{url:?}").contains("s3cr"));
         let Database::Postgres(url) = database("postgres://flwr@localhost/link") else {
             panic!("postgres:// too");

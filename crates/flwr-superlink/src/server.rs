@@ -21,8 +21,8 @@ use flwr_runtime::limits;
 use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
 use flwr_runtime::metrics::GrpcMetrics;
 use flwr_state::{
-    Change, ChangeSink, FabStore, Ffs, InMemoryLinkState, LinkState, PostgresLinkState, SqliteLinkState, StateError,
-    SystemClock,
+    Change, ChangeSink, FabStore, Ffs, InMemoryLinkState, LinkState, PostgresLinkState,
+    SqliteLinkState, StateError, SystemClock,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -206,7 +206,10 @@ impl SuperLink {
                 Database::Postgres(url) => url.to_string(),
                 _ => String::new(),
             },
-            reason: format!("cannot listen for other replicas' changes: {}", error_chain(&error)),
+            reason: format!(
+                "cannot listen for other replicas' changes: {}",
+                error_chain(&error)
+            ),
         })
     }
 
