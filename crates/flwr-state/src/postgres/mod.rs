@@ -160,6 +160,9 @@ const PING: &str = "UPDATE node SET online_until = $1, ping_interval = $2 WHERE 
 /// Whether one node is online; no row for an unknown node.
 const NODE_ONLINE: &str = "SELECT online_until > $2 FROM node WHERE node_id = $1";
 
+/// Ids of online nodes; served by `idx_online_until`.
+const ONLINE_NODES: &str = "SELECT node_id FROM node WHERE online_until > $1";
+
 /// Whether a run exists.
 const RUN_EXISTS: &str = "SELECT 1 FROM run WHERE run_id = $1";
 
@@ -970,15 +973,11 @@ impl LinkState for PostgresLinkState {
             {
                 return Err(StateError::RunNotFound(run_id).into());
             }
-            rows(
-                &client,
-                "SELECT node_id FROM node WHERE online_until > $1",
-                &[&now],
-            )
-            .await?
-            .iter()
-            .map(|row| get(row, 0).map(id_from_sql))
-            .collect::<Result<Vec<u64>, Failure>>()
+            rows(&client, ONLINE_NODES, &[&now])
+                .await?
+                .iter()
+                .map(|row| get(row, 0).map(id_from_sql))
+                .collect::<Result<Vec<u64>, Failure>>()
         })?;
         // Ascending as u64, which the bigint order is not.
         ids.sort_unstable();
@@ -1471,6 +1470,58 @@ mod tests {
         }
         assert!(TAKE_OVER.contains("SET status = 'pending'"));
         assert_eq!(listen::CHANNEL, "flwr_changes");
+    }
+
+    /// The plan of every hot statement reads an index, never a whole table (sequential scans
+    /// are priced out, so a plan that still has one has no index to use).
+    #[test]
+    fn hot_statements_use_indexes() {
+        let cluster = flwr_testkit::TempPostgres::shared().unwrap();
+        let url = cluster.fresh_database().unwrap();
+        let state = PostgresLinkState::connect(&url, Arc::new(crate::SystemClock)).unwrap();
+        let key: &[u8] = b"key";
+        let ids = vec![1_i64];
+        let hot: [(&str, &[&(dyn ToSql + Sync)], &str); 11] = [
+            (TAKE_QUEUED, &[&false, &1_i64, &5_i64], "idx_task_ins_queue"),
+            (
+                STORE_TASK_INS,
+                &[&"t", &1_i64, &false, &1_i64, &key, &"n:1"],
+                "node_pkey",
+            ),
+            (
+                STORE_TASK_RES,
+                &[&"t", &"i", &1_i64, &key, &"r:1"],
+                "run_run_id_key",
+            ),
+            (PING, &[&1.0_f64, &1.0_f64, &1_i64], "node_pkey"),
+            (NODE_ONLINE, &[&1_i64, &1.0_f64], "node_pkey"),
+            (NODE_OF_KEY, &[&key], "node_public_key_key"),
+            (ONLINE_NODES, &[&1.0_f64], "idx_online_until"),
+            (PENDING_RUN, &[&"me"], "idx_run_pending"),
+            (CLAIM_RUN, &[&"me", &2.0_f64, &1.0_f64], "idx_run_pending"),
+            (RENEW_LEASES, &[&2.0_f64, &ids, &"me"], "run_run_id_key"),
+            (TAKE_OVER, &[&1.0_f64, &"me", &2.0_f64], "idx_run_leases"),
+        ];
+        let plans = state
+            .block_on(async {
+                let client = state.client().await?;
+                client.batch_execute("SET enable_seqscan = off").await?;
+                let mut plans = Vec::new();
+                for (sql, params, index) in hot {
+                    let lines = rows(&client, &format!("EXPLAIN {sql}"), params)
+                        .await?
+                        .iter()
+                        .map(|row| get::<String>(row, 0))
+                        .collect::<Result<Vec<_>, Failure>>()?;
+                    plans.push((sql, index, lines.join("\n")));
+                }
+                Ok(plans)
+            })
+            .unwrap();
+        for (sql, index, plan) in plans {
+            assert!(plan.contains(index), "{sql}\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
+        }
     }
 
     #[test]
