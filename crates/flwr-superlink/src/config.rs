@@ -82,6 +82,31 @@ pub struct Args {
     #[arg(long, value_name = "AUTH_SUPERLINK_PUBLIC_KEY")]
     pub auth_superlink_public_key: Option<PathBuf>,
 
+    /// Needs node authentication (the three --auth-* flags). `compatible`: Flower 1.14 tokens,
+    /// which Python SuperNodes send; a captured one can be replayed, also for another method.
+    /// `hardened`: only tokens bound to the method, the SuperNode's clock and a counter, which
+    /// refuses replays; only for our SuperNodes started with `--node-auth-mode hardened`.
+    /// CreateNode is tokenless in both modes.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        env = "FLWR_NODE_AUTH_MODE",
+        default_value_t = NodeAuthMode::Compatible,
+        help_heading = "Node authentication (flower-rs)"
+    )]
+    pub node_auth_mode: NodeAuthMode,
+
+    /// With `--node-auth-mode hardened`: how many seconds a request's time may differ from the
+    /// SuperLink's clock, 1 to 3600 [default: 30].
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_NODE_AUTH_CLOCK_SKEW),
+        help_heading = "Node authentication (flower-rs)"
+    )]
+    pub node_auth_max_clock_skew: Option<u64>,
+
     /// ServerAppIo API (gRPC) server address (IPv4, IPv6, or a domain name). Always plaintext.
     #[arg(long, default_value = "0.0.0.0:9091")]
     pub serverappio_api_address: String,
@@ -208,6 +233,23 @@ pub enum Isolation {
     Subprocess,
 }
 
+/// Which node-authentication tokens the Fleet API accepts (`--node-auth-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum NodeAuthMode {
+    /// Flower 1.14's tokens, byte-compatible with Python SuperNodes.
+    #[default]
+    Compatible,
+    /// Tokens bound to the method, a time and a counter, with replays refused; our SuperNodes
+    /// with `--node-auth-mode hardened` only.
+    Hardened,
+}
+
+/// `--node-auth-max-clock-skew` when not given, in seconds.
+pub const DEFAULT_NODE_AUTH_CLOCK_SKEW: u64 = 30;
+/// The largest `--node-auth-max-clock-skew`: an hour, beyond which the time check would bound
+/// replays to other replicas so loosely that it would mostly mask broken clocks.
+pub const MAX_NODE_AUTH_CLOCK_SKEW: u64 = 3600;
+
 /// The Fleet API transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FleetApiType {
@@ -307,6 +349,10 @@ pub struct NodeAuthFiles {
     pub superlink_private_key: PathBuf,
     /// `--auth-superlink-public-key`.
     pub superlink_public_key: PathBuf,
+    /// `--node-auth-mode`.
+    pub mode: NodeAuthMode,
+    /// `--node-auth-max-clock-skew` (only used in hardened mode).
+    pub max_clock_skew: std::time::Duration,
 }
 
 /// A validated SuperLink configuration: everything [`crate::serve`] needs, nothing bound yet.
@@ -374,6 +420,19 @@ pub enum ConfigError {
          `--ssl-certfile`, `--ssl-keyfile`, and `--ssl-ca-certfile` and try again."
     )]
     AuthRequiresTls,
+    /// `--node-auth-mode hardened` without node authentication.
+    #[error(
+        "--node-auth-mode hardened (or FLWR_NODE_AUTH_MODE=hardened) needs node authentication: \
+         provide '--auth-list-public-keys', '--auth-superlink-private-key' and \
+         '--auth-superlink-public-key', or drop the mode"
+    )]
+    HardenedWithoutAuth,
+    /// `--node-auth-max-clock-skew` without `--node-auth-mode hardened`.
+    #[error(
+        "--node-auth-max-clock-skew only applies with --node-auth-mode hardened (and node \
+         authentication)"
+    )]
+    ClockSkewWithoutHardened,
     /// The CSV of known public keys does not exist (AUTH.md §1.1 step 4).
     #[error(
         "--auth-list-public-keys: The provided path to the known public keys CSV file does not \
@@ -668,7 +727,14 @@ fn node_auth_files(args: &Args, tls: bool) -> Result<Option<NodeAuthFiles>, Conf
         args.auth_superlink_private_key.as_ref(),
         args.auth_superlink_public_key.as_ref(),
     );
+    let hardened = args.node_auth_mode == NodeAuthMode::Hardened;
+    if args.node_auth_max_clock_skew.is_some() && !hardened {
+        return Err(ConfigError::ClockSkewWithoutHardened);
+    }
     if csv.is_none() && private.is_none() && public.is_none() {
+        if hardened {
+            return Err(ConfigError::HardenedWithoutAuth);
+        }
         return Ok(None);
     }
     let (Some(csv), Some(private), Some(public)) = (csv, private, public) else {
@@ -684,6 +750,11 @@ fn node_auth_files(args: &Args, tls: bool) -> Result<Option<NodeAuthFiles>, Conf
         public_keys_csv: csv.clone(),
         superlink_private_key: private.clone(),
         superlink_public_key: public.clone(),
+        mode: args.node_auth_mode,
+        max_clock_skew: std::time::Duration::from_secs(
+            args.node_auth_max_clock_skew
+                .unwrap_or(DEFAULT_NODE_AUTH_CLOCK_SKEW),
+        ),
     }))
 }
 
@@ -940,6 +1011,77 @@ mod tests {
         ]))
         .expect_err("auth without TLS");
         assert!(matches!(error, ConfigError::AuthRequiresTls));
+    }
+
+    #[test]
+    fn node_auth_mode_flags_need_node_auth_and_a_bounded_skew() {
+        let csv = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/vectors/keys/known_supernodes.csv"
+        );
+        let auth = ["--auth-list-public-keys", csv];
+        let keys = [
+            "--auth-superlink-private-key",
+            "k",
+            "--auth-superlink-public-key",
+            "k.pub",
+        ];
+        let files = |extra: &[&str]| {
+            let mut argv = vec!["flower-superlink"];
+            argv.extend_from_slice(&auth);
+            argv.extend_from_slice(&keys);
+            argv.extend_from_slice(extra);
+            node_auth_files(&Args::try_parse_from(argv).expect("flags"), true)
+        };
+        let default = files(&[]).expect("valid").expect("auth");
+        assert_eq!(default.mode, NodeAuthMode::Compatible);
+        let hardened = files(&["--node-auth-mode", "hardened"])
+            .expect("valid")
+            .expect("auth");
+        assert_eq!(hardened.mode, NodeAuthMode::Hardened);
+        assert_eq!(
+            hardened.max_clock_skew.as_secs(),
+            DEFAULT_NODE_AUTH_CLOCK_SKEW
+        );
+        let skew = [
+            "--node-auth-mode",
+            "hardened",
+            "--node-auth-max-clock-skew",
+            "3600",
+        ];
+        let hardened = files(&skew).expect("valid").expect("auth");
+        assert_eq!(hardened.max_clock_skew.as_secs(), 3600);
+        assert!(matches!(
+            files(&["--node-auth-max-clock-skew", "5"]),
+            Err(ConfigError::ClockSkewWithoutHardened)
+        ));
+        for refused in ["0", "3601", "-1", "soon"] {
+            let flag = format!("--node-auth-max-clock-skew={refused}");
+            let error =
+                Args::try_parse_from(["flower-superlink", flag.as_str()]).expect_err(refused);
+            assert!(
+                error.to_string().contains("--node-auth-max-clock-skew"),
+                "{error}"
+            );
+        }
+        let error = Args::try_parse_from(["flower-superlink", "--node-auth-mode", "strict"])
+            .expect_err("unknown mode");
+        assert!(error.to_string().contains("--node-auth-mode"), "{error}");
+        // Without node auth the mode has nothing to harden: refused, naming the flags.
+        let error = Config::from_args(args(&["--insecure", "--node-auth-mode", "hardened"]))
+            .expect_err("hardened without auth");
+        assert!(matches!(error, ConfigError::HardenedWithoutAuth));
+        assert!(
+            error.to_string().starts_with("--node-auth-mode hardened"),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("--auth-list-public-keys"),
+            "{error}"
+        );
+        let config = Config::from_args(args(&["--insecure", "--node-auth-mode", "compatible"]))
+            .expect("the default mode is fine without auth");
+        assert!(config.node_auth.is_none());
     }
 
     #[test]

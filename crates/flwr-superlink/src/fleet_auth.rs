@@ -29,6 +29,35 @@
 //! - `PushTaskRes` binds every TaskRes producer to the caller, not only the first;
 //! - the allow-list can be replaced at run time ([`NodeAuthenticator::replace_allow_list`]),
 //!   which also drops the cached secrets of removed keys.
+//!
+//! # Modes and what they stop
+//!
+//! `--node-auth-mode compatible` (the default) is Flower 1.14's scheme, byte for byte, so Python
+//! SuperNodes work: the token is `HMAC(secret, canonical request)` and nothing else. It proves
+//! that whoever sent the request once held the node's key, not that they hold it now: a token
+//! seen once can be sent again, forever, and for another method whose request has the same bytes
+//! (a captured `PullTaskIns` token is a valid `DeleteNode` token of the same node). Only TLS keeps
+//! tokens from being seen; tokens are never logged.
+//!
+//! `--node-auth-mode hardened` ([`NodeAuthenticator::with_hardened_mode`]) is for our SuperNodes
+//! started with the same flag; it refuses every 1.14 token (Python SuperNodes cannot use it). The
+//! token also covers the gRPC method, the node's clock and a per-process counter
+//! ([`flwr_auth::hardened`] has the construction and the full threat model), and each request:
+//!
+//! - must carry `flwr-auth-time` and `flwr-auth-counter` (refusal `legacy_token`);
+//! - must have a time within `--node-auth-max-clock-skew` of ours when its headers arrive, before
+//!   the body is read (`clock_skew`);
+//! - after its MAC verified, must have a counter its key's anti-replay window has not admitted
+//!   (`replayed`). One window per allowed key, 160 bytes, created on the key's first hardened
+//!   request and dropped with the key when the allow-list is reloaded.
+//!
+//! That stops replays to this SuperLink process, the reuse of a token for another method, and
+//! any use of a captured request after the skew. It does not stop, within the skew, a replay to
+//! another SuperLink replica sharing the database (each process has its own windows), to this one
+//! after a restart, or after the key was removed and re-added; nor a registration by whoever
+//! knows a listed public key, because `CreateNode` stays tokenless in both modes (the SuperNode
+//! learns the SuperLink's key from its answer, so it has nothing to sign with before). TLS remains
+//! what keeps requests and tokens secret.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -42,6 +71,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use flwr_auth::hardened::{self, Admission, Binding, ClockError, ReplayError, ReplayWindow};
 use flwr_auth::{AllowList, Curve, PrivateKey, PublicKey, SharedSecret};
 use flwr_proto::canonical::MessageType;
 use flwr_proto::{
@@ -87,6 +117,18 @@ pub struct NodeAuthenticator {
     refusals: Family<RefusalLabels, Counter>,
     /// Allow-list reloads by result.
     reloads: Family<ReloadLabels, Counter>,
+    /// `Some` in hardened mode.
+    hardening: Option<Hardening>,
+}
+
+/// The hardened mode's settings and state.
+#[derive(Debug)]
+struct Hardening {
+    /// `--node-auth-max-clock-skew`, in milliseconds.
+    max_skew_ms: u64,
+    /// One anti-replay window per key that sent a hardened request; only allowed keys get one.
+    // A std mutex: held for one lookup and a few word operations, never across an await.
+    windows: Mutex<HashMap<Vec<u8>, ReplayWindow>>,
 }
 
 impl std::fmt::Debug for NodeAuthenticator {
@@ -122,7 +164,25 @@ impl NodeAuthenticator {
             }),
             refusals: Family::default(),
             reloads: Family::default(),
+            hardening: None,
         })
+    }
+
+    /// Switches to the hardened mode (`--node-auth-mode hardened`): only tokens bound to the
+    /// method, a time within `max_clock_skew` of ours and an unused counter are accepted; 1.14
+    /// tokens are refused. See the module docs.
+    #[must_use]
+    pub fn with_hardened_mode(mut self, max_clock_skew: Duration) -> Self {
+        self.hardening = Some(Hardening {
+            max_skew_ms: u64::try_from(max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            windows: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// Whether 1.14 tokens are refused in favour of hardened ones.
+    pub fn is_hardened(&self) -> bool {
+        self.hardening.is_some()
     }
 
     /// Refused requests by reason (`flwr_superlink_node_auth_refusals_total`), with every
@@ -168,6 +228,13 @@ impl NodeAuthenticator {
             Ok(mut current) => *current = keys,
             Err(poisoned) => *poisoned.into_inner() = keys,
         }
+        // After the swap: a window created meanwhile for a removed key is dropped here, and
+        // none can be created after it (`admit` checks the new list under the windows' lock).
+        if let Some(hardening) = &self.hardening {
+            if let Ok(mut windows) = hardening.windows.lock() {
+                windows.retain(|pem, _| allowed.contains(pem));
+            }
+        }
     }
 
     fn allow_list(&self) -> Arc<HashSet<Vec<u8>>> {
@@ -208,6 +275,71 @@ impl NodeAuthenticator {
             }
         }
         Ok(secret)
+    }
+
+    /// Admits the verified hardened request `stamp` of `pem` into the key's anti-replay window.
+    fn admit(&self, hardening: &Hardening, pem: &[u8], stamp: Stamp) -> Result<(), Refusal> {
+        let mut windows = hardening
+            .windows
+            .lock()
+            .map_err(|_| Refusal::new(RefusalReason::Internal, "replay windows unavailable"))?;
+        let admitted = match windows.get_mut(pem) {
+            Some(window) => window.admit(
+                stamp.counter,
+                stamp.time_ms,
+                stamp.received_ms,
+                hardening.max_skew_ms,
+            ),
+            // A window only for a key still allowed, so that their number stays bounded by the
+            // list and a concurrent removal is not undone.
+            None if self.is_allowed(pem) => {
+                let mut window = ReplayWindow::new();
+                let admitted = window.admit(
+                    stamp.counter,
+                    stamp.time_ms,
+                    stamp.received_ms,
+                    hardening.max_skew_ms,
+                );
+                windows.insert(pem.to_vec(), window);
+                admitted
+            }
+            None => {
+                return Err(Refusal::new(
+                    RefusalReason::NotAllowed,
+                    "public key removed from the allow-list",
+                ))
+            }
+        };
+        drop(windows);
+        match admitted {
+            Ok(Admission::Ahead | Admission::Late) => Ok(()),
+            Ok(Admission::Resynchronized { previous_highest }) => {
+                // Rare and only possible with the node's key: not rate-limited.
+                let key = PublicKey::from_spki_pem(pem)
+                    .map_or_else(|_| "-".to_owned(), |key| key.fingerprint());
+                tracing::warn!(
+                    key = %key,
+                    counter = stamp.counter,
+                    previous_highest,
+                    "node-auth counter went back (SuperNode restarted with its clock behind?); \
+                     its replay window starts over"
+                );
+                Ok(())
+            }
+            Err(error) => Err(Refusal::new(
+                RefusalReason::Replayed,
+                match error {
+                    ReplayError::Duplicate => "counter already used: a replayed request",
+                    ReplayError::TooOld { .. } => {
+                        "counter too far behind the node's latest: a replayed or very late request"
+                    }
+                    ReplayError::BeforeResync => {
+                        "request began before the node's replay window started over"
+                    }
+                    _ => "counter refused by the replay window",
+                },
+            )),
+        }
     }
 
     /// Counts a refused request and logs it, at most once per [`REFUSAL_LOG_INTERVAL`]:
@@ -301,28 +433,38 @@ impl Refusal {
 pub(crate) enum RefusalReason {
     /// The request does not parse, or names no TaskRes where one is needed.
     BadRequest,
-    /// The `auth-token` is missing, undecodable or does not match.
+    /// The `auth-token` is missing, undecodable or does not match, or a hardened header is
+    /// malformed.
     BadToken,
+    /// Hardened mode: the request's time is further from ours than the allowed clock skew.
+    ClockSkew,
     /// The server could not complete the check (shutting down, a failed task).
     Internal,
     /// The listed key cannot be used (unparsable, or on another curve).
     KeyUnusable,
+    /// Hardened mode: a Flower 1.14 token (no `flwr-auth-time`/`flwr-auth-counter`).
+    LegacyToken,
     /// The `public-key` is missing or not on the allow-list.
     NotAllowed,
     /// The node ids in the request are not the ones bound to the caller's key.
     NotBound,
+    /// Hardened mode: the counter was used before, or is too old for the replay window.
+    Replayed,
     /// The path names no Fleet method.
     UnknownMethod,
 }
 
 impl RefusalReason {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 10] = [
         Self::BadRequest,
         Self::BadToken,
+        Self::ClockSkew,
         Self::Internal,
         Self::KeyUnusable,
+        Self::LegacyToken,
         Self::NotAllowed,
         Self::NotBound,
+        Self::Replayed,
         Self::UnknownMethod,
     ];
 
@@ -330,10 +472,13 @@ impl RefusalReason {
         match self {
             Self::BadRequest => "bad_request",
             Self::BadToken => "bad_token",
+            Self::ClockSkew => "clock_skew",
             Self::Internal => "internal",
             Self::KeyUnusable => "key_unusable",
+            Self::LegacyToken => "legacy_token",
             Self::NotAllowed => "not_allowed",
             Self::NotBound => "not_bound",
+            Self::Replayed => "replayed",
             Self::UnknownMethod => "unknown_method",
         }
     }
@@ -432,6 +577,19 @@ impl Method {
         })
     }
 
+    /// The gRPC path, which hardened tokens cover.
+    fn path(self) -> &'static str {
+        match self {
+            Self::CreateNode => "/flwr.proto.Fleet/CreateNode",
+            Self::DeleteNode => "/flwr.proto.Fleet/DeleteNode",
+            Self::GetFab => "/flwr.proto.Fleet/GetFab",
+            Self::GetRun => "/flwr.proto.Fleet/GetRun",
+            Self::Ping => "/flwr.proto.Fleet/Ping",
+            Self::PullTaskIns => "/flwr.proto.Fleet/PullTaskIns",
+            Self::PushTaskRes => "/flwr.proto.Fleet/PushTaskRes",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::CreateNode => "CreateNode",
@@ -495,6 +653,22 @@ where
         }
     };
 
+    // Hardened mode: the headers and the time are checked as they arrive, before the body is
+    // read, so that neither a 1.14 token nor a stale request costs a body read, and a large body
+    // that takes long to upload is not refused for it.
+    let stamp = match &auth.hardening {
+        Some(hardening) if method != Method::CreateNode => {
+            match read_stamp(&parts.headers, hardening.max_skew_ms) {
+                Ok(stamp) => Some(stamp),
+                Err(refusal) => {
+                    auth.log_refusal(method.name(), Some(&pem), refusal.kind, refusal.reason);
+                    return Ok(access_denied());
+                }
+            }
+        }
+        _ => None,
+    };
+
     let framed = match read_message(body, max_message_size).await {
         Ok(framed) => framed,
         Err(error) => return Ok(error.into_status(max_message_size).into_http()),
@@ -510,7 +684,7 @@ where
         }
     } else {
         let message = framed.slice(5..);
-        if let Err(refusal) = verify(&auth, &parts.headers, method, &pem, message).await {
+        if let Err(refusal) = verify(&auth, &parts.headers, method, &pem, message, stamp).await {
             auth.log_refusal(method.name(), Some(&pem), refusal.kind, refusal.reason);
             return Ok(access_denied());
         }
@@ -532,14 +706,86 @@ where
     Ok(response)
 }
 
-/// Checks the token over the canonical encoding of `message`; a large message is verified on
-/// the blocking pool, a bounded number at a time.
+/// The refusal reason of a request without hardened headers, in hardened mode.
+const LEGACY_TOKEN: &str = "1.14 token refused: hardened node auth requires \
+                            flwr-auth-time/flwr-auth-counter (our SuperNode with \
+                            --node-auth-mode hardened)";
+
+/// The hardened headers of a request whose time passed the skew check.
+#[derive(Clone, Copy, Debug)]
+struct Stamp {
+    /// `flwr-auth-time`: the node's clock, unix ms.
+    time_ms: u64,
+    /// `flwr-auth-counter`.
+    counter: u64,
+    /// Our clock when the headers arrived, unix ms: the time check's and the window's "now".
+    received_ms: u64,
+}
+
+/// Reads `flwr-auth-time` and `flwr-auth-counter` and checks the time against our clock.
+fn read_stamp(headers: &HeaderMap, max_skew_ms: u64) -> Result<Stamp, Refusal> {
+    let time = headers.get(hardened::TIME_HEADER);
+    let counter = headers.get(hardened::COUNTER_HEADER);
+    let (time, counter) = match (time, counter) {
+        (Some(time), Some(counter)) => (time, counter),
+        (None, None) => return Err(Refusal::new(RefusalReason::LegacyToken, LEGACY_TOKEN)),
+        _ => {
+            return Err(Refusal::new(
+                RefusalReason::BadToken,
+                "flwr-auth-time or flwr-auth-counter missing",
+            ))
+        }
+    };
+    let decimal = |value: &HeaderValue| value.to_str().ok().and_then(hardened::parse_decimal);
+    let (Some(time_ms), Some(counter)) = (decimal(time), decimal(counter)) else {
+        return Err(Refusal::new(
+            RefusalReason::BadToken,
+            "flwr-auth-time or flwr-auth-counter is not a decimal number",
+        ));
+    };
+    let received_ms = unix_millis();
+    hardened::check_time(time_ms, received_ms, max_skew_ms).map_err(|error| {
+        Refusal::new(
+            RefusalReason::ClockSkew,
+            match error {
+                ClockError::Ahead { .. } => {
+                    "flwr-auth-time is ahead of the SuperLink's clock by more than \
+                     --node-auth-max-clock-skew (the SuperNode's clock is off?)"
+                }
+                _ => {
+                    "flwr-auth-time is behind the SuperLink's clock by more than \
+                     --node-auth-max-clock-skew (a late or replayed request, or a clock off)"
+                }
+            },
+        )
+    })?;
+    Ok(Stamp {
+        time_ms,
+        counter,
+        received_ms,
+    })
+}
+
+/// Our wall clock in unix milliseconds (0 before 1970, which refuses every hardened request
+/// rather than accept any).
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Checks the token over the canonical encoding of `message` (bound to `stamp` and the method
+/// in hardened mode, whose window then admits the counter); a large message is verified on the
+/// blocking pool, a bounded number at a time.
 async fn verify(
     auth: &Arc<NodeAuthenticator>,
     headers: &HeaderMap,
     method: Method,
     pem: &[u8],
     message: Bytes,
+    stamp: Option<Stamp>,
 ) -> Result<(), Refusal> {
     let token = header_bytes(headers, "auth-token").ok_or(Refusal::new(
         RefusalReason::BadToken,
@@ -553,7 +799,14 @@ async fn verify(
     let check = move |message: &[u8]| -> Result<(), Refusal> {
         // The sender signed its own deterministic encoding; re-encode what arrived the same way,
         // straight into the MAC: the canonical bytes are never materialized.
-        let mut mac = secret.mac();
+        let mut mac = match stamp {
+            None => secret.mac(),
+            Some(stamp) => {
+                let binding = Binding::new(method.path(), stamp.time_ms, stamp.counter)
+                    .map_err(|_| Refusal::new(RefusalReason::Internal, "unusable method path"))?;
+                secret.bound_mac(&binding)
+            }
+        };
         request_type
             .canonicalize_into(message, &mut |bytes: &[u8]| mac.update(bytes))
             .map_err(|_| Refusal::new(RefusalReason::BadRequest, "request does not parse"))?;
@@ -567,15 +820,24 @@ async fn verify(
         }
     };
     if message.len() <= LARGE_BODY {
-        return check(&message);
+        check(&message)?;
+    } else {
+        let _slot = Arc::clone(&auth.large_verifications)
+            .acquire_owned()
+            .await
+            .map_err(|_| Refusal::new(RefusalReason::Internal, "shutting down"))?;
+        tokio::task::spawn_blocking(move || check(&message))
+            .await
+            .map_err(|_| {
+                Refusal::new(RefusalReason::Internal, "verification did not complete")
+            })??;
     }
-    let _slot = Arc::clone(&auth.large_verifications)
-        .acquire_owned()
-        .await
-        .map_err(|_| Refusal::new(RefusalReason::Internal, "shutting down"))?;
-    tokio::task::spawn_blocking(move || check(&message))
-        .await
-        .map_err(|_| Refusal::new(RefusalReason::Internal, "verification did not complete"))?
+    // Only a request whose MAC verified may use up a counter: anyone else could otherwise burn
+    // a node's counters ahead of it.
+    match (stamp, &auth.hardening) {
+        (Some(stamp), Some(hardening)) => auth.admit(hardening, pem, stamp),
+        _ => Ok(()),
+    }
 }
 
 /// Why a request body could not be read.
@@ -859,6 +1121,67 @@ mod tests {
             .expect("vector")
             .trim_end()
             .to_owned()
+    }
+
+    #[test]
+    fn hardened_tokens_cover_the_fleet_services_paths() {
+        for method in [
+            Method::CreateNode,
+            Method::DeleteNode,
+            Method::GetFab,
+            Method::GetRun,
+            Method::Ping,
+            Method::PullTaskIns,
+            Method::PushTaskRes,
+        ] {
+            let path = format!(
+                "/{}/{}",
+                flwr_proto::fleet_server::SERVICE_NAME,
+                method.name()
+            );
+            assert_eq!(method.path(), path);
+            assert_eq!(Method::from_path(&path), Some(method));
+        }
+    }
+
+    #[test]
+    fn hardened_headers_are_read_strictly_and_the_time_checked() {
+        let headers = |pairs: &[(&'static str, String)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_str(value).expect("ascii"));
+            }
+            map
+        };
+        let now = unix_millis();
+        let time = |ms: u64| (hardened::TIME_HEADER, ms.to_string());
+        let counter = |value: &str| (hardened::COUNTER_HEADER, value.to_owned());
+        let stamp = read_stamp(&headers(&[time(now), counter("7")]), 30_000).expect("valid");
+        assert_eq!((stamp.time_ms, stamp.counter), (now, 7));
+        assert!(stamp.received_ms >= now);
+        let kind = |pairs: &[(&'static str, String)]| {
+            read_stamp(&headers(pairs), 30_000)
+                .map(|_| ())
+                .map_err(|refusal| refusal.kind)
+        };
+        assert_eq!(kind(&[]), Err(RefusalReason::LegacyToken));
+        assert_eq!(kind(&[time(now)]), Err(RefusalReason::BadToken));
+        assert_eq!(kind(&[counter("1")]), Err(RefusalReason::BadToken));
+        for bad in ["", "+1", "01", "1.0", "18446744073709551616"] {
+            assert_eq!(
+                kind(&[time(now), counter(bad)]),
+                Err(RefusalReason::BadToken),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            kind(&[time(now - 60_000), counter("1")]),
+            Err(RefusalReason::ClockSkew)
+        );
+        assert_eq!(
+            kind(&[time(now + 60_000), counter("1")]),
+            Err(RefusalReason::ClockSkew)
+        );
     }
 
     #[test]

@@ -690,8 +690,16 @@ fn load_node_auth(files: &NodeAuthFiles) -> Result<Arc<NodeAuthenticator>, Start
         .map_err(|e| fail(csv_flag, csv_path, e.to_string()))?;
     let keys = allowed.len();
     tracing::info!("Node authentication enabled with {keys} known public keys");
-    let auth = NodeAuthenticator::new(private, allowed)
+    let mut auth = NodeAuthenticator::new(private, allowed)
         .map_err(|e| fail(public_flag, public_path, e.to_string()))?;
+    if files.mode == crate::config::NodeAuthMode::Hardened {
+        tracing::info!(
+            "Node authentication hardened: Flower 1.14 tokens are refused; requests need \
+             flwr-auth-time within {} s and an unused flwr-auth-counter",
+            files.max_clock_skew.as_secs()
+        );
+        auth = auth.with_hardened_mode(files.max_clock_skew);
+    }
     Ok(Arc::new(auth))
 }
 
