@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS task_ins (
     consumer_anonymous boolean NOT NULL,
     -- 0 for anonymous consumers
     consumer_node_id   bigint  NOT NULL,
+    -- created_at + ttl (unix seconds): deliverable while greater than now
+    expires_at         double precision NOT NULL,
     -- left the delivery queue: delivered, or found expired by a pull
     delivered          boolean NOT NULL DEFAULT false,
     -- a flwr.proto.TaskIns, task_id included

@@ -119,19 +119,29 @@ const APPLICATION_NAME: &str = "flwr-superlink";
 const RUN_COLUMNS: &str = "run_id, fab_id, fab_version, fab_hash, override_config, pending_at, \
      starting_at, running_at, finished_at, status, sub_status, details";
 
-/// Takes up to `$3` queued TaskIns of a consumer out of the queue, oldest first; rows another
-/// transaction is taking right now are skipped, never delivered twice.
-const TAKE_QUEUED: &str = "WITH queued AS (\
+/// Takes up to `$3` deliverable TaskIns of a consumer out of the queue, oldest first, and
+/// sweeps the expired ones (they can never be delivered: time only moves forward) out of it,
+/// all in one statement. Rows another transaction is taking right now are skipped, so no
+/// TaskIns is delivered twice however many replicas pull, and no pull waits for another.
+const TAKE_QUEUED: &str = "WITH swept AS (\
+         UPDATE task_ins SET delivered = true WHERE seq IN (\
+             SELECT seq FROM task_ins \
+             WHERE NOT delivered AND consumer_anonymous = $1 AND consumer_node_id = $2 \
+               AND expires_at <= $4 \
+             FOR UPDATE SKIP LOCKED)), \
+     queued AS (\
          SELECT seq FROM task_ins \
          WHERE NOT delivered AND consumer_anonymous = $1 AND consumer_node_id = $2 \
+           AND expires_at > $4 \
          ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
      UPDATE task_ins SET delivered = true FROM queued WHERE task_ins.seq = queued.seq \
      RETURNING task_ins.seq, task_ins.task_ins";
 
 /// Stores a TaskIns if its run exists and its named consumer is registered, and notifies.
 const STORE_TASK_INS: &str = "WITH stored AS (\
-         INSERT INTO task_ins (task_id, run_id, consumer_anonymous, consumer_node_id, task_ins) \
-         SELECT $1::text, $2::bigint, $3::boolean, $4::bigint, $5::bytea \
+         INSERT INTO task_ins (task_id, run_id, consumer_anonymous, consumer_node_id, \
+             expires_at, task_ins) \
+         SELECT $1::text, $2::bigint, $3::boolean, $4::bigint, $7::double precision, $5::bytea \
          WHERE EXISTS (SELECT 1 FROM run WHERE run_id = $2) \
            AND ($3 OR EXISTS (SELECT 1 FROM node WHERE node_id = $4)) \
          RETURNING 1) \
@@ -385,44 +395,33 @@ impl PostgresLinkState {
             Some(node_id) => (false, sql_id(node_id)),
             None => (true, 0),
         };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.client().await?;
-        let statement = client.prepare_cached(TAKE_QUEUED).await?;
+        let mut taken = rows(&client, TAKE_QUEUED, &[&anonymous, &consumer, &limit, &now])
+            .await?
+            .iter()
+            .map(|row| Ok((get::<i64>(row, 0)?, get::<Vec<u8>>(row, 1)?)))
+            .collect::<Result<Vec<_>, Failure>>()?;
+        taken.sort_unstable_by_key(|(seq, _)| *seq);
         let delivered_at = isoformat(now);
-        let mut out = Vec::new();
-        // Each round takes at most the missing count out of the queue; expired rows met on the
-        // way leave the queue undelivered, so a full round short of deliverable rows goes on.
-        // Every round commits on its own: what it took is delivered or expired for good, so a
-        // failure in a later round loses nothing.
-        loop {
-            let wanted = limit - out.len();
-            let limit_param = i64::try_from(wanted).unwrap_or(i64::MAX);
-            let mut rows = client
-                .query(&statement, &[&anonymous, &consumer, &limit_param])
-                .await?
-                .iter()
-                .map(|row| Ok((get::<i64>(row, 0)?, get::<Vec<u8>>(row, 1)?)))
-                .collect::<Result<Vec<_>, Failure>>()?;
-            let fetched = rows.len();
-            rows.sort_unstable_by_key(|(seq, _)| *seq);
-            for (_, blob) in rows {
-                let mut task_ins: TaskIns = decode(&blob)?;
-                // An expired TaskIns can never be delivered again (time only moves forward).
-                let Some(task) = task_ins
-                    .task
-                    .as_mut()
-                    .filter(|task| !expired_for_delivery(task, now))
-                else {
-                    continue;
-                };
-                // Only the returned copy is stamped: nothing reads a stored TaskIns's
-                // `delivered_at`, and rewriting a large payload per delivery is not free.
-                delivered_at.clone_into(&mut task.delivered_at);
-                out.push(task_ins);
-            }
-            if fetched < wanted || out.len() >= limit {
-                return Ok(out);
-            }
+        let mut out = Vec::with_capacity(taken.len());
+        for (_, blob) in taken {
+            let mut task_ins: TaskIns = decode(&blob)?;
+            // `expires_at` is `created_at + ttl` as Rust computed it, so the database already
+            // applied this very test; it stays as the rule's statement.
+            let Some(task) = task_ins
+                .task
+                .as_mut()
+                .filter(|task| !expired_for_delivery(task, now))
+            else {
+                continue;
+            };
+            // Only the returned copy is stamped: nothing reads a stored TaskIns's
+            // `delivered_at`, and rewriting a large payload per delivery is not free.
+            delivered_at.clone_into(&mut task.delivered_at);
+            out.push(task_ins);
         }
+        Ok(out)
     }
 
     async fn store_task_res_once(
@@ -782,6 +781,11 @@ impl LinkState for PostgresLinkState {
         let task_id = crate::task::new_task_id();
         task_ins.task_id.clone_from(&task_id);
         let blob = task_ins.encode_to_vec();
+        // The same sum `expired_for_delivery` computes, so the queue's test in SQL agrees.
+        let expires_at = task_ins
+            .task
+            .as_ref()
+            .map_or(0.0, |task| task.created_at + task.ttl);
         let notice = payload(Change::NodeTasks(
             (!consumer.anonymous).then_some(consumer.node_id),
         ));
@@ -799,6 +803,7 @@ impl LinkState for PostgresLinkState {
                     &node_id,
                     &blob,
                     &notice,
+                    &expires_at,
                 ],
             )
             .await
@@ -814,10 +819,7 @@ impl LinkState for PostgresLinkState {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Not retried: its rounds commit one by one, and a retry would lose what the earlier
-        // rounds took out of the queue. Its statements never wait for a lock (SKIP LOCKED), so
-        // they cannot deadlock anyway.
-        self.block_on(self.task_ins_for_node_once(node_id, limit))
+        self.call(|| self.task_ins_for_node_once(node_id, limit))
     }
 
     fn store_task_res(&self, mut task_res: TaskRes) -> Result<Option<String>, StateError> {
@@ -1482,10 +1484,14 @@ mod tests {
         let key: &[u8] = b"key";
         let ids = vec![1_i64];
         let hot: [(&str, &[&(dyn ToSql + Sync)], &str); 11] = [
-            (TAKE_QUEUED, &[&false, &1_i64, &5_i64], "idx_task_ins_queue"),
+            (
+                TAKE_QUEUED,
+                &[&false, &1_i64, &5_i64, &1.0_f64],
+                "idx_task_ins_queue",
+            ),
             (
                 STORE_TASK_INS,
-                &[&"t", &1_i64, &false, &1_i64, &key, &"n:1"],
+                &[&"t", &1_i64, &false, &1_i64, &key, &"n:1", &1.0_f64],
                 "node_pkey",
             ),
             (
