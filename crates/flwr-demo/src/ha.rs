@@ -31,8 +31,8 @@
 //! PostgreSQL runs in a private directory under the system temp dir, which is removed when it
 //! stops (the harness's watchdog sees to that even if this process is killed).
 //!
-//! Any failure stops every process it started (process groups; the [`Cluster`] drop order is
-//! SuperNodes, HAProxy, replicas, PostgreSQL) and keeps the work directory with its logs.
+//! Any failure stops every process it started (process groups, SuperNodes first, then HAProxy,
+//! the replicas and PostgreSQL) and keeps the work directory with its logs.
 //!
 //! # Work directory
 //!
@@ -99,12 +99,13 @@ const QUOTED_LINES: usize = 3;
 
 /// Which replica to kill.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum KillTarget {
     /// The replica whose `flwr-serverapp` child drives the run: the other must take it over.
     #[default]
+    #[serde(rename = "serverapp")]
     ServerApp,
     /// The other replica: the run keeps its ServerApp; only connections move.
+    #[serde(rename = "other")]
     Other,
 }
 
@@ -367,6 +368,8 @@ pub enum HaEvent<'a> {
         name: &'a str,
         /// Its exit code (`None` if a signal ended it).
         exit_code: Option<i32>,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
     },
     /// PostgreSQL stopped and its files are removed.
     PostgresStopped,
@@ -439,6 +442,9 @@ pub struct HaSummary {
     pub old_serverapp_gone_seconds: Option<f64>,
     /// Times the log stream through HAProxy was reopened.
     pub stream_reopens: u32,
+    /// SuperNode connections HAProxy had sent to the killed replica that the kill cut (their
+    /// SuperNodes had to connect again).
+    pub fleet_connections_cut: usize,
     /// The SuperNodes after the kill.
     pub supernodes: Vec<SuperNodeAfterKill>,
     /// Seconds from the start of the demo to its end.
@@ -565,6 +571,18 @@ impl Cluster {
             .try_for_each(check_running)
     }
 
+    /// Ended SuperNode connections that HAProxy had sent to replica `index`, from its log.
+    fn fleet_connections_of(&self, index: usize) -> usize {
+        let log = self
+            .balancer
+            .as_ref()
+            .and_then(|balancer| balancer.log_text().ok())
+            .unwrap_or_default();
+        REPLICAS
+            .get(index)
+            .map_or(0, |name| connections_served(&log, "fleet_replicas", name))
+    }
+
     /// The replica whose child runs a ServerApp, and the ServerApp's pid, looking for up to
     /// [`FIND_SERVERAPP_LIMIT`].
     fn find_serverapp(&self, cancel: &Cancel) -> Result<(usize, u32), HaError> {
@@ -669,15 +687,13 @@ fn ha_demo(
 
     for (name, ports) in REPLICAS.into_iter().zip(&replica_ports) {
         cancel.check()?;
-        let mut command = layout
+        // The SuperLink takes the password only inside the URL (it masks it in its own logs).
+        let command = layout
             .superlink_command(binaries, &credentials, name, ports)
             .arg("--database")
             .arg(&database.url);
-        if let Some(password) = &database.password {
-            // In the environment, not on a command line that error messages and `ps` show.
-            command = command.env("PGPASSWORD", password);
-        }
-        let process = spawn_superlink(name, &command, &layout, ports, cancel)?;
+        let process = spawn_superlink(name, &command, &layout, ports, cancel)
+            .map_err(|error| database.mask(error))?;
         cluster.replicas.push(Replica {
             name,
             process,
@@ -741,6 +757,7 @@ fn ha_demo(
         failover: Failover::default(),
         reopens: 0,
         supernode_logs_at_kill: Vec::new(),
+        fleet_connections_before_kill: 0,
     };
     let (run_id, status) = runtime.block_on(async {
         let mut exec = ExecApi::connect(front_exec, &ca, credentials::HOSTS[0]).await?;
@@ -770,6 +787,7 @@ fn ha_demo(
         failover,
         reopens,
         supernode_logs_at_kill,
+        fleet_connections_before_kill,
         ..
     } = follower;
     reporter.report(HaEvent::RunFinished {
@@ -829,16 +847,30 @@ fn ha_demo(
 
     // The orderly stop: SuperNodes first (they deregister while a SuperLink still answers),
     // then the surviving replica, HAProxy and PostgreSQL.
-    let mut stopped = |name: &str, exit_code| reporter.report(HaEvent::Stopped { name, exit_code });
+    let mut stopped = |name: &str, exit_code| {
+        reporter.report(HaEvent::Stopped {
+            name,
+            exit_code,
+            signal: None,
+        });
+    };
     let supernodes_stopped = stop_all(&mut cluster.supernodes, &mut stopped);
     let survivor_stopped = stop_all(
         std::slice::from_mut(&mut cluster.replicas[survivor].process),
         &mut stopped,
     );
+    let fleet_connections_cut = cluster
+        .fleet_connections_of(kill.replica)
+        .saturating_sub(fleet_connections_before_kill);
     if let Some(mut balancer) = cluster.balancer.take() {
-        // HAProxy's exit status after SIGTERM says nothing about the demo.
+        // HAProxy ends by SIGTERM's default action (no exit code); that says nothing about the
+        // demo.
         let status = balancer.terminate(STOP_GRACE)?;
-        stopped(balancer.name(), status.code());
+        reporter.report(HaEvent::Stopped {
+            name: balancer.name(),
+            exit_code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
+        });
     }
     if let Some(postgres) = cluster.postgres.take() {
         // Dropping it stops the server and removes its directory.
@@ -873,6 +905,7 @@ fn ha_demo(
         balancer_down_seconds: failover.balancer_down.map(|after| after.as_secs_f64()),
         old_serverapp_gone_seconds: failover.old_serverapp_gone.map(|after| after.as_secs_f64()),
         stream_reopens: reopens,
+        fleet_connections_cut,
         supernodes,
         wall_time_seconds: started.elapsed().as_secs_f64(),
         summary_path: demo.out_dir.join(HA_SUMMARY_FILE),
@@ -966,6 +999,8 @@ struct Follower<'a> {
     reopens: u32,
     /// How much each SuperNode had logged at the kill, in bytes.
     supernode_logs_at_kill: Vec<u64>,
+    /// Fleet connections of the killed replica that had ended before the kill.
+    fleet_connections_before_kill: usize,
 }
 
 impl Follower<'_> {
@@ -1040,6 +1075,7 @@ impl Follower<'_> {
             .iter()
             .map(|node| fs::metadata(node.log_path()).map_or(0, |meta| meta.len()))
             .collect();
+        self.fleet_connections_before_kill = self.cluster.fleet_connections_of(replica);
         let pid = self.cluster.replicas[replica].process.id();
         let at = self.cluster.kill(replica)?;
         self.kill = Some(Kill {
@@ -1175,6 +1211,13 @@ fn supernodes_after_kill(cluster: &mut Cluster, logged_at_kill: &[u64]) -> Vec<S
             }
         })
         .collect()
+}
+
+/// How many connections of `backend` HAProxy's log shows `server` served (with `option
+/// tcplog` a line is written when a connection ends: `... <frontend> <backend>/<server> ...`).
+fn connections_served(log: &str, backend: &str, server: &str) -> usize {
+    let served = format!(" {backend}/{server} ");
+    log.lines().filter(|line| line.contains(&served)).count()
 }
 
 /// Writes `haproxy/haproxy.cfg` for the two frontends over the replicas.
@@ -1373,12 +1416,26 @@ fn split_password(url: &str) -> (String, Option<String>) {
 /// The database the replicas share.
 #[derive(Debug)]
 struct Database {
-    /// The URL for `--database`, without its password.
+    /// The URL for `--database`, password included.
     url: String,
-    /// The password, for `PGPASSWORD`.
-    password: Option<String>,
     /// The URL as shown: password as `***`.
     redacted: String,
+}
+
+impl Database {
+    /// `error` with the URL masked: a process that cannot start is reported with its command
+    /// line, which holds the URL.
+    fn mask(&self, error: DemoError) -> DemoError {
+        match error {
+            DemoError::Process(flwr_testkit::Error::Io { context, source }) => {
+                DemoError::Process(flwr_testkit::Error::Io {
+                    context: context.replace(&self.url, &self.redacted),
+                    source,
+                })
+            }
+            other => other,
+        }
+    }
 }
 
 /// Creates the SuperLinks' database on the cluster.
@@ -1388,11 +1445,9 @@ fn create_database(cluster: &Cluster) -> Result<Database, HaError> {
         .as_ref()
         .ok_or_else(|| HaError::Postgres("the cluster is not running".to_owned()))?;
     let url = postgres.create_database(DATABASE).map_err(postgres_error)?;
-    let (without, password) = split_password(&url);
     Ok(Database {
-        url: without,
-        password,
         redacted: redact_password(&url),
+        url,
     })
 }
 
@@ -1476,6 +1531,19 @@ mod tests {
         ] {
             assert!(config.contains(setting), "{setting} missing:\n{config}");
         }
+    }
+
+    #[test]
+    fn connections_are_counted_per_server_from_the_tcp_log() {
+        let log = "\
+127.0.0.1:1 [30/Nov/2026:20:19:31.353] fleet fleet_replicas/superlink-b 1/1/4605 7546 -- 3/2/1/0/0 0/0
+Server fleet_replicas/superlink-b is DOWN, reason: Layer4 connection problem
+127.0.0.1:2 [30/Nov/2026:20:19:31.403] exec exec_replicas/superlink-b 1/0/8575 7345 -- 3/1/0/0/0 0/0
+127.0.0.1:3 [30/Nov/2026:20:19:31.357] fleet fleet_replicas/superlink-a 1/0/8624 10184 -- 2/2/1/1/0 0/0
+";
+        assert_eq!(connections_served(log, "fleet_replicas", "superlink-b"), 1);
+        assert_eq!(connections_served(log, "fleet_replicas", "superlink-a"), 1);
+        assert_eq!(connections_served(log, "exec_replicas", "superlink-a"), 0);
     }
 
     #[test]

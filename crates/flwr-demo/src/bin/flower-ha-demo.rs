@@ -300,8 +300,17 @@ impl HaReporter for Printer {
                 secs(after)
             ),
             HaEvent::RunFinished { status } => println!("✓ run finished: {status}"),
-            HaEvent::Stopped { name, exit_code } => {
-                let code = exit_code.map_or_else(|| "signal".to_owned(), |c| c.to_string());
+            HaEvent::Stopped {
+                name,
+                exit_code,
+                signal,
+            } => {
+                let code = match (exit_code, signal) {
+                    (Some(code), _) => code.to_string(),
+                    (None, Some(15)) => "SIGTERM".to_owned(),
+                    (None, Some(signal)) => format!("signal {signal}"),
+                    (None, None) => "?".to_owned(),
+                };
                 self.stopped.push(format!("{name} ({code})"));
             }
             HaEvent::PostgresStopped => println!(
@@ -388,9 +397,11 @@ fn print_results(summary: &HaSummary) {
         .map(|node| format!("{} {}", node.name, node.warnings))
         .collect();
     println!(
-        "SuperNodes: {running}/{} kept running and reconnected through HAProxy by themselves \
-         (warnings after the kill: {}); Exec stream reopened {} time(s)",
+        "SuperNodes: {running}/{} kept running; the kill cut {} of their Fleet connection(s) \
+         and they reconnected through HAProxy by themselves (every round waits for all of \
+         them; warnings they logged after the kill: {}); Exec stream reopened {} time(s)",
         summary.supernodes.len(),
+        summary.fleet_connections_cut,
         if warned.is_empty() {
             "none".to_owned()
         } else {
