@@ -46,6 +46,17 @@ pub enum ClientAppLifetime {
     Warm,
 }
 
+/// Which node-authentication tokens the SuperNode sends (`--node-auth-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum NodeAuthMode {
+    /// Flower 1.14's tokens, which every 1.14 SuperLink accepts.
+    #[default]
+    Compatible,
+    /// Tokens bound to the method, the clock and a counter; only our SuperLink with
+    /// `--node-auth-mode hardened` accepts them.
+    Hardened,
+}
+
 /// Start a Flower SuperNode (Rust implementation, wire-compatible with Flower 1.14).
 #[derive(Debug, Parser)]
 #[command(name = "flower-supernode", version)]
@@ -113,6 +124,20 @@ pub struct Cli {
         requires = "auth_supernode_private_key"
     )]
     pub auth_supernode_public_key: Option<PathBuf>,
+
+    /// Needs the --auth-supernode-* keys. `compatible`: Flower 1.14 tokens, for any 1.14
+    /// SuperLink; a captured one can be replayed, also for another method. `hardened`: tokens
+    /// bound to the method, this machine's clock and a counter, which cannot be replayed; only
+    /// our SuperLink started with `--node-auth-mode hardened` accepts them, and its clock must
+    /// agree with ours. (Not a Flower 1.14 flag.)
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        env = "FLWR_NODE_AUTH_MODE",
+        default_value_t = NodeAuthMode::Compatible
+    )]
+    pub node_auth_mode: NodeAuthMode,
 
     /// Space-separated `key=value` pairs (values typed as in TOML) configuring this node, or the
     /// path of a .toml file. Example: --node-config 'key1="value1" partition-id=0
@@ -202,6 +227,8 @@ pub struct AuthKeys {
     pub private: flwr_auth::PrivateKey,
     /// The node's public key, as sent in the `public-key` header.
     pub public: flwr_auth::PublicKey,
+    /// `--node-auth-mode`.
+    pub mode: NodeAuthMode,
 }
 
 /// A validated SuperNode configuration; nothing has been bound or dialled yet.
@@ -274,6 +301,13 @@ pub enum ConfigError {
         #[source]
         source: flwr_auth::AuthError,
     },
+    /// `--node-auth-mode hardened` without the node's key pair.
+    #[error(
+        "--node-auth-mode hardened (or FLWR_NODE_AUTH_MODE=hardened) needs node \
+         authentication: provide '--auth-supernode-private-key' and \
+         '--auth-supernode-public-key', or drop the mode"
+    )]
+    HardenedWithoutKeys,
     /// `--node-config` does not parse.
     #[error("--node-config: {0}")]
     NodeConfig(#[from] NodeConfigError),
@@ -362,11 +396,18 @@ impl Cli {
                         source,
                     }
                 })?;
-                Some(AuthKeys { private, public })
+                Some(AuthKeys {
+                    private,
+                    public,
+                    mode: self.node_auth_mode,
+                })
             }
             // clap's `requires` refuses a lone key flag before we get here.
             _ => None,
         };
+        if auth.is_none() && self.node_auth_mode == NodeAuthMode::Hardened {
+            return Err(ConfigError::HardenedWithoutKeys);
+        }
         let node_config = match self.node_config.as_deref() {
             Some(text) => node_config::parse(text)?,
             None => HashMap::new(),
@@ -488,7 +529,17 @@ mod tests {
             &public,
         ])
         .unwrap();
-        assert!(config.auth.is_some());
+        assert_eq!(config.auth.expect("keys").mode, NodeAuthMode::Compatible);
+        let config = parse(&[
+            "--auth-supernode-private-key",
+            &private,
+            "--auth-supernode-public-key",
+            &public,
+            "--node-auth-mode",
+            "hardened",
+        ])
+        .unwrap();
+        assert_eq!(config.auth.expect("keys").mode, NodeAuthMode::Hardened);
         // A public key where the private one belongs, and vice versa.
         let error = parse(&[
             "--auth-supernode-private-key",
@@ -553,6 +604,15 @@ mod tests {
                 "--auth-supernode-private-key",
             ),
             (&["some/app"], "APP"),
+            (&["--node-auth-mode", "strict"], "--node-auth-mode"),
+            (
+                &["--node-auth-mode", "hardened"],
+                "--node-auth-mode hardened",
+            ),
+            (
+                &["--node-auth-mode", "hardened", "--insecure"],
+                "--auth-supernode-private-key",
+            ),
         ];
         for (args, flag) in cases {
             let error = parse(args).expect_err(&format!("{args:?} should fail"));

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::IDLE_POLL;
 use crate::cache::Lru;
-use crate::cli::{ClientAppLifetime, Config, Isolation};
+use crate::cli::{ClientAppLifetime, Config, Isolation, NodeAuthMode};
 use crate::clientappio::{self, Exchange, Inputs, Outputs};
 use crate::fab;
 use crate::fleet::{CallError, ChannelError, Fleet, Tls};
@@ -134,6 +134,9 @@ pub async fn run_operated(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let signer: Arc<dyn RequestSigner> = match &config.auth {
+        Some(keys) if keys.mode == NodeAuthMode::Hardened => {
+            Arc::new(NodeAuth::hardened(keys.private.clone(), &keys.public))
+        }
         Some(keys) => Arc::new(NodeAuth::new(keys.private.clone(), &keys.public)),
         None => Arc::new(Unsigned),
     };
@@ -175,6 +178,12 @@ async fn run_node(
             "Node authentication enabled with public key {}",
             keys.public.fingerprint()
         );
+        if keys.mode == NodeAuthMode::Hardened {
+            tracing::info!(
+                "Node authentication hardened: tokens are bound to method, time and counter \
+                 (needs our SuperLink with --node-auth-mode hardened)"
+            );
+        }
     }
     let listener = TcpListener::bind(config.clientappio_address.to_string())
         .await

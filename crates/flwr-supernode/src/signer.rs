@@ -9,10 +9,18 @@
 //! reference's node authentication (AUTH.md §5.3): `public-key` on every call, `auth-token` on
 //! every call but `CreateNode`, keyed by the secret derived from the SuperLink key that the
 //! `CreateNode` response carries.
+//!
+//! [`NodeAuth::hardened`] (`--node-auth-mode hardened`, for our SuperLink in the same mode only)
+//! adds `flwr-auth-time` and `flwr-auth-counter` to those calls and binds the token to them and
+//! to the method ([`flwr_auth::hardened`]), so a captured token cannot be replayed nor used for
+//! another method. `CreateNode` stays tokenless: the secret only exists after its answer.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use flwr_auth::hardened::{Binding, COUNTER_HEADER, TIME_HEADER};
 use flwr_auth::header::{AUTH_TOKEN_HEADER, PUBLIC_KEY_HEADER};
 use flwr_auth::{PrivateKey, PublicKey, SharedSecret};
 use tonic::metadata::MetadataMap;
@@ -34,6 +42,21 @@ pub enum Rpc {
     PullTaskIns,
     /// `PushTaskRes`.
     PushTaskRes,
+}
+
+impl Rpc {
+    /// The gRPC path of the method, which hardened tokens cover.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::CreateNode => "/flwr.proto.Fleet/CreateNode",
+            Self::DeleteNode => "/flwr.proto.Fleet/DeleteNode",
+            Self::GetFab => "/flwr.proto.Fleet/GetFab",
+            Self::GetRun => "/flwr.proto.Fleet/GetRun",
+            Self::Ping => "/flwr.proto.Fleet/Ping",
+            Self::PullTaskIns => "/flwr.proto.Fleet/PullTaskIns",
+            Self::PushTaskRes => "/flwr.proto.Fleet/PushTaskRes",
+        }
+    }
 }
 
 impl fmt::Display for Rpc {
@@ -92,12 +115,14 @@ impl RequestSigner for Unsigned {
     }
 }
 
-/// Node authentication with an EC key pair (AUTH.md §4, §5).
+/// Node authentication with an EC key pair (AUTH.md §4, §5), in Flower 1.14's form or hardened.
 pub struct NodeAuth {
     private: PrivateKey,
     public_header: String,
     // A std mutex: set once per `CreateNode`, read per request, never held across an await.
     secret: Mutex<Option<SharedSecret>>,
+    /// `Some` in hardened mode: the next counter to sign with.
+    counter: Option<AtomicU64>,
 }
 
 impl fmt::Debug for NodeAuth {
@@ -115,7 +140,28 @@ impl NodeAuth {
             private,
             public_header: public.header_value(),
             secret: Mutex::new(None),
+            counter: None,
         }
+    }
+
+    /// A signer for the node key pair in hardened mode: every token but `CreateNode`'s is bound
+    /// to the method, the wall clock and a counter sent as `flwr-auth-time` and
+    /// `flwr-auth-counter`. Only our SuperLink in hardened mode accepts these tokens.
+    ///
+    /// The counter starts at the wall clock in microseconds and grows by one per request, so a
+    /// restarted SuperNode continues above its predecessor's counters (it would need a million
+    /// requests per second to catch up with the clock).
+    pub fn hardened(private: PrivateKey, public: &PublicKey) -> Self {
+        let start = unix_time().as_micros();
+        Self {
+            counter: Some(AtomicU64::new(u64::try_from(start).unwrap_or(u64::MAX))),
+            ..Self::new(private, public)
+        }
+    }
+
+    /// Whether tokens are hardened.
+    pub fn is_hardened(&self) -> bool {
+        self.counter.is_some()
     }
 
     /// Whether a shared secret has been derived (after a `CreateNode` that carried a key).
@@ -145,7 +191,24 @@ impl RequestSigner for NodeAuth {
                     .into(),
             });
         };
-        headers.push((AUTH_TOKEN_HEADER, secret.sign(canonical).header_value()));
+        let Some(counter) = &self.counter else {
+            headers.push((AUTH_TOKEN_HEADER, secret.sign(canonical).header_value()));
+            return Ok(headers);
+        };
+        // Every signature takes a fresh counter, retries included: the SuperLink refuses a
+        // counter it has seen. Relaxed is enough: only uniqueness matters, and the SuperLink's
+        // window accepts requests that overtake each other.
+        let counter = counter.fetch_add(1, Ordering::Relaxed);
+        let time_ms = u64::try_from(unix_time().as_millis()).unwrap_or(u64::MAX);
+        let binding = Binding::new(rpc.path(), time_ms, counter).map_err(|error| SignError {
+            rpc,
+            reason: error.to_string(),
+        })?;
+        // The prefix goes into the MAC first, then the canonical bytes as they are: no copy.
+        let token = secret.sign_bound(&binding, canonical);
+        headers.push((AUTH_TOKEN_HEADER, token.header_value()));
+        headers.push((TIME_HEADER, time_ms.to_string()));
+        headers.push((COUNTER_HEADER, counter.to_string()));
         Ok(headers)
     }
 
@@ -166,6 +229,14 @@ impl RequestSigner for NodeAuth {
             Err(error) => tracing::error!("Cannot derive the node-auth secret: {error}"),
         }
     }
+}
+
+/// The wall clock since the unix epoch (zero for a clock before 1970, which the SuperLink's time
+/// check then refuses).
+fn unix_time() -> std::time::Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -206,5 +277,73 @@ mod tests {
         let mac = flwr_auth::header::decode(&headers[1].1).unwrap();
         assert!(secret.verify(b"request bytes", &mac));
         assert!(!secret.verify(b"other bytes", &mac));
+    }
+
+    #[test]
+    fn hardened_tokens_are_bound_to_method_time_and_a_fresh_counter() {
+        let (node, node_public) = generate_keypair(Curve::P384);
+        let (link, link_public) = generate_keypair(Curve::P384);
+        let before = unix_time();
+        let signer = NodeAuth::hardened(node, &node_public);
+        assert!(signer.is_hardened());
+        // CreateNode is tokenless, in hardened mode too.
+        let headers = signer.sign(Rpc::CreateNode, b"").unwrap();
+        assert_eq!(headers, vec![("public-key", node_public.header_value())]);
+        let mut response = MetadataMap::new();
+        let value = MetadataValue::try_from(link_public.header_value().as_str()).unwrap();
+        response.insert("public-key", value);
+        signer.observe_create_node(&response);
+
+        let first = signer.sign(Rpc::PullTaskIns, b"request bytes").unwrap();
+        let second = signer.sign(Rpc::PullTaskIns, b"request bytes").unwrap();
+        let names: Vec<&str> = first.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "public-key",
+                "auth-token",
+                "flwr-auth-time",
+                "flwr-auth-counter"
+            ]
+        );
+        let number = |headers: &[(&str, String)], index: usize| -> u64 {
+            flwr_auth::hardened::parse_decimal(&headers[index].1).unwrap()
+        };
+        let (time, counter) = (number(&first, 2), number(&first, 3));
+        assert!(time >= u64::try_from(before.as_millis()).unwrap());
+        // The counter starts at the clock in microseconds and takes one step per signature.
+        assert!(counter >= u64::try_from(before.as_micros()).unwrap());
+        assert_eq!(number(&second, 3), counter + 1);
+        assert_ne!(first[1].1, second[1].1);
+
+        let secret = SharedSecret::derive(&link, &node_public).unwrap();
+        let mac = flwr_auth::header::decode(&first[1].1).unwrap();
+        let verifies = |method: &str, body: &[u8]| {
+            let binding = Binding::new(method, time, counter).unwrap();
+            let mut check = secret.bound_mac(&binding);
+            check.update(body);
+            check.verify(&mac)
+        };
+        assert!(verifies("/flwr.proto.Fleet/PullTaskIns", b"request bytes"));
+        assert!(!verifies("/flwr.proto.Fleet/DeleteNode", b"request bytes"));
+        assert!(!verifies("/flwr.proto.Fleet/PullTaskIns", b"other bytes"));
+        // Not a 1.14 token.
+        assert!(!secret.verify(b"request bytes", &mac));
+    }
+
+    #[test]
+    fn rpc_paths_are_the_fleet_services() {
+        for rpc in [
+            Rpc::CreateNode,
+            Rpc::DeleteNode,
+            Rpc::GetFab,
+            Rpc::GetRun,
+            Rpc::Ping,
+            Rpc::PullTaskIns,
+            Rpc::PushTaskRes,
+        ] {
+            let expected = format!("/{}/{rpc}", flwr_proto::fleet_server::SERVICE_NAME);
+            assert_eq!(rpc.path(), expected);
+        }
     }
 }
