@@ -580,7 +580,7 @@ impl Cluster {
             .unwrap_or_default();
         REPLICAS
             .get(index)
-            .map_or(0, |name| connections_served(&log, "fleet_replicas", name))
+            .map_or(0, |name| connections_served(&log, "fleet", name))
     }
 
     /// The replica whose child runs a ServerApp, and the ServerApp's pid, looking for up to
@@ -1213,10 +1213,11 @@ fn supernodes_after_kill(cluster: &mut Cluster, logged_at_kill: &[u64]) -> Vec<S
         .collect()
 }
 
-/// How many connections of `backend` HAProxy's log shows `server` served (with `option
-/// tcplog` a line is written when a connection ends: `... <frontend> <backend>/<server> ...`).
-fn connections_served(log: &str, backend: &str, server: &str) -> usize {
-    let served = format!(" {backend}/{server} ");
+/// How many connections of `frontend` HAProxy's log shows `server` served: with `option
+/// tcplog` a line `... <frontend> <frontend>_replicas/<server> ...` is written when one ends
+/// (health-check lines name the server too, but not the frontend).
+fn connections_served(log: &str, frontend: &str, server: &str) -> usize {
+    let served = format!(" {frontend} {frontend}_replicas/{server} ");
     log.lines().filter(|line| line.contains(&served)).count()
 }
 
@@ -1541,9 +1542,10 @@ Server fleet_replicas/superlink-b is DOWN, reason: Layer4 connection problem
 127.0.0.1:2 [30/Nov/2026:20:19:31.403] exec exec_replicas/superlink-b 1/0/8575 7345 -- 3/1/0/0/0 0/0
 127.0.0.1:3 [30/Nov/2026:20:19:31.357] fleet fleet_replicas/superlink-a 1/0/8624 10184 -- 2/2/1/1/0 0/0
 ";
-        assert_eq!(connections_served(log, "fleet_replicas", "superlink-b"), 1);
-        assert_eq!(connections_served(log, "fleet_replicas", "superlink-a"), 1);
-        assert_eq!(connections_served(log, "exec_replicas", "superlink-a"), 0);
+        assert_eq!(connections_served(log, "fleet", "superlink-b"), 1);
+        assert_eq!(connections_served(log, "fleet", "superlink-a"), 1);
+        assert_eq!(connections_served(log, "exec", "superlink-b"), 1);
+        assert_eq!(connections_served(log, "exec", "superlink-a"), 0);
     }
 
     #[test]
