@@ -106,6 +106,12 @@ pub struct Args {
     /// CreateNode calls in flight while registering, so that many nodes do not stampede.
     #[arg(long, value_name = "R", default_value_t = 64)]
     pub register_concurrency: usize,
+    /// Closed-loop mode: retry a call that failed with UNAVAILABLE, DEADLINE_EXCEEDED or
+    /// CANCELLED (a connection lost, e.g. a SuperLink replica killed behind a load balancer) up
+    /// to this many times, 100 ms apart; retried calls are counted, and only a call whose
+    /// retries all failed is an error.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
     /// Give up registering nodes after this many seconds and measure with those registered.
     #[arg(
         long,
@@ -256,6 +262,8 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// CreateNode calls in flight during registration.
     pub register_concurrency: usize,
+    /// Retries of a call lost with its connection (closed-loop mode).
+    pub retries: u32,
     /// Upper bound on the registration phase.
     pub registration_timeout: Duration,
     /// The run PushTaskRes names (`Some` exactly for `--rpc push`).
@@ -342,6 +350,9 @@ impl Config {
             args.registration_timeout,
             MAX_SECONDS,
         )?;
+        if args.retries > 100 {
+            return Err(invalid("--retries", "must be between 0 and 100"));
+        }
         if args.register_concurrency == 0 || args.register_concurrency > 10_000 {
             return Err(invalid(
                 "--register-concurrency",
@@ -490,6 +501,7 @@ impl Config {
             pull_interval,
             server_pid: args.server_pid,
             register_concurrency: args.register_concurrency,
+            retries: args.retries,
             registration_timeout,
             push_run,
             dispatch,
@@ -693,6 +705,7 @@ mod tests {
                 "--nodes-per-connection",
             ),
             (&["--no-auth", "--concurrency", "0"][..], "--concurrency"),
+            (&["--no-auth", "--retries", "101"][..], "--retries"),
             (&["--no-auth", "--superlink", "nope"][..], "--superlink"),
             (
                 &["--no-auth", "--server-pid", "4000000000"][..],

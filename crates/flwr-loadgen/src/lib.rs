@@ -309,10 +309,13 @@ impl Phases<'_> {
         closed_loop::spawn_workers(
             &mut tasks,
             &nodes,
-            config.rpc,
-            config.concurrency,
-            end,
-            CALL_TIMEOUT,
+            closed_loop::Loop {
+                rpc: config.rpc,
+                concurrency: config.concurrency,
+                end,
+                call_timeout: CALL_TIMEOUT,
+                retries: config.retries,
+            },
             self.recorder,
         );
         let hard_stopped = drain(&mut tasks, end + CALL_TIMEOUT + DRAIN_GRACE).await;
@@ -586,6 +589,7 @@ fn report(
         first_error,
         by_rpc,
         ping_unsuccessful: calls.ping_unsuccessful,
+        retried: calls.retried,
         push_not_stored: calls.push_not_stored,
         task_ins_received: calls.task_ins_received,
         run_id,

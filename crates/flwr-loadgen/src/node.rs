@@ -114,7 +114,10 @@ impl SimNode {
                     held,
                 })
             }
-            Ok(Err(status)) => Err(Outcome::Failed(status.code(), status.message().to_owned())),
+            Ok(Err(status)) => {
+                let status = flwr_proto::transport_status(status);
+                Err(Outcome::Failed(status.code(), status.message().to_owned()))
+            }
             Err(_) => Err(Outcome::Failed(
                 Code::DeadlineExceeded,
                 format!("no answer within {deadline:?}"),
@@ -171,7 +174,11 @@ impl SimNode {
         };
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(status)) => Outcome::Failed(status.code(), status.message().to_owned()),
+            Ok(Err(status)) => {
+                // A connection lost mid-call is UNAVAILABLE, as for a real SuperNode.
+                let status = flwr_proto::transport_status(status);
+                Outcome::Failed(status.code(), status.message().to_owned())
+            }
             Err(_) => Outcome::Failed(
                 Code::DeadlineExceeded,
                 format!("no answer within {deadline:?}"),

@@ -97,6 +97,8 @@ pub(crate) struct Tally {
     pub(crate) first_error: Option<String>,
     /// See [`Outcome::PingUnsuccessful`].
     pub(crate) ping_unsuccessful: u64,
+    /// Calls sent again after losing their connection (`--retries`).
+    pub(crate) retried: u64,
     /// See [`Outcome::PushNotStored`].
     pub(crate) push_not_stored: u64,
     /// See [`Outcome::TaskInsReceived`].
@@ -118,6 +120,7 @@ impl Tally {
             errors: BTreeMap::new(),
             first_error: None,
             ping_unsuccessful: 0,
+            retried: 0,
             push_not_stored: 0,
             task_ins_received: 0,
         })
@@ -163,6 +166,7 @@ impl Tally {
             self.first_error.clone_from(&other.first_error);
         }
         self.ping_unsuccessful += other.ping_unsuccessful;
+        self.retried += other.retried;
         self.push_not_stored += other.push_not_stored;
         self.task_ins_received += other.task_ins_received;
     }
@@ -206,6 +210,14 @@ impl Recorder {
     }
 
     /// Adds a call made for node `node`.
+    /// Counts one retry of a call lost with its connection.
+    pub(crate) fn retried(&self, node: usize) {
+        self.shards[node % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retried += 1;
+    }
+
     pub(crate) fn record(&self, node: usize, call: Call, latency: Duration, outcome: Outcome) {
         // A poisoned shard only means another task panicked mid-record; its counts still add.
         self.shards[node % SHARDS]

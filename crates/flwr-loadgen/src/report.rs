@@ -136,6 +136,8 @@ pub struct Report {
     pub by_rpc: BTreeMap<String, RpcReport>,
     /// Pings answered `success: false` (the SuperLink did not know the node).
     pub ping_unsuccessful: u64,
+    /// Calls sent again after losing their connection (`--retries`); not errors.
+    pub retried: u64,
     /// PushTaskRes answered `{"None": 0}` (not stored: its TaskIns does not exist).
     pub push_not_stored: u64,
     /// TaskIns delivered to the simulated nodes (and dropped).
@@ -308,6 +310,7 @@ impl fmt::Display for Report {
         }
         let notes = [
             (self.ping_unsuccessful, "Pings answered success=false"),
+            (self.retried, "calls retried after losing their connection"),
             (
                 self.push_not_stored,
                 "TaskRes not stored (unknown TaskIns, as intended)",

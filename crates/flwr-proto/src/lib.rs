@@ -60,6 +60,21 @@ pub fn size_limit_status(status: tonic::Status) -> tonic::Status {
     status
 }
 
+/// A client-side status as gRPC-core would report it: failures in the transport rather than
+/// at the server (connection refused or reset, TLS, a stream closed mid-call — tonic says
+/// `UNKNOWN`/`INTERNAL`/`CANCELLED` with an error source) become `UNAVAILABLE`, which callers
+/// retry; a status the server sent has no source and is kept, as are other codes.
+pub fn transport_status(status: tonic::Status) -> tonic::Status {
+    let status = size_limit_status(status);
+    let from_transport = std::error::Error::source(&status).is_some();
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled if from_transport => {
+            tonic::Status::unavailable(status.message().to_owned())
+        }
+        _ => status,
+    }
+}
+
 /// The compiled descriptor set of every `.proto` file, as encoded `FileDescriptorSet` bytes.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flwr_descriptor.bin"));

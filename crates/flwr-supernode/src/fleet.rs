@@ -636,16 +636,7 @@ impl Fleet {
     }
 }
 
-/// Maps failures that happened in the transport rather than at the SuperLink (connection
-/// refused, reset, TLS handshake, stream closed mid-call) to `UNAVAILABLE`, as gRPC-core does
-/// for the reference. A status sent by the server has no error source and is kept as is.
+/// Transport failures become `UNAVAILABLE`, as gRPC-core reports them to the reference.
 fn normalize(status: Status) -> Status {
-    let status = flwr_proto::size_limit_status(status);
-    let from_transport = std::error::Error::source(&status).is_some();
-    match status.code() {
-        Code::Unknown | Code::Internal | Code::Cancelled if from_transport => {
-            Status::unavailable(status.message().to_owned())
-        }
-        _ => status,
-    }
+    flwr_proto::transport_status(status)
 }
