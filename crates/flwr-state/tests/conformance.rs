@@ -1760,6 +1760,27 @@ fn postgres_wrong_password_is_reported_without_the_password() {
     assert!(text.contains(&format!("127.0.0.1:{closed}")), "{text}");
 }
 
+/// A URL without a password takes PGPASSWORD, as libpq does, so that operators can keep the
+/// password off the command line. (The only test that sets it; URLs with a password ignore it.)
+#[test]
+fn postgres_url_without_password_takes_pgpassword() {
+    let cluster = flwr_testkit::TempPostgres::shared().unwrap_or_else(|err| panic!("{err}"));
+    let url = cluster.fresh_database().unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let password = url
+        .split_once("://flwr:")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(password, _)| password.to_owned())
+        .unwrap();
+    let port = cluster.port();
+    let bare = format!("postgresql://flwr@127.0.0.1:{port}/{database}");
+    std::env::set_var("PGPASSWORD", &password);
+    let connected = PostgresLinkState::connect(&bare, Arc::new(TestClock::new(T0)));
+    std::env::remove_var("PGPASSWORD");
+    let state = connected.unwrap_or_else(|err| panic!("{err}"));
+    assert!(state.runs().unwrap().is_empty());
+}
+
 #[test]
 fn postgres_store_drops_on_an_async_worker() {
     let (one, two, _clock) = two_replicas();

@@ -48,7 +48,8 @@
 //!
 //! Connections are not encrypted (`NoTls`): put the database on loopback, a private network
 //! or behind an SSH/VPN tunnel. TLS to PostgreSQL is future work. The password in the URL is
-//! never logged nor put in an error message.
+//! never logged nor put in an error message; a URL without one takes `PGPASSWORD` (libpq's
+//! convention), which keeps it off the command line.
 
 mod listen;
 
@@ -277,6 +278,13 @@ impl PostgresLinkState {
                 chain(&err)
             )))
         })?;
+        // As libpq: a URL without a password takes PGPASSWORD, so that the password need not
+        // be on a command line, where every local user can read it.
+        if config.get_password().is_none() {
+            if let Some(password) = std::env::var_os("PGPASSWORD") {
+                config.password(password.as_encoded_bytes());
+            }
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
