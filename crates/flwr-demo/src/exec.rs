@@ -202,6 +202,10 @@ impl ExecApi {
                         after_timestamp = after_timestamp.max(response.latest_timestamp);
                         pause = reopen.pause;
                         follower.chunk(&response.log_output)?;
+                        // A log that never goes quiet must not outlive the bound either.
+                        if Instant::now() >= deadline {
+                            return Err(timed_out().into());
+                        }
                     }
                     Err(status) if status.code() == Code::Cancelled => {
                         if !reopen.confirm_end {
@@ -209,7 +213,10 @@ impl ExecApi {
                         }
                         // Through a balancer a dying backend may also end the stream with
                         // CANCELLED; only the run's status tells the two apart.
-                        match self.status(run_id).await {
+                        let status = tokio::time::timeout_at(deadline, self.status(run_id))
+                            .await
+                            .map_err(|_| timed_out())?;
+                        match status {
                             Ok(status) if status.status.starts_with(FINISHED) => {
                                 return Ok(attempt);
                             }

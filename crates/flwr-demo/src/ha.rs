@@ -92,6 +92,8 @@ const THROUGH_BALANCER: Reopen = Reopen {
     max_pause: Duration::from_secs(2),
     confirm_end: true,
 };
+/// Bound on one `StartRun` or `ListRuns` call.
+const CALL_LIMIT: Duration = Duration::from_secs(60);
 /// Tries of the final `ListRuns` through HAProxy.
 const STATUS_TRIES: u32 = 10;
 /// Most lines quoted from one SuperNode log after the kill.
@@ -587,7 +589,8 @@ impl Cluster {
     /// [`FIND_SERVERAPP_LIMIT`].
     fn find_serverapp(&self, cancel: &Cancel) -> Result<(usize, u32), HaError> {
         let started = Instant::now();
-        loop {
+        let polls = FIND_SERVERAPP_LIMIT.as_millis() / POLL.as_millis().max(1) + 1;
+        for _ in 0..polls {
             for (index, replica) in self.replicas.iter().enumerate() {
                 if replica.killed {
                     continue;
@@ -597,13 +600,14 @@ impl Cluster {
                 }
             }
             if started.elapsed() >= FIND_SERVERAPP_LIMIT {
-                return Err(HaError::Failover(format!(
-                    "no replica has a flwr-serverapp child (looked for {FIND_SERVERAPP_LIMIT:?})"
-                )));
+                break;
             }
             cancel.check()?;
             std::thread::sleep(POLL);
         }
+        Err(HaError::Failover(format!(
+            "no replica has a flwr-serverapp child (looked for {FIND_SERVERAPP_LIMIT:?})"
+        )))
     }
 
     /// SIGKILLs replica `index` (only its own process: its ServerApp must die by the
@@ -649,23 +653,21 @@ fn ha_demo(
     let credentials = credentials::generate(dir, demo.nodes)?;
 
     // Per replica: Fleet, ServerAppIo, Exec, metrics; then HAProxy's Fleet and Exec
-    // frontends; then one ClientAppIo port per SuperNode.
-    let replica_ports = 4 * REPLICAS.len();
-    let ports = flwr_testkit::free_ports_vec(replica_ports + 2 + demo.nodes)?;
-    let replica_ports: Vec<SuperLinkPorts> = ports[..replica_ports]
+    // frontends; then one ClientAppIo port per SuperNode. `free_ports_vec` returns exactly as
+    // many as asked for, so the slicing below holds.
+    let ports = flwr_testkit::free_ports_vec(4 * REPLICAS.len() + 2 + demo.nodes)?;
+    let (superlink_ports, rest) = ports.split_at(4 * REPLICAS.len());
+    let replica_ports: Vec<SuperLinkPorts> = superlink_ports
         .chunks(4)
         .filter_map(SuperLinkPorts::from_slice)
         .collect();
-    let (front_fleet, front_exec) = (
-        ports[replica_ports.len() * 4],
-        ports[replica_ports.len() * 4 + 1],
-    );
+    let (front_fleet, front_exec) = (rest[0], rest[1]);
     let layout = Layout {
         logs: dir.join("logs"),
         bin: dir.join("bin"),
         homes: dir.join("home"),
         superlink: replica_ports[0],
-        clientappio: ports[replica_ports.len() * 4 + 2..].to_vec(),
+        clientappio: rest[2..].to_vec(),
     };
     if config.message_delay.is_zero() {
         binaries.link_apps(&layout.bin)?;
@@ -761,13 +763,17 @@ fn ha_demo(
     };
     let (run_id, status) = runtime.block_on(async {
         let mut exec = ExecApi::connect(front_exec, &ca, credentials::HOSTS[0]).await?;
-        let run_id = exec
-            .start_run(
-                prepared.fab.content.clone(),
-                &prepared.fab.hash,
-                &prepared.overrides,
-            )
-            .await?;
+        let start = exec.start_run(
+            prepared.fab.content.clone(),
+            &prepared.fab.hash,
+            &prepared.overrides,
+        );
+        let run_id = tokio::time::timeout(CALL_LIMIT, start)
+            .await
+            .map_err(|_| DemoError::Timeout {
+                waiting_for: "StartRun through HAProxy".to_owned(),
+                after: CALL_LIMIT,
+            })??;
         follower
             .reporter
             .report(HaEvent::RunStarted { run_id, rounds });
@@ -1166,9 +1172,16 @@ async fn status_through_balancer(
     run_id: u64,
     follower: &mut Follower<'_>,
 ) -> Result<FinalStatus, HaError> {
+    let timed_out = || DemoError::Timeout {
+        waiting_for: format!("ListRuns of run {run_id} through HAProxy"),
+        after: CALL_LIMIT,
+    };
     let mut pause = THROUGH_BALANCER.pause;
     for _ in 1..STATUS_TRIES {
-        match exec.status(run_id).await {
+        let status = tokio::time::timeout(CALL_LIMIT, exec.status(run_id))
+            .await
+            .map_err(|_| timed_out())?;
+        match status {
             Err(DemoError::Rpc { code, message }) if THROUGH_BALANCER.retries(code) => {
                 follower.reopening(&format!("ListRuns: {message} ({code:?})"));
                 follower.health()?;
@@ -1178,7 +1191,10 @@ async fn status_through_balancer(
             done => return Ok(done?),
         }
     }
-    Ok(exec.status(run_id).await?)
+    let status = tokio::time::timeout(CALL_LIMIT, exec.status(run_id))
+        .await
+        .map_err(|_| timed_out())?;
+    Ok(status?)
 }
 
 /// How each SuperNode fared after the kill: still running, and what it warned about.

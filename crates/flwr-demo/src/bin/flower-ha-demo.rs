@@ -16,6 +16,8 @@ use flwr_demo::DemoError;
 const EX_USAGE: u8 = 64;
 /// The shell's status for a process ended by SIGINT.
 const EX_INTERRUPTED: u8 = 130;
+/// SIGTERM's number on Linux (HAProxy ends by its default action).
+const SIGTERM: i32 = 15;
 
 /// Run a highly available Flower federation on this machine and kill half of it mid-run: two
 /// SuperLink replicas sharing a throwaway PostgreSQL database behind HAProxy (TCP, TLS passed
@@ -307,7 +309,7 @@ impl HaReporter for Printer {
             } => {
                 let code = match (exit_code, signal) {
                     (Some(code), _) => code.to_string(),
-                    (None, Some(15)) => "SIGTERM".to_owned(),
+                    (None, Some(SIGTERM)) => "SIGTERM".to_owned(),
                     (None, Some(signal)) => format!("signal {signal}"),
                     (None, None) => "?".to_owned(),
                 };
