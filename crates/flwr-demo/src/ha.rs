@@ -606,7 +606,8 @@ impl Cluster {
             std::thread::sleep(POLL);
         }
         Err(HaError::Failover(format!(
-            "no replica has a flwr-serverapp child (looked for {FIND_SERVERAPP_LIMIT:?})"
+            "no replica has a flwr-serverapp child (looked for {FIND_SERVERAPP_LIMIT:?}); if the \
+             run was already over, a longer --message-delay-ms makes its rounds last longer"
         )))
     }
 

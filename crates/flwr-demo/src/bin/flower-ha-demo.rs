@@ -340,7 +340,7 @@ fn print_results(summary: &HaSummary) {
     }
     println!();
     println!(
-        "run {}: {} with {}/{} rounds, final accuracy {} ({} SuperNodes, database {})",
+        "run {}: {} with {}/{} rounds, final accuracy {} ({} SuperNode(s), database {})",
         summary.run_id,
         summary.run_status,
         summary.rounds_completed,
