@@ -690,11 +690,16 @@ fn ha_demo(
 
     for (name, ports) in REPLICAS.into_iter().zip(&replica_ports) {
         cancel.check()?;
-        // The SuperLink takes the password only inside the URL (it masks it in its own logs).
-        let command = layout
+        // The password goes in PGPASSWORD, not on the command line, where every local user
+        // could read it.
+        let (bare, password) = split_password(&database.url);
+        let mut command = layout
             .superlink_command(binaries, &credentials, name, ports)
             .arg("--database")
-            .arg(&database.url);
+            .arg(bare);
+        if let Some(password) = password {
+            command = command.env("PGPASSWORD", password);
+        }
         let process = spawn_superlink(name, &command, &layout, ports, cancel)
             .map_err(|error| database.mask(error))?;
         cluster.replicas.push(Replica {

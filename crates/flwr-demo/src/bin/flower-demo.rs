@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    if let Err(error) = cancel_on_signals(config.cancel.clone()) {
+    if let Err(error) = config.cancel.cancel_on_signals() {
         eprintln!("error: installing SIGINT/SIGTERM handlers: {error:#}");
         return ExitCode::FAILURE;
     }
@@ -107,48 +107,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// Cancels the demo on the first SIGINT or SIGTERM; returns once the handlers are installed.
-fn cancel_on_signals(cancel: flwr_demo::Cancel) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-
-    let (installed_tx, installed_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("signals".to_owned())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = installed_tx.send(Err(anyhow::Error::from(error)));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let handlers = signal(SignalKind::interrupt())
-                    .and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
-                let (mut interrupt, mut terminate) = match handlers {
-                    Ok(handlers) => handlers,
-                    Err(error) => {
-                        let _ = installed_tx.send(Err(error.into()));
-                        return;
-                    }
-                };
-                let _ = installed_tx.send(Ok(()));
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-                cancel.cancel();
-            });
-        })
-        .context("starting the signal thread")?;
-    installed_rx
-        .recv()
-        .context("the signal thread stopped before installing its handlers")?
 }
 
 fn config(args: Args) -> anyhow::Result<DemoConfig> {
