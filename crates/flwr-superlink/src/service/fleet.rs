@@ -298,20 +298,22 @@ impl FleetHandler {
             let (task_ins_list, gone) = self
                 .stores
                 .call(move |state, _| {
-                    authorize(
-                        "PullTaskIns",
-                        caller.as_ref(),
-                        state,
-                        Claim::Node(node.node_id),
-                    )?;
-                    let found = state.task_ins_for_node(consumer, 1)?;
-                    // Asked only after a wake-up, which a deletion also sends: a deleted (or
-                    // lapsed) node's hold ends instead of running to its bound.
-                    let gone = match consumer {
-                        Some(id) if woken && found.is_empty() => !state.is_node_online(id)?,
-                        _ => false,
-                    };
-                    Ok((found, gone))
+                    if !woken {
+                        authorize(
+                            "PullTaskIns",
+                            caller.as_ref(),
+                            state,
+                            Claim::Node(node.node_id),
+                        )?;
+                    } else if let Some(id) = consumer {
+                        // Authorized when the hold began. A wake-up may also be the node's
+                        // deletion (its own DeleteNode at a clean shutdown) or lapse: the hold
+                        // then ends empty, not as a refusal nor at its bound.
+                        if !state.is_node_online(id)? {
+                            return Ok((Vec::new(), true));
+                        }
+                    }
+                    Ok((state.task_ins_for_node(consumer, 1)?, false))
                 })
                 .await?;
             let wake = match armed {
