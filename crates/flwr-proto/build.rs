@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     // `prost::Name` lets the canonical encoder find a message's descriptor from its type.
     config.enable_type_names();
+    // Array payloads decode as slices of the received buffer and are shared, not copied, when a
+    // record set is stored, cloned for delivery or handed on (large models).
+    config.bytes([".flwr.proto.Array.data"]);
     tonic_build::configure()
         .build_client(true)
         .build_server(true)

@@ -175,7 +175,7 @@ impl PushTemplate {
                         dtype: "uint8".to_owned(),
                         shape: vec![i32::try_from(payload_bytes).unwrap_or(i32::MAX)],
                         stype: "numpy.ndarray".to_owned(),
-                        data: npy_uint8(payload_bytes),
+                        data: npy_uint8(payload_bytes).into(),
                     }],
                 },
             );

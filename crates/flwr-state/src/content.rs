@@ -144,7 +144,7 @@ mod tests {
                         dtype: "float32".to_owned(),
                         shape: vec![],
                         stype: "numpy.ndarray".to_owned(),
-                        data: vec![fill; len],
+                        data: vec![fill; len].into(),
                     }],
                 },
             )]),
@@ -173,7 +173,9 @@ mod tests {
         let mut changed = model(1, 1000);
         // Same length and ends, so the same sketch: only the full comparison tells them apart.
         if let Some(record) = changed.parameters.get_mut("model") {
-            record.data_values[0].data[500] = 2;
+            let mut data = record.data_values[0].data.to_vec();
+            data[500] = 2;
+            record.data_values[0].data = data.into();
         }
         assert_eq!(Sketch::of(&plain), Sketch::of(&changed));
         let a = sets.insert(plain);

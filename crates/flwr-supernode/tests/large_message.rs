@@ -40,7 +40,7 @@ fn model(seed: u8) -> RecordSet {
         dtype: "uint8".to_owned(),
         shape: vec![i32::try_from(PAYLOAD).expect("fits")],
         stype: "numpy.ndarray".to_owned(),
-        data,
+        data: data.into(),
     };
     RecordSet {
         parameters: HashMap::from([(

@@ -18,6 +18,8 @@
 //! carry both); no arrays at all is a single entry `"_empty"` with empty data. Integers are
 //! written as `sint64` (Python `int`), floats as `double`.
 
+use bytes::Bytes;
+
 use crate::error::CompatError;
 use crate::record::{
     Array, Config, ConfigsRecord, ConfigsRecordValue, MetricsRecord, MetricsRecordValue,
@@ -377,7 +379,7 @@ pub fn parameters_record(arrays: Vec<Array>, tensor_type: &str) -> ParametersRec
             dtype: String::new(),
             shape: Vec::new(),
             stype: tensor_type.to_owned(),
-            data: Vec::new(),
+            data: Bytes::new(),
         };
         return ParametersRecord::from_iter([(EMPTY_TENSOR_KEY, placeholder)]);
     }

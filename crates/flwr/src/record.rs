@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use flwr_proto as proto;
 
 use crate::error::{ConversionError, NpyError};
@@ -118,8 +119,8 @@ pub struct Array {
     pub shape: Vec<i32>,
     /// Serialisation type of `data`, e.g. [`Array::NUMPY`].
     pub stype: String,
-    /// The serialised array.
-    pub data: Vec<u8>,
+    /// The serialised array (shared, not copied, when the record is cloned or sent).
+    pub data: Bytes,
 }
 
 impl Array {
@@ -137,7 +138,7 @@ impl Array {
             dtype: npy::Dtype::Float32.name().to_owned(),
             shape: proto_shape(shape)?,
             stype: Self::NUMPY.to_owned(),
-            data: npy::encode_f32(shape, values)?,
+            data: npy::encode_f32(shape, values)?.into(),
         })
     }
 
@@ -151,7 +152,7 @@ impl Array {
             dtype: npy::Dtype::Float64.name().to_owned(),
             shape: proto_shape(shape)?,
             stype: Self::NUMPY.to_owned(),
-            data: npy::encode_f64(shape, values)?,
+            data: npy::encode_f64(shape, values)?.into(),
         })
     }
 

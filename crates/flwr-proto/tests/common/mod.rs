@@ -58,7 +58,7 @@ pub fn array() -> impl Strategy<Value = Array> {
             dtype,
             shape,
             stype: "numpy.ndarray".into(),
-            data,
+            data: data.into(),
         })
 }
 
