@@ -5,7 +5,8 @@
 //! checked in a tonic interceptor (which sees metadata only) and should not be checked on the
 //! decoded struct (prost forgets unknown fields and `-0.0`). [`FleetAuth`] therefore reads each
 //! unary request body once, verifies the token over the canonical encoding of those bytes, and
-//! hands the same bytes on to the Fleet server, which decodes them once. The caller's key
+//! decodes them once, array payloads as slices of that one buffer; the Fleet handler takes the
+//! decoded request from the request extensions ([`Decoded`]). The caller's key
 //! travels in an [`AuthenticatedNode`] request extension; the Fleet handlers check that the
 //! node ids a request names are bound to that key, on the typed request, inside the same
 //! state call that serves it (no second lookup).
@@ -88,7 +89,10 @@ use tokio::sync::Semaphore;
 use tonic::{body::BoxBody, server::NamedService, Status};
 use tower_service::Service;
 
-use crate::service::fleet::AuthenticatedNode;
+use crate::service::fleet::{AuthenticatedNode, Decoded};
+
+/// A gRPC frame holding an empty message: what tonic decodes when the request was decoded here.
+const EMPTY_FRAME: &[u8] = &[0, 0, 0, 0, 0];
 
 /// Bodies larger than this are verified on the blocking pool.
 const LARGE_BODY: usize = 1 << 20;
@@ -602,6 +606,32 @@ impl Method {
         }
     }
 
+    /// Decodes `message` as this method's request into `extensions` ([`Decoded`]); false if it
+    /// does not decode.
+    fn decode_into(self, message: Bytes, extensions: &mut http::Extensions) -> bool {
+        fn put<T>(message: Bytes, extensions: &mut http::Extensions) -> bool
+        where
+            T: prost::Message + Default + Clone + Send + Sync + 'static,
+        {
+            match T::decode(message) {
+                Ok(request) => {
+                    extensions.insert(Decoded(request));
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        match self {
+            Self::CreateNode => put::<CreateNodeRequest>(message, extensions),
+            Self::DeleteNode => put::<DeleteNodeRequest>(message, extensions),
+            Self::GetFab => put::<GetFabRequest>(message, extensions),
+            Self::GetRun => put::<GetRunRequest>(message, extensions),
+            Self::Ping => put::<PingRequest>(message, extensions),
+            Self::PullTaskIns => put::<PullTaskInsRequest>(message, extensions),
+            Self::PushTaskRes => put::<PushTaskResRequest>(message, extensions),
+        }
+    }
+
     /// The schema handle of the request type, resolved once per process.
     fn request_type(self) -> Option<MessageType> {
         static TYPES: OnceLock<Option<[MessageType; 7]>> = OnceLock::new();
@@ -694,8 +724,16 @@ where
         public_key: pem,
         authenticator: Arc::clone(&auth),
     });
-    // The inner server decodes the very bytes that were verified.
-    let request = Request::from_parts(parts, tonic::body::boxed(Full::new(framed)));
+    // The verified bytes are decoded here, once, as slices of the received buffer, and the
+    // handler takes that request from the extensions: tonic would otherwise copy the whole body
+    // into its own buffer to decode it again. Tonic is left an empty frame to decode. Should the
+    // decode fail, tonic gets the bytes and answers as it always does.
+    let body = if method.decode_into(framed.slice(5..), &mut parts.extensions) {
+        Bytes::from_static(EMPTY_FRAME)
+    } else {
+        framed
+    };
+    let request = Request::from_parts(parts, tonic::body::boxed(Full::new(body)));
     let mut response = inner.call(request).await?;
     if method == Method::CreateNode {
         // The SuperNode derives its secret from this header (initial metadata, not trailers).

@@ -7,7 +7,8 @@
 //! optional [`AuthenticatedNode`]; [`FleetService`] is a thin tonic adapter. The token (AUTH.md
 //! §7) is an HMAC over the canonical re-encoding of the *received bytes*, which only exist
 //! before tonic decodes them, so [`crate::fleet_auth::FleetAuth`] checks it around the
-//! `FleetServer` and inserts an [`AuthenticatedNode`] into the request extensions. What the
+//! `FleetServer` and inserts an [`AuthenticatedNode`] and the request it decoded ([`Decoded`])
+//! into the request extensions. What the
 //! token cannot tell — whether the node ids the request names belong to that key — is checked
 //! here, on the typed request, in the same state call that serves it.
 
@@ -64,6 +65,11 @@ pub struct AuthenticatedNode {
     /// Where refusals are reported.
     pub(crate) authenticator: Arc<NodeAuthenticator>,
 }
+
+/// A request the auth layer already decoded from the bytes it verified, placed in the request's
+/// extensions; the handler serves it instead of tonic's (empty) decode.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoded<T>(pub(crate) T);
 
 /// What a request says about its sender, to be checked against the node bound to its key
 /// (AUTH.md §7; stricter than the reference for PushTaskRes).
@@ -460,10 +466,15 @@ impl FleetService {
     }
 }
 
-/// Splits a tonic request into the message and the identity the auth layer attached, if any.
-fn split<T>(request: Request<T>) -> (T, Option<AuthenticatedNode>) {
-    let node = request.extensions().get::<AuthenticatedNode>().cloned();
-    (request.into_inner(), node)
+/// Splits a tonic request into the message (the auth layer's decode, if it made one) and the
+/// identity the auth layer attached, if any.
+fn split<T: Send + Sync + 'static>(mut request: Request<T>) -> (T, Option<AuthenticatedNode>) {
+    let extensions = request.extensions_mut();
+    let node = extensions.remove::<AuthenticatedNode>();
+    match extensions.remove::<Decoded<T>>() {
+        Some(Decoded(message)) => (message, node),
+        None => (request.into_inner(), node),
+    }
 }
 
 #[tonic::async_trait]
