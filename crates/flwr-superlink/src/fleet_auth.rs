@@ -6,7 +6,7 @@
 //! decoded struct (prost forgets unknown fields and `-0.0`). [`FleetAuth`] therefore reads each
 //! unary request body once, verifies the token over the canonical encoding of those bytes, and
 //! decodes them once, array payloads as slices of that one buffer; the Fleet handler takes the
-//! decoded request from the request extensions ([`Decoded`]). The caller's key
+//! decoded request from the request extensions (`Decoded`). The caller's key
 //! travels in an [`AuthenticatedNode`] request extension; the Fleet handlers check that the
 //! node ids a request names are bound to that key, on the typed request, inside the same
 //! state call that serves it (no second lookup).

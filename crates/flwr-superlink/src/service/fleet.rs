@@ -7,7 +7,7 @@
 //! optional [`AuthenticatedNode`]; [`FleetService`] is a thin tonic adapter. The token (AUTH.md
 //! §7) is an HMAC over the canonical re-encoding of the *received bytes*, which only exist
 //! before tonic decodes them, so [`crate::fleet_auth::FleetAuth`] checks it around the
-//! `FleetServer` and inserts an [`AuthenticatedNode`] and the request it decoded ([`Decoded`])
+//! `FleetServer` and inserts an [`AuthenticatedNode`] and the request it decoded (`Decoded`)
 //! into the request extensions. What the
 //! token cannot tell — whether the node ids the request names belong to that key — is checked
 //! here, on the typed request, in the same state call that serves it.
