@@ -8,7 +8,7 @@ use flwr_cli::certs::CertError;
 use flwr_cli::files::WriteError;
 
 /// Why the demo stopped. The first line of each message is meant to be shown on its own;
-/// process errors from [`flwr_testkit`] continue with the tail of the process's log.
+/// process errors from [`flwr_runtime::child`] continue with the tail of the process's log.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DemoError {
@@ -53,7 +53,7 @@ pub enum DemoError {
     Keys(#[from] AuthError),
     /// Starting, watching or signalling a process failed (the message carries its log tail).
     #[error(transparent)]
-    Process(#[from] flwr_testkit::Error),
+    Process(#[from] flwr_runtime::ChildError),
     /// A SuperLink or SuperNode exited while the federation was running.
     #[error("{name} exited unexpectedly ({status}); see {}", log.display())]
     ProcessDied {

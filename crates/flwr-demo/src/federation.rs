@@ -1,6 +1,6 @@
 //! The demo's processes: one `flower-superlink`, the listed `flower-supernode`s and the rogue
 //! one, each in its own process group with its log in `<work dir>/logs/` (through
-//! [`flwr_testkit::Proc`], which also kills and reaps them on drop).
+//! [`flwr_runtime::Proc`], which also kills and reaps them on drop).
 //!
 //! Apps run in subprocess isolation: the SuperLink starts `flwr-serverapp` and the SuperNodes
 //! start `flwr-clientapp`, both looked up on `PATH`. A private directory first on their `PATH`
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use flwr_testkit::{CommandLine, Proc};
+use flwr_runtime::{CommandLine, Proc};
 
 use crate::credentials::{Credentials, NodeKeys};
 use crate::error::{io_error, DemoError};

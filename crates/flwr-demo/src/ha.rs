@@ -3,7 +3,7 @@
 //! The demo
 //!
 //! 1. starts a throwaway PostgreSQL cluster (Debian's packages, as a non-root user, on a free
-//!    port; [`flwr_testkit::postgres`]) and creates the SuperLink database in it;
+//!    port; [`flwr_runtime::scratch_postgres`]) and creates the SuperLink database in it;
 //! 2. starts two `flower-superlink` replicas on that database (`--database postgresql://...`),
 //!    each with TLS (one server certificate for `localhost`/`127.0.0.1`), node authentication
 //!    (one allow-list and server key pair), subprocess isolation, and its own `FLWR_HOME`, FAB
@@ -49,7 +49,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flwr_testkit::{CommandLine, Proc, TempPostgres};
+use flwr_runtime::{CommandLine, Proc, TempPostgres};
 
 use crate::credentials::{self, Credentials};
 use crate::error::{io_error, DemoError};
@@ -221,8 +221,8 @@ pub enum HaError {
     Failover(String),
 }
 
-impl From<flwr_testkit::Error> for HaError {
-    fn from(error: flwr_testkit::Error) -> Self {
+impl From<flwr_runtime::ChildError> for HaError {
+    fn from(error: flwr_runtime::ChildError) -> Self {
         Self::Demo(DemoError::Process(error))
     }
 }
@@ -656,7 +656,7 @@ fn ha_demo(
     // Per replica: Fleet, ServerAppIo, Exec, metrics; then HAProxy's Fleet and Exec
     // frontends; then one ClientAppIo port per SuperNode. `free_ports_vec` returns exactly as
     // many as asked for, so the slicing below holds.
-    let ports = flwr_testkit::free_ports_vec(4 * REPLICAS.len() + 2 + demo.nodes)?;
+    let ports = flwr_runtime::free_ports_vec(4 * REPLICAS.len() + 2 + demo.nodes)?;
     let (superlink_ports, rest) = ports.split_at(4 * REPLICAS.len());
     let replica_ports: Vec<SuperLinkPorts> = superlink_ports
         .chunks(4)
@@ -1450,8 +1450,8 @@ impl Database {
     /// line, which holds the URL.
     fn mask(&self, error: DemoError) -> DemoError {
         match error {
-            DemoError::Process(flwr_testkit::Error::Io { context, source }) => {
-                DemoError::Process(flwr_testkit::Error::Io {
+            DemoError::Process(flwr_runtime::ChildError::Io { context, source }) => {
+                DemoError::Process(flwr_runtime::ChildError::Io {
                     context: context.replace(&self.url, &self.redacted),
                     source,
                 })
@@ -1476,8 +1476,8 @@ fn create_database(cluster: &Cluster) -> Result<Database, HaError> {
 
 /// [`HaError::Missing`] when PostgreSQL is not installed, else the first line of the
 /// harness's error (the rest is command output, which may be long).
-fn postgres_error(error: flwr_testkit::Error) -> HaError {
-    if let flwr_testkit::Error::Io { source, .. } = &error {
+fn postgres_error(error: flwr_runtime::ChildError) -> HaError {
+    if let flwr_runtime::ChildError::Io { source, .. } = &error {
         if source.kind() == std::io::ErrorKind::NotFound {
             return HaError::Missing {
                 program: "PostgreSQL (initdb, pg_ctl)",

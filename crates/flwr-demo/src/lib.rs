@@ -220,46 +220,8 @@ impl Cancel {
     ///
     /// When the thread or the handlers cannot be set up.
     pub fn cancel_on_signals(&self) -> std::io::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-
         let cancel = self.clone();
-        let (installed_tx, installed_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("signals".to_owned())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = installed_tx.send(Err(error));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let handlers = signal(SignalKind::interrupt())
-                        .and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
-                    let (mut interrupt, mut terminate) = match handlers {
-                        Ok(handlers) => handlers,
-                        Err(error) => {
-                            let _ = installed_tx.send(Err(error));
-                            return;
-                        }
-                    };
-                    let _ = installed_tx.send(Ok(()));
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
-                    cancel.cancel();
-                });
-            })?;
-        installed_rx.recv().unwrap_or_else(|_| {
-            Err(std::io::Error::other(
-                "the signal thread stopped before installing its handlers",
-            ))
-        })
+        flwr_runtime::signal::on_signal_thread(move |_| cancel.cancel())
     }
 
     /// `Err(Cancelled)` once the flag is set.
@@ -344,7 +306,7 @@ fn demo(
 
     // Fleet, ServerAppIo, Exec, then one ClientAppIo port per SuperNode and the rogue's;
     // `free_ports_vec` returns exactly as many as asked for, so the indexing below holds.
-    let ports = flwr_testkit::free_ports_vec(4 + config.nodes + 1)?;
+    let ports = flwr_runtime::free_ports_vec(4 + config.nodes + 1)?;
     let layout = Layout {
         logs: dir.join("logs"),
         bin: dir.join("bin"),

@@ -1,22 +1,35 @@
-//! Process plumbing shared by the flower-rs servers.
+//! Process plumbing shared by the flower-rs servers, the demos and the test kit.
 //!
 //! * [`listener`]: the accept loop behind every gRPC port: it never ends because `accept()`
 //!   failed (descriptor exhaustion is logged and retried), caps concurrent connections,
 //!   bounds TLS handshakes and silent peers, and hands tonic ready connections.
 //! * [`limits`]: raising the open-file limit at start, so the connection cap is what bounds
 //!   connections rather than `EMFILE`.
-//! * [`process`]: children (ServerApps, ClientApps) that get SIGKILL when their parent dies.
+//! * [`process`]: children (ServerApps, ClientApps) that get SIGKILL when their parent dies,
+//!   and the one way to stop a child's process group (SIGTERM, grace, SIGKILL, reap).
+//! * [`child`]: supervised children with a log file each ([`CommandLine`], [`Proc`]), stopped
+//!   and reaped on drop, and bounded one-shot runs; the demos' servers and the test kit's.
+//! * [`ports`]: free loopback ports for children that are given explicit addresses.
+//! * [`scratch_postgres`]: a throwaway PostgreSQL cluster ([`TempPostgres`]).
+//! * [`signal`]: SIGINT and SIGTERM.
 //! * [`metrics`]: the Prometheus registry, the gRPC request counter and the `/metrics` server.
 //! * [`health`]: `grpc.health.v1.Health`, NOT_SERVING while starting and once stopping.
 //! * [`logging`]: `--log-format text|json`.
 //! * [`RateLimited`]: one log line per interval for events a peer can trigger at will.
 
+pub mod child;
 pub mod health;
 pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod ports;
 pub mod process;
 mod rate_limit;
+pub mod scratch_postgres;
+pub mod signal;
 
+pub use child::{ChildError, CommandLine, Proc};
+pub use ports::{free_port, free_ports, free_ports_vec};
 pub use rate_limit::RateLimited;
+pub use scratch_postgres::TempPostgres;

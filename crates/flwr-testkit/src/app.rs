@@ -20,7 +20,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::process::combined;
+use flwr_runtime::child::combined;
+use flwr_runtime::ChildError;
+
 use crate::{io_error, Error, Result, Venv};
 
 /// Bound on `flwr new` (it takes well under a second).
@@ -118,13 +120,14 @@ impl NumpyApp {
     pub fn create(venv: &Venv, parent: &Path, federation: &Federation) -> Result<Self> {
         let dir = parent.join(Self::NAME);
         if dir.exists() {
-            return Err(Error::Io {
+            return Err(ChildError::Io {
                 context: format!("creating the app in {}", parent.display()),
                 source: std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
                     format!("{} already exists", dir.display()),
                 ),
-            });
+            }
+            .into());
         }
         fs::create_dir_all(parent).map_err(io_error(format!("creating {}", parent.display())))?;
         let command = venv
@@ -135,7 +138,7 @@ impl NumpyApp {
         let output = command.output(NEW_TIMEOUT)?;
         let app = Self { dir };
         if !output.status.success() || !app.pyproject().is_file() {
-            return Err(Error::Command {
+            return Err(ChildError::Command {
                 command: command.to_string(),
                 reason: format!(
                     "exited with {} and left {} {}",
@@ -148,7 +151,8 @@ impl NumpyApp {
                     }
                 ),
                 output: combined(&output),
-            });
+            }
+            .into());
         }
         app.set_federation(federation)?;
         app.set_num_server_rounds(Self::DEFAULT_NUM_SERVER_ROUNDS)?;

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use flwr_runtime::child::combined;
+use flwr_runtime::ChildError;
 use serde::Deserialize;
 
-use crate::process::combined;
 use crate::{CommandLine, Error, Result, Venv};
 
 /// Default bound on one `flwr` invocation.
@@ -207,11 +208,12 @@ impl Flwr {
                     return Ok(run);
                 }
                 if run.status.starts_with("finished") {
-                    return Err(Error::Command {
+                    return Err(ChildError::Command {
                         command: format!("flwr ls (run {run_id})"),
                         reason: format!("reports status {:?} instead of {status:?}", run.status),
                         output: format!("{run:#?}"),
-                    });
+                    }
+                    .into());
                 }
                 last_seen = run.status;
             }
@@ -220,11 +222,12 @@ impl Flwr {
             }
             thread::sleep(STATUS_POLL);
         }
-        Err(Error::Timeout {
+        Err(ChildError::Timeout {
             waiting_for: format!("run {run_id} to reach status {status:?}"),
             after: timeout,
             details: format!("last status seen: {last_seen}"),
-        })
+        }
+        .into())
     }
 
     fn subcommand(
@@ -267,11 +270,12 @@ fn parse_reply(stdout: &str) -> Option<Reply> {
 }
 
 fn failure(command: &CommandLine, reason: &str, output: String) -> Error {
-    Error::Command {
+    ChildError::Command {
         command: command.to_string(),
         reason: reason.to_owned(),
         output,
     }
+    .into()
 }
 
 #[cfg(test)]

@@ -18,9 +18,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use flwr_runtime::ChildError;
+
 use crate::{
-    free_ports, CommandLine, Error, Federation, Flwr, NumpyApp, Pki, Proc, Result, RunId, RunInfo,
-    Venv,
+    free_ports, CommandLine, Federation, Flwr, NumpyApp, Pki, Proc, Result, RunId, RunInfo, Venv,
 };
 
 /// How long a process may take to come up.
@@ -220,12 +221,12 @@ impl Cluster {
     ///
     /// When no SuperLink runs or signalling fails.
     pub fn stop_superlink(&mut self, grace: Duration) -> Result<std::process::ExitStatus> {
-        let mut superlink = self.superlink.take().ok_or_else(|| Error::Timeout {
+        let mut superlink = self.superlink.take().ok_or_else(|| ChildError::Timeout {
             waiting_for: "a SuperLink to stop".into(),
             after: Duration::ZERO,
             details: "no SuperLink was started".into(),
         })?;
-        superlink.terminate(grace)
+        Ok(superlink.terminate(grace)?)
     }
 
     /// The command line of SuperNode number `index` of `of` (partition `index`), with TLS.
@@ -306,7 +307,7 @@ impl Cluster {
         let started = Instant::now();
         for _ in 0..600 {
             if let Some(dead) = self.supernodes.iter().find(|n| !n.is_running()) {
-                return Err(Error::Timeout {
+                return Err(ChildError::Timeout {
                     waiting_for: format!("{count} registered SuperNodes"),
                     after: started.elapsed(),
                     details: format!(
@@ -314,7 +315,8 @@ impl Cluster {
                         dead.name(),
                         dead.log_text().unwrap_or_default()
                     ),
-                });
+                }
+                .into());
             }
             let seen = superlink.log_text()?.matches(pattern).count();
             if seen >= count {
@@ -325,11 +327,12 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(Error::Timeout {
+        Err(ChildError::Timeout {
             waiting_for: format!("{count} registered SuperNodes"),
             after: started.elapsed(),
             details: superlink.log_text().unwrap_or_default(),
-        })
+        }
+        .into())
     }
 
     /// `flwr run` of the app, then waits for `expected` (e.g. `finished:completed`).
@@ -369,9 +372,10 @@ fn wait_listening(process: &Proc, port: u16) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(Error::Timeout {
+    Err(ChildError::Timeout {
         waiting_for: format!("{} to listen on port {port}", process.name()),
         after: started.elapsed(),
         details: process.log_text().unwrap_or_default(),
-    })
+    }
+    .into())
 }

@@ -9,9 +9,13 @@
 //!
 //! - [`venv`]: locate the reference virtualenv (`$FLWR_VENV`, else `<workspace>/.venv`) and build
 //!   command lines whose `PATH` finds `flwr-serverapp` / `flwr-clientapp`.
-//! - [`port`]: free loopback ports ([`free_port`], [`free_ports`]).
+//! - [`port`]: free loopback ports ([`free_port`], [`free_ports`]), from
+//!   [`flwr_runtime::ports`].
 //! - [`process`]: [`CommandLine`] and [`Proc`], a child in its own process group whose output
-//!   goes to a log file and which is terminated (SIGTERM, then SIGKILL) and reaped on drop.
+//!   goes to a log file and which is terminated (SIGTERM, then SIGKILL) and reaped on drop, from
+//!   [`flwr_runtime::child`].
+//! - [`postgres`]: a throwaway PostgreSQL cluster ([`TempPostgres`]), from
+//!   [`flwr_runtime::scratch_postgres`].
 //! - [`pki`]: a CA and a server certificate made with the `openssl` command the way Flower's
 //!   guides do ([`Pki`]).
 //! - [`app`]: the NumPy app of `flwr new` with a federation pointing at a SuperLink
@@ -48,21 +52,33 @@
 //! # }
 //! ```
 
-use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
 pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod pki;
-pub mod port;
-pub mod postgres;
-pub mod process;
 pub mod venv;
+
+/// Free TCP ports on 127.0.0.1 (the runtime's, so tests and demos share one rule).
+pub mod port {
+    pub use flwr_runtime::ports::*;
+}
+
+/// Throwaway PostgreSQL clusters (the runtime's, which the high-availability demo also uses).
+pub mod postgres {
+    pub use flwr_runtime::scratch_postgres::*;
+}
+
+/// Child processes: command lines, long-running [`Proc`]s and bounded one-shot runs (the
+/// runtime's, which the demos also use).
+pub mod process {
+    pub use flwr_runtime::child::{combined, CommandLine, Proc};
+}
 
 pub use app::{Federation, FederationTls, NumpyApp};
 pub use cli::{Flwr, RunId, RunInfo};
+pub use flwr_runtime::ChildError;
 pub use pki::Pki;
 pub use port::{free_port, free_ports, free_ports_vec};
 pub use postgres::TempPostgres;
@@ -79,25 +95,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A command ran to completion but failed, or printed something that could not be used.
-    #[error("`{command}` {reason}\n--- output ---\n{output}")]
-    Command {
-        /// The command line, for humans.
-        command: String,
-        /// What was wrong, e.g. `exited with exit status: 1`.
-        reason: String,
-        /// Its stdout and stderr.
-        output: String,
-    },
-    /// A file-system or process-control call failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What the harness was doing.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    /// Starting, watching or stopping a process failed, or a bounded wait ran out (the message
+    /// carries the command line and the last lines of its log or output).
+    #[error(transparent)]
+    Child(#[from] ChildError),
     /// A pyproject.toml could not be rewritten as asked.
     #[error("{path}: {reason}")]
     Pyproject {
@@ -105,44 +106,6 @@ pub enum Error {
         path: PathBuf,
         /// What was missing or malformed.
         reason: String,
-    },
-    /// A watched process exited before the awaited event happened.
-    #[error(
-        "process `{name}` exited ({status}) while waiting for {waiting_for}\n\
-         --- last lines of {log} ---\n{tail}"
-    )]
-    ProcessExited {
-        /// The name given to [`Proc::spawn`].
-        name: String,
-        /// How it ended.
-        status: String,
-        /// The awaited event.
-        waiting_for: String,
-        /// Its log file.
-        log: PathBuf,
-        /// The last lines of its log.
-        tail: String,
-    },
-    /// A signal could not be sent to a process group.
-    #[error("sending {signal} to the process group of `{name}`: {source}")]
-    Signal {
-        /// The name given to [`Proc::spawn`].
-        name: String,
-        /// The signal, e.g. `SIGTERM`.
-        signal: &'static str,
-        /// The underlying error.
-        #[source]
-        source: nix::errno::Errno,
-    },
-    /// A bounded wait ran out of time or iterations.
-    #[error("timed out after {after:?} waiting for {waiting_for}\n{details}")]
-    Timeout {
-        /// The awaited event.
-        waiting_for: String,
-        /// The bound that ran out.
-        after: Duration,
-        /// Last observed state, log tail or partial output.
-        details: String,
     },
     /// The reference virtualenv is missing or incomplete.
     #[error(
@@ -158,15 +121,8 @@ pub enum Error {
     },
 }
 
-/// Wraps an [`io::Error`] with what the harness was doing.
-pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
-
-/// The last `lines` lines of `text`, for error messages.
-pub(crate) fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines);
-    all[start..].join("\n")
+/// Wraps an [`std::io::Error`] with what the harness was doing.
+pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let wrap = flwr_runtime::child::io_error(context);
+    move |source| Error::Child(wrap(source))
 }

@@ -21,8 +21,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::process::combined;
-use crate::{io_error, CommandLine, Error, Result};
+use flwr_runtime::child::combined;
+use flwr_runtime::ChildError;
+
+use crate::{io_error, CommandLine, Result};
 
 /// Bound on each openssl step (4096-bit RSA keys take a few seconds on a busy machine).
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -135,11 +137,12 @@ impl Pki {
                 .current_dir(dir);
             let output = command.output(STEP_TIMEOUT)?;
             if !output.status.success() {
-                return Err(Error::Command {
+                return Err(ChildError::Command {
                     command: command.to_string(),
                     reason: format!("exited with {}", output.status),
                     output: combined(&output),
-                });
+                }
+                .into());
             }
         }
 
@@ -151,10 +154,11 @@ impl Pki {
         };
         for file in [&pki.ca_cert, &pki.ca_key, &pki.server_cert, &pki.server_key] {
             if !file.is_file() {
-                return Err(Error::Io {
+                return Err(ChildError::Io {
                     context: "generating the PKI with openssl".to_owned(),
                     source: std::io::Error::other(format!("{} was not created", file.display())),
-                });
+                }
+                .into());
             }
         }
         Ok(pki)

@@ -1,4 +1,5 @@
-//! Throwaway PostgreSQL clusters for the tests of the PostgreSQL store ([`TempPostgres`]).
+//! Throwaway PostgreSQL clusters ([`TempPostgres`]): for the tests of the PostgreSQL store and
+//! for the high-availability demo, whose replicas share one.
 //!
 //! A cluster lives in a private directory under the system temp dir: `initdb` with a random
 //! password (user `flwr`, SCRAM authentication), then `postgres` on 127.0.0.1 at a free port
@@ -15,7 +16,8 @@
 //! whose write end only this process holds. When the [`TempPostgres`] drops, or the test
 //! process ends in any way (the shared cluster lives in a static that is never dropped, and a
 //! killed test binary drops nothing), the pipe closes and the watchdog stops the server
-//! (`pg_ctl stop -m immediate`) and removes the directory. So no test leaves a server behind.
+//! (`pg_ctl stop -m immediate`) and removes the directory. So no test or demo leaves a server
+//! behind.
 
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -28,8 +30,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::process::combined;
-use crate::{free_port, io_error, CommandLine, Error, Result};
+use crate::child::{combined, io_error, tail, ChildError, CommandLine, Result};
+use crate::ports::free_port;
 
 /// The database user the cluster is initialised with.
 pub const USER: &str = "flwr";
@@ -94,7 +96,7 @@ impl Binaries {
         if on_path {
             return Ok(Self { dir: None });
         }
-        Err(Error::Io {
+        Err(ChildError::Io {
             context: format!(
                 "PostgreSQL binaries not found (looked in {DEBIAN_ROOT}/<version>/bin and on \
                  PATH): install Debian's postgresql package"
@@ -131,7 +133,7 @@ impl RunAs {
                 });
             }
         }
-        Err(Error::Io {
+        Err(ChildError::Io {
             context: "PostgreSQL refuses to run as root and neither the `postgres` nor the \
                       `nobody` user exists: install Debian's postgresql package"
                 .to_owned(),
@@ -190,8 +192,8 @@ impl TempPostgres {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the PostgreSQL binaries are missing ("install Debian's postgresql
-    /// package") or files cannot be written; [`Error::Command`] or [`Error::Timeout`] if
+    /// [`ChildError::Io`] if the PostgreSQL binaries are missing ("install Debian's postgresql
+    /// package") or files cannot be written; [`ChildError::Command`] or [`ChildError::Timeout`] if
     /// `initdb` or the server fail (with their output).
     pub fn start() -> Result<Self> {
         let binaries = Binaries::locate()?;
@@ -229,7 +231,7 @@ impl TempPostgres {
         SHARED
             .get_or_init(|| Self::start().map_err(|err| err.to_string()))
             .as_ref()
-            .map_err(|message| Error::Io {
+            .map_err(|message| ChildError::Io {
                 context: "starting the shared PostgreSQL cluster".to_owned(),
                 source: io::Error::other(message.clone()),
             })
@@ -257,7 +259,7 @@ impl TempPostgres {
     ///
     /// # Errors
     ///
-    /// [`Error::Command`] for an unusable name or if `createdb` fails.
+    /// [`ChildError::Command`] for an unusable name or if `createdb` fails.
     pub fn create_database(&self, name: &str) -> Result<String> {
         let createdb = CommandLine::new(self.binaries.program("createdb"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
@@ -270,7 +272,7 @@ impl TempPostgres {
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
         if !valid {
-            return Err(Error::Command {
+            return Err(ChildError::Command {
                 command: createdb.to_string(),
                 reason: "was not run: database names are letters, digits and `_`".to_owned(),
                 output: String::new(),
@@ -341,20 +343,20 @@ impl TempPostgres {
                 return Ok(());
             }
             let server_log = std::fs::read_to_string(&log).unwrap_or_default();
-            last = Some(Error::Command {
+            last = Some(ChildError::Command {
                 command: start.to_string(),
                 reason: format!("exited with {}", output.status),
                 output: format!(
                     "{}\n--- postgres.log ---\n{}",
                     combined(&output),
-                    crate::tail(&server_log, 40)
+                    tail(&server_log, 40)
                 ),
             });
             if !server_log.contains("could not bind") {
                 break;
             }
         }
-        Err(last.unwrap_or_else(|| Error::Timeout {
+        Err(last.unwrap_or_else(|| ChildError::Timeout {
             waiting_for: "PostgreSQL to start".to_owned(),
             after: Duration::ZERO,
             details: String::new(),
@@ -393,7 +395,7 @@ fn spawn_watchdog(dir: &Path, stop: &[OsString]) -> Result<(Child, ChildStdin)> 
         .process_group(0)
         .spawn()
         .map_err(io_error("starting the PostgreSQL watchdog (sh)"))?;
-    let pipe = child.stdin.take().ok_or_else(|| Error::Io {
+    let pipe = child.stdin.take().ok_or_else(|| ChildError::Io {
         context: "starting the PostgreSQL watchdog (sh)".to_owned(),
         source: io::Error::other("no stdin pipe"),
     })?;
@@ -411,7 +413,7 @@ fn private_dir() -> Result<PathBuf> {
             Err(err) => return Err(io_error(format!("creating {}", dir.display()))(err)),
         }
     }
-    Err(Error::Io {
+    Err(ChildError::Io {
         context: format!("creating a directory under {}", base.display()),
         source: io::Error::other("every name tried exists"),
     })
@@ -444,7 +446,7 @@ fn check(command: &CommandLine, output: &std::process::Output) -> Result<()> {
     if output.status.success() {
         return Ok(());
     }
-    Err(Error::Command {
+    Err(ChildError::Command {
         command: command.to_string(),
         reason: format!("exited with {}", output.status),
         output: combined(output),

@@ -1,11 +1,11 @@
-//! Free TCP ports on 127.0.0.1.
+//! Free TCP ports on 127.0.0.1, for servers started as children with explicit addresses.
 //!
 //! A port is found by binding `127.0.0.1:0`, reading the port the kernel chose and closing the
 //! socket again, so another process may in principle take it before the server under test binds
 //! it. Two measures keep that window harmless in practice:
 //!
 //! - every port handed out is remembered for the life of the test binary and never handed out
-//!   again, so parallel tests in one binary cannot collide;
+//!   again, so parallel tests (or the processes of one demo) cannot collide;
 //! - the caller passes *every* address explicitly. The Flower defaults (SuperLink `9091`–`9093`,
 //!   SuperNode ClientAppIo `0.0.0.0:9094`) are fixed, so two SuperNodes on one machine, or two
 //!   tests each starting a SuperLink, collide unless each gets its own ports.
@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::{Mutex, PoisonError};
 
-use crate::{io_error, Error, Result};
+use crate::child::{io_error, ChildError, Result};
 
 /// Ports already handed out by this process.
 ///
@@ -29,7 +29,7 @@ const ATTEMPTS_PER_PORT: usize = 50;
 ///
 /// # Errors
 ///
-/// [`Error::Io`] if binding fails, or if no port unseen by this process turns up.
+/// [`ChildError::Io`] if binding fails, or if no port unseen by this process turns up.
 pub fn free_port() -> Result<u16> {
     let [port] = free_ports::<1>()?;
     Ok(port)
@@ -43,7 +43,7 @@ pub fn free_port() -> Result<u16> {
 pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
     let ports = free_ports_vec(N)?;
     let found = ports.len();
-    ports.try_into().map_err(|_| Error::Io {
+    ports.try_into().map_err(|_| ChildError::Io {
         context: format!("reserving {N} ports"),
         source: std::io::Error::other(format!("got {found} ports")),
     })
@@ -77,7 +77,7 @@ pub fn free_ports_vec(count: usize) -> Result<Vec<u16>> {
         listeners.push(listener);
     }
     if ports.len() < count {
-        return Err(Error::Io {
+        return Err(ChildError::Io {
             context: format!("reserving {count} ports"),
             source: std::io::Error::other("the kernel kept returning ports already handed out"),
         });

@@ -1,18 +1,21 @@
-//! Child processes: command lines, long-running [`Proc`]s and bounded one-shot runs.
+//! Supervised child processes: command lines, long-running [`Proc`]s and bounded one-shot runs.
+//!
+//! The demos start their SuperLinks and SuperNodes with this, and the end-to-end test kit
+//! re-exports it, so both stop their children the same way.
 //!
 //! Every child starts in its own process group, so that signals reach what it spawned in turn
 //! (the SuperLink starts `flwr-serverapp`, the SuperNode starts `flwr-clientapp`), and every child
-//! gets `FLWR_TELEMETRY_ENABLED=0` so the reference never phones home from a test.
+//! gets `FLWR_TELEMETRY_ENABLED=0` so the reference never phones home.
 //!
 //! The group leader is not reaped until the very end: its exit is observed with
 //! `waitid(WNOWAIT)`, the rest of the group is killed, and only then is the zombie collected. A
-//! reaped pid could be recycled as the leader of some other test's process group (`pid_max` is
-//! often 32768), and a late `killpg` would then hit that group.
+//! reaped pid could be recycled as the leader of some other process group (`pid_max` is often
+//! 32768), and a late `killpg` would then hit that group.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -20,11 +23,94 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::{io_error, tail, Error, Result};
+use crate::process::ProcessGroup;
+
+/// Result of every fallible supervision call.
+pub type Result<T, E = ChildError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while starting, watching and stopping child processes, and
+/// while finding them ports and scratch databases.
+///
+/// Messages are multi-line on purpose: the tail of the relevant log or command output is
+/// usually the only clue to what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChildError {
+    /// A command ran to completion but failed, or printed something that could not be used.
+    #[error("`{command}` {reason}\n--- output ---\n{output}")]
+    Command {
+        /// The command line, for humans.
+        command: String,
+        /// What was wrong, e.g. `exited with exit status: 1`.
+        reason: String,
+        /// Its stdout and stderr.
+        output: String,
+    },
+    /// A file-system or process-control call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the supervisor was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A watched process exited before the awaited event happened.
+    #[error(
+        "process `{name}` exited ({status}) while waiting for {waiting_for}\n\
+         --- last lines of {log} ---\n{tail}"
+    )]
+    ProcessExited {
+        /// The name given to [`Proc::spawn`].
+        name: String,
+        /// How it ended.
+        status: String,
+        /// The awaited event.
+        waiting_for: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of its log.
+        tail: String,
+    },
+    /// A signal could not be sent to a process group.
+    #[error("sending {signal} to the process group of `{name}`: {source}")]
+    Signal {
+        /// The name given to [`Proc::spawn`].
+        name: String,
+        /// The signal, e.g. `SIGTERM`.
+        signal: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Errno,
+    },
+    /// A bounded wait ran out of time or iterations.
+    #[error("timed out after {after:?} waiting for {waiting_for}\n{details}")]
+    Timeout {
+        /// The awaited event.
+        waiting_for: String,
+        /// The bound that ran out.
+        after: Duration,
+        /// Last observed state, log tail or partial output.
+        details: String,
+    },
+}
+
+/// Wraps an [`io::Error`] with what the caller was doing, for `map_err`.
+pub fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> ChildError {
+    let context = context.into();
+    move |source| ChildError::Io { context, source }
+}
+
+/// The last `lines` lines of `text`, for error messages.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}
 
 /// How often bounded waits look again.
 const POLL: Duration = Duration::from_millis(100);
@@ -35,7 +121,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Grace between SIGTERM and SIGKILL when a [`Proc`] is dropped.
 const DEFAULT_DROP_GRACE: Duration = Duration::from_secs(5);
 
-/// Log lines shown in errors and when a test panics.
+/// Log lines shown in errors and when the owner of a [`Proc`] panics.
 const TAIL_LINES: usize = 40;
 
 /// A program, its arguments, extra environment and working directory.
@@ -107,7 +193,7 @@ impl CommandLine {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if it cannot start; [`Error::Timeout`] (with the output so far) if it is
+    /// [`ChildError::Io`] if it cannot start; [`ChildError::Timeout`] (with the output so far) if it is
     /// still running after `timeout`, in which case its process group has been killed.
     pub fn output(&self, timeout: Duration) -> Result<Output> {
         let mut command = self.to_command();
@@ -140,13 +226,13 @@ impl CommandLine {
             stderr: stderr.map(join_reader).unwrap_or_default(),
         };
         if !exited? {
-            return Err(Error::Timeout {
+            return Err(ChildError::Timeout {
                 waiting_for: format!("`{self}` to finish"),
                 after: timeout,
                 details: format!("--- output so far ---\n{}", combined(&output)),
             });
         }
-        killed.map_err(|source| Error::Signal {
+        killed.map_err(|source| ChildError::Signal {
             name: self.to_string(),
             signal: "SIGKILL",
             source,
@@ -191,7 +277,7 @@ impl fmt::Display for CommandLine {
 ///
 /// Dropping it sends SIGTERM to its whole process group, waits up to the drop grace (5 s by
 /// default, see [`Proc::set_drop_grace`]), sends SIGKILL to the group and reaps the child. If the
-/// test is panicking, the last lines of the log are printed to stderr first.
+/// thread is panicking (a failing test), the last lines of the log are printed to stderr first.
 #[derive(Debug)]
 pub struct Proc {
     name: String,
@@ -208,7 +294,7 @@ impl Proc {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the log file cannot be created or the program cannot be started.
+    /// [`ChildError::Io`] if the log file cannot be created or the program cannot be started.
     pub fn spawn(name: &str, command: &CommandLine, log_dir: &Path) -> Result<Self> {
         fs::create_dir_all(log_dir).map_err(io_error(format!(
             "creating log directory {}",
@@ -260,7 +346,7 @@ impl Proc {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the log file cannot be read.
+    /// [`ChildError::Io`] if the log file cannot be read.
     pub fn log_text(&self) -> Result<String> {
         let bytes = fs::read(&self.log_path).map_err(io_error(format!(
             "reading log file {}",
@@ -286,7 +372,7 @@ impl Proc {
     ///
     /// # Errors
     ///
-    /// [`Error::ProcessExited`] if the process exits first, [`Error::Timeout`] after `timeout`;
+    /// [`ChildError::ProcessExited`] if the process exits first, [`ChildError::Timeout`] after `timeout`;
     /// both carry the end of the log.
     pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> Result<()> {
         self.wait_for_log_count(pattern, 1, timeout)
@@ -319,7 +405,7 @@ impl Proc {
             }
             thread::sleep(POLL);
         }
-        Err(Error::Timeout {
+        Err(ChildError::Timeout {
             waiting_for,
             after: timeout,
             details: self.log_tail(),
@@ -331,13 +417,13 @@ impl Proc {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] if it is still running after `timeout` (it is left running).
+    /// [`ChildError::Timeout`] if it is still running after `timeout` (it is left running).
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.exit {
             return Ok(status);
         }
         if !wait_until_exit(self.pid, timeout)? {
-            return Err(Error::Timeout {
+            return Err(ChildError::Timeout {
                 waiting_for: format!("`{}` to exit", self.name),
                 after: timeout,
                 details: self.log_tail(),
@@ -354,7 +440,7 @@ impl Proc {
     ///
     /// # Errors
     ///
-    /// [`Error::Signal`] if a signal cannot be sent, [`Error::Timeout`] if the process is not
+    /// [`ChildError::Signal`] if a signal cannot be sent, [`ChildError::Timeout`] if the process is not
     /// gone even after SIGKILL.
     pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.exit {
@@ -383,8 +469,8 @@ impl Proc {
         Ok(peek_exit(self.pid)?.map(|status| describe(&status)))
     }
 
-    fn exited_error(&self, status: String, waiting_for: String, text: &str) -> Error {
-        Error::ProcessExited {
+    fn exited_error(&self, status: String, waiting_for: String, text: &str) -> ChildError {
+        ChildError::ProcessExited {
             name: self.name.clone(),
             status,
             waiting_for,
@@ -393,8 +479,8 @@ impl Proc {
         }
     }
 
-    fn signal_error(&self, signal: &'static str, source: Errno) -> Error {
-        Error::Signal {
+    fn signal_error(&self, signal: &'static str, source: Errno) -> ChildError {
+        ChildError::Signal {
             name: self.name.clone(),
             signal,
             source,
@@ -438,7 +524,7 @@ fn pid_of(child: &mut Child, name: &str) -> Result<Pid> {
             // Best effort: the error below is what matters.
             let _ = child.kill();
             let _ = child.wait();
-            Err(Error::Io {
+            Err(ChildError::Io {
                 context: format!("starting `{name}`"),
                 source: std::io::Error::other(format!("pid {} out of range", child.id())),
             })
@@ -448,10 +534,7 @@ fn pid_of(child: &mut Child, name: &str) -> Result<Pid> {
 
 /// Sends `signal` to the process group led by `pid`; a group that is already gone is fine.
 fn send(pid: Pid, signal: Signal) -> Result<(), Errno> {
-    match killpg(pid, signal) {
-        Ok(()) | Err(Errno::ESRCH) => Ok(()),
-        Err(errno) => Err(errno),
-    }
+    ProcessGroup::led_by(pid).signal(signal)
 }
 
 /// How the leader exited, without reaping it; `None` while it runs.
@@ -460,7 +543,7 @@ fn peek_exit(pid: Pid) -> Result<Option<WaitStatus>> {
     match waitid(Id::Pid(pid), flags) {
         Ok(WaitStatus::StillAlive) => Ok(None),
         Ok(status) => Ok(Some(status)),
-        Err(errno) => Err(Error::Io {
+        Err(errno) => Err(ChildError::Io {
             context: format!("checking whether pid {pid} exited"),
             source: errno.into(),
         }),
@@ -485,7 +568,7 @@ fn wait_until_exit(pid: Pid, timeout: Duration) -> Result<bool> {
 /// Collects the exit status of a leader that was just sent SIGKILL.
 fn reap(child: &mut Child, pid: Pid) -> Result<ExitStatus> {
     if !wait_until_exit(pid, KILL_WAIT)? {
-        return Err(Error::Timeout {
+        return Err(ChildError::Timeout {
             waiting_for: format!("pid {pid} to die after SIGKILL"),
             after: KILL_WAIT,
             details: String::new(),
@@ -519,7 +602,7 @@ fn join_reader(handle: thread::JoinHandle<Vec<u8>>) -> Vec<u8> {
 }
 
 /// stdout followed by stderr, lossily decoded.
-pub(crate) fn combined(output: &Output) -> String {
+pub fn combined(output: &Output) -> String {
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !stderr.is_empty() {
@@ -539,7 +622,7 @@ mod tests {
 
     fn scratch() -> tempfile::TempDir {
         tempfile::Builder::new()
-            .prefix("flwr-testkit-process-")
+            .prefix("flwr-runtime-child-")
             .tempdir()
             .expect("temp dir")
     }
@@ -648,7 +731,7 @@ mod tests {
         let error = proc
             .wait_for_log_count("quiet", 2, Duration::from_millis(300))
             .expect_err("only once");
-        assert!(matches!(error, Error::Timeout { .. }), "{error}");
+        assert!(matches!(error, ChildError::Timeout { .. }), "{error}");
     }
 
     #[test]
