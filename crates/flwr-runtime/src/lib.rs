@@ -1,4 +1,4 @@
-//! Process plumbing shared by the flower-rs servers, the demos and the test kit.
+//! Process plumbing shared by the flower-rs servers, the demos, the test kit and the app SDK.
 //!
 //! * [`listener`]: the accept loop behind every gRPC port: it never ends because `accept()`
 //!   failed (descriptor exhaustion is logged and retried), caps concurrent connections,
@@ -11,6 +11,7 @@
 //!   and reaped on drop, and bounded one-shot runs; the demos' servers and the test kit's.
 //! * [`ports`]: free loopback ports for children that are given explicit addresses.
 //! * [`scratch_postgres`]: a throwaway PostgreSQL cluster ([`TempPostgres`]).
+//! * [`task`]: the one spawn helper: named, traced, aborted when its handle drops.
 //! * [`signal`]: SIGINT and SIGTERM.
 //! * [`metrics`]: the Prometheus registry, the gRPC request counter and the `/metrics` server.
 //! * [`health`]: `grpc.health.v1.Health`, NOT_SERVING while starting and once stopping.
@@ -28,6 +29,7 @@ pub mod process;
 mod rate_limit;
 pub mod scratch_postgres;
 pub mod signal;
+pub mod task;
 
 pub use child::{ChildError, CommandLine, Proc};
 pub use ports::{free_port, free_ports, free_ports_vec};

@@ -35,6 +35,7 @@ use std::time::Duration;
 use flwr_core::Address;
 use flwr_proto::RunStatus;
 use flwr_runtime::process::tie_to_parent;
+use flwr_runtime::task::{self, TaskHandle};
 use flwr_state::lifecycle::{FAILED, FINISHED, PENDING, RUNNING, STARTING};
 use flwr_state::LinkState;
 use nix::sys::signal::{killpg, Signal};
@@ -44,7 +45,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::LauncherCounters;
-use crate::task::{self, TaskHandle};
 
 /// How often the launcher looks for a pending run (the reference's scheduler period).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(3);

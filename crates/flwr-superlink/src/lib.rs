@@ -30,7 +30,6 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod signal;
-mod task;
 pub mod wakeups;
 
 pub use config::{Args, Config, ConfigError};

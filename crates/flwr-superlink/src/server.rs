@@ -20,6 +20,7 @@ use flwr_runtime::health::Health;
 use flwr_runtime::limits;
 use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
 use flwr_runtime::metrics::GrpcMetrics;
+use flwr_runtime::task::{self, TaskHandle};
 use flwr_state::{
     Change, ChangeSink, FabStore, Ffs, InMemoryLinkState, LinkState, PostgresLinkState,
     SqliteLinkState, StateError, SystemClock,
@@ -39,7 +40,6 @@ use crate::service::exec::ExecService;
 use crate::service::fleet::{FleetHandler, FleetService};
 use crate::service::serverappio::ServerAppIoService;
 use crate::service::Stores;
-use crate::task::{self, TaskHandle};
 use crate::wakeups::Topic;
 
 /// How long in-flight calls may take to finish after shutdown starts (the reference's 1 s

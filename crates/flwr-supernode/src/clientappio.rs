@@ -664,15 +664,15 @@ mod tests {
         io: &Arc<Exchange>,
         token: u64,
         stop: &CancellationToken,
-    ) -> crate::spawn::TaskHandle<Result<PullClientAppInputsResponse, IoError>> {
+    ) -> flwr_runtime::task::TaskHandle<Result<PullClientAppInputsResponse, IoError>> {
         let io = Arc::clone(io);
         let stop = stop.clone();
-        crate::spawn::spawn("held-pull", async move {
+        flwr_runtime::task::spawn("held-pull", async move {
             io.inner_pull(&pull(token), &stop).await
         })
     }
 
-    async fn bounded<T>(task: crate::spawn::TaskHandle<T>) -> T {
+    async fn bounded<T>(task: flwr_runtime::task::TaskHandle<T>) -> T {
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("the pull was answered")
@@ -798,7 +798,7 @@ mod tests {
         io.set_inputs(inputs(1), true).unwrap();
         let waiter = {
             let io = Arc::clone(&io);
-            crate::spawn::spawn("waiter", async move { io.outputs_pushed().await })
+            flwr_runtime::task::spawn("waiter", async move { io.outputs_pushed().await })
         };
         io.pull_now(&PullClientAppInputsRequest { token: 1 })
             .unwrap();

@@ -410,7 +410,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
 
         let canceller = cancel.clone();
-        let _trigger = crate::spawn::spawn("cancel", async move {
+        let _trigger = flwr_runtime::task::spawn("cancel", async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             canceller.cancel();
         });

@@ -22,7 +22,8 @@
 //! - [`metrics`]: what `--metrics-address` exports;
 //! - [`node`]: the connection loop tying it all together ([`run`]);
 //! - [`shutdown`]: the SIGINT and SIGTERM handlers;
-//! - [`spawn`]: the one place tasks are spawned.
+//!
+//! Tasks are spawned only through [`flwr_runtime::task::spawn`].
 
 #![warn(missing_docs)]
 
@@ -40,7 +41,6 @@ pub mod node;
 pub mod node_config;
 pub mod shutdown;
 pub mod signer;
-pub mod spawn;
 pub mod warm;
 
 pub use cli::{Cli, ClientAppLifetime, Config, ConfigError, Isolation, Tls};

@@ -30,6 +30,7 @@ use std::time::Duration;
 use flwr_core::FabMetadata;
 use flwr_proto::{Context, Fab, Message, Metadata, Node, RecordSet, Run, Scalar, TaskIns};
 use flwr_runtime::health::Health;
+use flwr_runtime::task::{spawn, TaskHandle};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +50,6 @@ use crate::message::{
 };
 use crate::metrics::NodeMetrics;
 use crate::signer::{NodeAuth, RequestSigner, Unsigned};
-use crate::spawn::{spawn, TaskHandle};
 use crate::warm::{self, Exit, Lease, WarmApp};
 
 /// How long the main loop may take to wind down after a shutdown signal (a ClientApp gets

@@ -34,6 +34,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_runtime::task::{spawn, TaskHandle};
 use nix::sys::signal::Signal;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,7 +43,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clientappio::Exchange;
 use crate::launcher::{self, LaunchError, Launcher, ProcessGroup};
-use crate::spawn::{spawn, TaskHandle};
 
 /// How long a warm app's pull waits for a message before it is answered "No inputs
 /// available." (the Python app then exits and is restarted; the Rust runner asks again). Long,

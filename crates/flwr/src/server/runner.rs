@@ -138,8 +138,8 @@ pub async fn run_serverapp<L: ServerAppLoader + ?Sized>(
         let mut grid = base.clone();
         let uploader = options.logs.clone().map(|logs| {
             let grid = grid.clone();
-            // Named, aborted below; the only task this crate spawns.
-            tokio::spawn(async move {
+            // Aborted below, once the run is over; the last lines go up after that.
+            flwr_runtime::task::spawn("log-uploader", async move {
                 loop {
                     tokio::time::sleep(LOG_INTERVAL).await;
                     upload(&grid, run_id, &logs).await;

@@ -30,6 +30,8 @@ pub async fn serve(router: tonic::transport::server::Router) -> (SocketAddr, one
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let (stop, stopped) = oneshot::channel::<()>();
+    // Detached on purpose: the server lives until `stop` fires, not until a handle drops.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
