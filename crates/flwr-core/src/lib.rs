@@ -13,6 +13,10 @@
 //!   [`fab::verify_hash`]) and `pyproject.toml` read and validated like the reference's
 //!   `get_fab_config` ([`FabMetadata`]).
 //! - [`hold`]: the metadata of held pulls, a flower-rs extension 1.14 peers ignore.
+//! - [`message`]: `Message` ↔ `TaskIns`/`TaskRes` as the reference's `serde.py` maps them, the
+//!   reply metadata of `create_reply` ([`message::reply_metadata`]) and Flower's error codes
+//!   ([`message::error_code`]).
+//! - [`run`]: run statuses ([`RunStatus`], [`SubStatus`]) and their wire strings.
 
 #![warn(missing_docs)]
 
@@ -20,7 +24,10 @@ pub mod address;
 pub mod config;
 pub mod fab;
 pub mod hold;
+pub mod message;
+pub mod run;
 
 pub use address::{Address, AddressError, Host};
 pub use config::ConfigError;
 pub use fab::{FabError, FabMetadata};
+pub use run::{RunStatus, SubStatus, UnknownRunStatus};

@@ -3,6 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use flwr_core::message::{self as wire, error_code};
 use flwr_proto as proto;
 
 use crate::error::ConversionError;
@@ -24,10 +25,7 @@ pub mod message_type {
 }
 
 /// Time-to-live of ServerApp messages unless the app sets one (seconds).
-pub const DEFAULT_TTL: f64 = 3600.0;
-
-/// A reply may outlive its instruction by this much before its TTL is cut (seconds).
-const TTL_TOLERANCE: f64 = 0.1;
+pub const DEFAULT_TTL: f64 = wire::DEFAULT_TTL;
 
 /// Routing and bookkeeping fields of a message.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -63,19 +61,18 @@ pub struct MessageError {
 
 impl MessageError {
     /// Unknown error.
-    pub const UNKNOWN: i64 = 0;
+    pub const UNKNOWN: i64 = error_code::UNKNOWN;
     /// The ClientApp could not be loaded.
-    pub const LOAD_CLIENT_APP_EXCEPTION: i64 = 1;
+    pub const LOAD_CLIENT_APP_EXCEPTION: i64 = error_code::LOAD_CLIENT_APP_EXCEPTION;
     /// The ClientApp failed while handling the message.
-    pub const CLIENT_APP_RAISED_EXCEPTION: i64 = 2;
+    pub const CLIENT_APP_RAISED_EXCEPTION: i64 = error_code::CLIENT_APP_RAISED_EXCEPTION;
     /// The instruction expired or is unknown.
-    pub const MESSAGE_UNAVAILABLE: i64 = 3;
+    pub const MESSAGE_UNAVAILABLE: i64 = error_code::MESSAGE_UNAVAILABLE;
     /// The reply expired.
-    pub const REPLY_MESSAGE_UNAVAILABLE: i64 = 4;
+    pub const REPLY_MESSAGE_UNAVAILABLE: i64 = error_code::REPLY_MESSAGE_UNAVAILABLE;
 
     /// The reason text Flower's `flwr-clientapp` reports for a failed load.
-    pub const LOAD_CLIENT_APP_REASON: &'static str =
-        "An exception was raised when attempting to load `ClientApp`";
+    pub const LOAD_CLIENT_APP_REASON: &'static str = wire::LOAD_CLIENT_APP_REASON;
 }
 
 /// Either content or an error; a message always has exactly one.
@@ -123,87 +120,41 @@ impl Message {
         self.reply_at(Payload::Error(error), now())
     }
 
-    /// The reply created at `created_at`: same run, group and type; source and destination
-    /// swapped; `reply_to_message` = this message's id; an empty id; and a TTL that makes the
-    /// reply expire together with this message (BEHAVIOR.md §9.3).
+    /// The reply created at `created_at`, with the metadata of
+    /// [`flwr_core::message::reply_metadata`]: the reply expires together with this message
+    /// (BEHAVIOR.md §9.3).
     pub fn reply_at(&self, payload: Payload, created_at: f64) -> Self {
-        let incoming = &self.metadata;
-        let expires = incoming.created_at + incoming.ttl;
-        let mut ttl = incoming.ttl - (created_at - incoming.created_at);
-        // The reference recomputes the allowed maximum and cuts anything above it; with the
-        // default TTL that is a no-op up to rounding, kept for the same float result.
-        let max_allowed = expires - created_at;
-        if ttl - max_allowed > TTL_TOLERANCE {
-            ttl = max_allowed;
-        }
+        let incoming = proto::Metadata::from(self.metadata.clone());
         Self {
-            metadata: Metadata {
-                run_id: incoming.run_id,
-                message_id: String::new(),
-                src_node_id: incoming.dst_node_id,
-                dst_node_id: incoming.src_node_id,
-                reply_to_message: incoming.message_id.clone(),
-                group_id: incoming.group_id.clone(),
-                ttl,
-                message_type: incoming.message_type.clone(),
-                created_at,
-            },
+            metadata: wire::reply_metadata(&incoming, created_at).into(),
             payload,
         }
     }
 
-    /// The `TaskIns` a ServerApp pushes for this message (BEHAVIOR.md §9.2): producer
-    /// `{0, anonymous}`, consumer `{dst_node_id, not anonymous}`, no task id.
+    /// The `TaskIns` a ServerApp pushes for this message (BEHAVIOR.md §9.2), mapped by
+    /// [`flwr_core::message::task_ins`].
     pub fn into_task_ins(self) -> proto::TaskIns {
-        let metadata = self.metadata;
-        let (recordset, error) = payload_to_proto(self.payload);
-        proto::TaskIns {
-            task_id: String::new(),
-            group_id: metadata.group_id,
-            run_id: metadata.run_id,
-            task: Some(proto::Task {
-                producer: Some(proto::Node {
-                    node_id: 0,
-                    anonymous: true,
-                }),
-                consumer: Some(proto::Node {
-                    node_id: metadata.dst_node_id,
-                    anonymous: false,
-                }),
-                created_at: metadata.created_at,
-                delivered_at: String::new(),
-                pushed_at: 0.0,
-                ttl: metadata.ttl,
-                ancestry: ancestry(metadata.reply_to_message),
-                task_type: metadata.message_type,
-                recordset,
-                error,
-            }),
-        }
+        let (content, error) = payload_to_proto(self.payload);
+        wire::task_ins(wire::Parts {
+            metadata: self.metadata.into(),
+            content,
+            error,
+        })
     }
 
-    /// The message a ServerApp reads from a pulled `TaskRes`.
+    /// The message a ServerApp reads from a pulled `TaskRes`, mapped by
+    /// [`flwr_core::message::from_task_res`].
     ///
     /// # Errors
     ///
     /// [`ConversionError`] if the task is missing or carries neither or both of recordset and
     /// error, or a record is malformed.
     pub fn try_from_task_res(task_res: proto::TaskRes) -> Result<Self, ConversionError> {
-        let task = task_res.task.ok_or(ConversionError::MissingField("task"))?;
-        let metadata = Metadata {
-            run_id: task_res.run_id,
-            message_id: task_res.task_id,
-            src_node_id: task.producer.map_or(0, |n| n.node_id),
-            dst_node_id: task.consumer.map_or(0, |n| n.node_id),
-            reply_to_message: task.ancestry.into_iter().next().unwrap_or_default(),
-            group_id: task_res.group_id,
-            ttl: task.ttl,
-            message_type: task.task_type,
-            created_at: task.created_at,
-        };
+        let parts =
+            wire::from_task_res(task_res).map_err(|_| ConversionError::MissingField("task"))?;
         Ok(Self {
-            metadata,
-            payload: payload_from_proto(task.recordset, task.error)?,
+            metadata: parts.metadata.into(),
+            payload: payload_from_proto(parts.content, parts.error)?,
         })
     }
 }
@@ -213,14 +164,6 @@ pub fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn ancestry(reply_to_message: String) -> Vec<String> {
-    if reply_to_message.is_empty() {
-        Vec::new()
-    } else {
-        vec![reply_to_message]
-    }
 }
 
 fn payload_to_proto(payload: Payload) -> (Option<proto::RecordSet>, Option<proto::Error>) {
