@@ -98,7 +98,12 @@ fn fill(state: &dyn LinkState) -> Fixture {
     let node = nodes[NODES / 2];
     for &other in nodes.iter().filter(|&&id| id != node) {
         let ins = task_ins(background_run, other, now);
-        state.store_task_ins(ins).expect("store").expect("accepted");
+        state
+            .store_task_ins(ins.run_id, vec![ins])
+            .expect("store")
+            .pop()
+            .and_then(Result::ok)
+            .expect("accepted");
     }
     Fixture {
         background_run,
@@ -131,7 +136,12 @@ fn bench_store(c: &mut Criterion, name: &str, state: &dyn LinkState) {
             let now = SystemClock.now();
             for _ in 0..iters {
                 let ins = task_ins(fixture.bench_run, fixture.node, now);
-                state.store_task_ins(ins).expect("store").expect("accepted");
+                state
+                    .store_task_ins(ins.run_id, vec![ins])
+                    .expect("store")
+                    .pop()
+                    .and_then(Result::ok)
+                    .expect("accepted");
             }
             let start = Instant::now();
             for _ in 0..iters {

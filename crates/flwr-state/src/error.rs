@@ -2,8 +2,9 @@
 
 /// Why a [`LinkState`](crate::LinkState) call failed.
 ///
-/// Rejections that the reference reports as a plain `None`/`False` (an invalid TaskIns, an
-/// invalid run status transition) are *not* errors: they are `Ok(None)` / `Ok(false)`.
+/// Rejections that the reference reports as a plain `None`/`False` (an invalid TaskRes, an
+/// invalid run status transition) are *not* errors: they are `Ok(None)` / `Ok(false)`. A
+/// refused TaskIns batch has its own error, [`PushTaskInsError`](crate::task::PushTaskInsError).
 /// Messages are lowercase; the gRPC layer builds the reference's wording itself (for example
 /// `Node <id> not found` for [`StateError::NodeNotFound`]).
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,9 @@
 //!   in `migrations/postgres/`.
 //! - [`lifecycle`]: the sans-IO run status machine: allowed transitions, run guards and their
 //!   `PERMISSION_DENIED` texts, status string constants.
-//! - [`task`]: sans-IO TaskIns/TaskRes rules: validation texts, Python-compatible UUID
-//!   parsing, reply acceptance and the synthetic "message unavailable" replies.
+//! - [`task`]: sans-IO TaskIns/TaskRes rules: validation texts, typed refusals of a TaskIns
+//!   batch ([`TaskInsRejection`], [`TaskInsDropped`]), Python-compatible UUID parsing, reply
+//!   acceptance and the synthetic "message unavailable" replies.
 //! - [`Ffs`]: FAB storage, content-addressed by SHA-256, refusing non-hash names.
 //! - [`Clock`], [`SystemClock`], [`ManualClock`]: injected time; [`isoformat`] formats it
 //!   like Python's `datetime.isoformat()`.
@@ -47,7 +48,7 @@ pub use postgres::PostgresLinkState;
 pub use sqlite::SqliteLinkState;
 pub use task::{
     message_unavailable_reply, parse_task_id, reply_unavailable_reply, validate_task_ins,
-    validate_task_res,
+    validate_task_res, PushTaskInsError, TaskInsDropped, TaskInsRejection,
 };
 
 /// Attempts at drawing an unused random id before giving up.

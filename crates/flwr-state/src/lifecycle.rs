@@ -1,22 +1,12 @@
 //! The run status machine (BEHAVIOR.md §5), sans-IO: which transitions are allowed and which
 //! RPCs a run's status refuses.
 
+use flwr_core::run::RunStatus as Status;
 use flwr_proto::RunStatus;
 
-/// `RunStatus.status` of a run that waits for a ServerApp process.
-pub const PENDING: &str = "pending";
-/// `RunStatus.status` of a run whose inputs a ServerApp process has pulled.
-pub const STARTING: &str = "starting";
-/// `RunStatus.status` of a run whose ServerApp is executing.
-pub const RUNNING: &str = "running";
-/// `RunStatus.status` of a run that ended (see the sub-statuses).
-pub const FINISHED: &str = "finished";
-/// `RunStatus.sub_status` of a run that finished normally.
-pub const COMPLETED: &str = "completed";
-/// `RunStatus.sub_status` of a run that finished with an error.
-pub const FAILED: &str = "failed";
-/// `RunStatus.sub_status` of a run stopped by `flwr stop` (Exec `StopRun`).
-pub const STOPPED: &str = "stopped";
+// The status strings are Flower's, defined once in `flwr_core::run`; re-exported so that the
+// store's callers keep one import.
+pub use flwr_core::run::{COMPLETED, FAILED, FINISHED, PENDING, RUNNING, STARTING, STOPPED};
 
 /// Which run statuses a guarded RPC accepts (BEHAVIOR.md §5.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,23 +57,17 @@ pub fn guard_denial(status: &RunStatus, guard: Guard) -> Option<String> {
 /// sub-status is not validated, but the *current* one must be consistent with its status
 /// (`""` while not finished), so a run that accepted e.g. `starting`/`weird` is stuck.
 pub fn transition_allowed(current: &RunStatus, new: &RunStatus) -> bool {
-    if !sub_status_consistent(current) {
+    // A current status that is not one of Flower's (e.g. `starting`/`weird`) allows nothing.
+    let Ok(current) = Status::from_proto(current) else {
         return false;
-    }
-    match (current.status.as_str(), new.status.as_str()) {
-        (PENDING, STARTING) | (STARTING, RUNNING) | (RUNNING, FINISHED) => true,
-        (PENDING | STARTING, FINISHED) => new.sub_status != COMPLETED,
+    };
+    match (current, new.status.as_str()) {
+        (Status::Pending, STARTING) | (Status::Starting, RUNNING) | (Status::Running, FINISHED) => {
+            true
+        }
+        (Status::Pending | Status::Starting, FINISHED) => new.sub_status != COMPLETED,
         _ => false,
     }
-}
-
-/// Whether `status.sub_status` fits `status.status`: one of completed/failed/stopped when
-/// finished, empty otherwise.
-pub fn sub_status_consistent(status: &RunStatus) -> bool {
-    if status.status == FINISHED {
-        return matches!(status.sub_status.as_str(), COMPLETED | FAILED | STOPPED);
-    }
-    status.sub_status.is_empty()
 }
 
 /// Which `Run` timestamp an accepted transition to `status` stamps (`starting_at`,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRes};
 
+use crate::task::{PushTaskInsError, TaskInsDropped};
 use crate::StateError;
 
 /// The SuperLink's state store (BEHAVIOR.md §4–§8, AUTH.md §7–§8).
@@ -52,14 +53,26 @@ pub trait LinkState: Send + Sync + fmt::Debug {
 
     // ----- tasks -----
 
-    /// Validates and stores a TaskIns from the ServerApp; returns its new task id (UUID4,
-    /// canonical lowercase), or `Ok(None)` if it was rejected.
+    /// Validates and stores the TaskIns a ServerApp pushed for `run_id` (one `PushTaskIns`);
+    /// returns, in order, each one's new task id (UUID4, canonical lowercase) or why it was
+    /// dropped.
     ///
-    /// The store overwrites `task.pushed_at` with now, then rejects when [§6.1
-    /// validation](crate::validate_task_ins) fails, the run does not exist, or the consumer
-    /// is a named node that is not registered (online or not). On success the stored TaskIns
-    /// carries the new `task_id`. Run guards (§5.3) and the `run_id` match are the handler's.
-    fn store_task_ins(&self, task_ins: TaskIns) -> Result<Option<String>, StateError>;
+    /// The store overwrites every `task.pushed_at` with its clock's now, then refuses the whole
+    /// batch when it is empty, or any TaskIns fails [§6.1 validation](crate::validate_task_ins)
+    /// or names another run. Of an accepted batch, a TaskIns whose run does not exist, or whose
+    /// consumer is a named node that is not registered (online or not), is dropped
+    /// ([`TaskInsDropped`]). A stored TaskIns carries its new `task_id`. Run guards (§5.3) are
+    /// the handler's.
+    ///
+    /// # Errors
+    ///
+    /// [`PushTaskInsError::Rejected`] with the reason, nothing stored; or
+    /// [`PushTaskInsError::State`].
+    fn store_task_ins(
+        &self,
+        run_id: u64,
+        task_ins_list: Vec<TaskIns>,
+    ) -> Result<Vec<Result<String, TaskInsDropped>>, PushTaskInsError>;
 
     /// Up to `limit` undelivered, unexpired TaskIns for a consumer, oldest first; `None` asks
     /// for TaskIns addressed to anonymous consumers.

@@ -12,8 +12,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
 use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
-    accept_task_ins, accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
+    accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
     message_unavailable_reply, parse_task_id, reply_fits_instruction, reply_unavailable_reply,
+    store_task_ins_batch, PushTaskInsError, TaskInsDropped,
 };
 use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
 
@@ -261,11 +262,10 @@ fn delete_pair(tx: &Transaction<'_>, task_id: &str) -> Result<(), StateError> {
     Ok(())
 }
 
-impl LinkState for SqliteLinkState {
-    fn store_task_ins(&self, mut task_ins: TaskIns) -> Result<Option<String>, StateError> {
-        if !accept_task_ins(&mut task_ins, self.clock.now()) {
-            return Ok(None);
-        }
+impl SqliteLinkState {
+    /// Stores one accepted TaskIns ([`store_task_ins_batch`] validated it); `None` when its run
+    /// or named consumer is unknown.
+    fn insert_task_ins(&self, mut task_ins: TaskIns) -> Result<Option<String>, StateError> {
         let Some(consumer) = task_ins.task.as_ref().and_then(|task| task.consumer) else {
             return Ok(None);
         };
@@ -297,6 +297,19 @@ impl LinkState for SqliteLinkState {
         ])?;
         tx.commit()?;
         Ok(Some(task_id))
+    }
+}
+
+impl LinkState for SqliteLinkState {
+    fn store_task_ins(
+        &self,
+        run_id: u64,
+        task_ins_list: Vec<TaskIns>,
+    ) -> Result<Vec<Result<String, TaskInsDropped>>, PushTaskInsError> {
+        let now = self.clock.now();
+        store_task_ins_batch(run_id, task_ins_list, now, |task_ins| {
+            self.insert_task_ins(task_ins)
+        })
     }
 
     fn task_ins_for_node(

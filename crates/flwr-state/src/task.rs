@@ -9,28 +9,61 @@ use crate::StateError;
 /// No task may claim to be older than 2024-03-27T00:00:00Z (unix seconds).
 pub const MIN_TIMESTAMP: f64 = 1_711_497_600.0;
 
-/// How long (seconds) a reply may outlive its instruction.
-pub const REPLY_TTL_TOLERANCE: f64 = 0.1;
+pub use flwr_core::message::error_code::{MESSAGE_UNAVAILABLE, REPLY_MESSAGE_UNAVAILABLE};
+pub use flwr_core::message::{
+    MESSAGE_UNAVAILABLE_REASON, REPLY_MESSAGE_UNAVAILABLE_REASON, REPLY_TTL_TOLERANCE,
+};
 
-/// `Error.code` of the synthetic reply for an unknown or expired TaskIns.
-pub const MESSAGE_UNAVAILABLE: i64 = 3;
+/// Why a store refused a whole `PushTaskIns` batch; none of it was stored.
+///
+/// The texts are the reference's; the ServerAppIo handler sends them as
+/// `Malformed PushTaskInsRequest: <text>`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskInsRejection {
+    /// The batch is empty.
+    #[error("`task_ins_list` must not be empty")]
+    Empty,
+    /// A TaskIns fails validation (BEHAVIOR.md §6.1): its problems, in order.
+    #[error("{}", .0.join(", "))]
+    Invalid(Vec<String>),
+    /// A TaskIns belongs to another run than the request.
+    #[error("`task_ins` has mismatched `run_id`")]
+    MismatchedRunId,
+}
 
-/// `Error.code` of the synthetic reply for an expired TaskRes.
-pub const REPLY_MESSAGE_UNAVAILABLE: i64 = 4;
+/// Why a store dropped one TaskIns of an accepted batch; the response carries an empty id for
+/// it, as the reference's `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskInsDropped {
+    /// The run is unknown, or the TaskIns is for a named node that is not registered (the
+    /// reference's `Invalid run ID` and `Invalid destination node ID`).
+    #[error("run {run_id} or destination node {node_id} not found")]
+    NotFound {
+        /// The TaskIns's run.
+        run_id: u64,
+        /// Its consumer's node id (0: anonymous).
+        node_id: u64,
+    },
+}
 
-/// `Error.reason` of the synthetic reply for an unknown or expired TaskIns.
-pub const MESSAGE_UNAVAILABLE_REASON: &str = "Error: Message Unavailable - The requested message \
-     could not be found in the database. It may have expired due to its TTL or never existed.";
-
-/// `Error.reason` of the synthetic reply for an expired TaskRes.
-pub const REPLY_MESSAGE_UNAVAILABLE_REASON: &str =
-    "Error: Reply Message Unavailable - The reply message has expired.";
+/// Why [`LinkState::store_task_ins`](crate::LinkState::store_task_ins) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushTaskInsError {
+    /// The batch was refused as a whole.
+    #[error(transparent)]
+    Rejected(#[from] TaskInsRejection),
+    /// The store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 /// The problems that make a TaskIns invalid (BEHAVIOR.md §6.1); empty means valid.
 ///
-/// Checks `task.pushed_at` as given: the ServerAppIo handler sets it to `now` before calling
-/// this (the stores set it themselves before validating). `now` is unix seconds. The gRPC layer
-/// comma-joins the texts into `Malformed PushTaskInsRequest: <errors>`.
+/// Checks `task.pushed_at` as given: the stores set it to `now` before validating. `now` is unix
+/// seconds. [`TaskInsRejection::Invalid`] comma-joins the texts.
 pub fn validate_task_ins(task_ins: &TaskIns, now: f64) -> Vec<String> {
     let mut errors = Vec::new();
     let Some(task) = &task_ins.task else {
@@ -119,12 +152,52 @@ fn check_node(role: &str, node: &Node, errors: &mut Vec<String>) {
     }
 }
 
-/// Stamps `pushed_at = now` (BEHAVIOR.md §6.1) and validates; whether the TaskIns may be stored.
-pub fn accept_task_ins(task_ins: &mut TaskIns, now: f64) -> bool {
-    if let Some(task) = task_ins.task.as_mut() {
-        task.pushed_at = now;
+/// Stores a `PushTaskIns` batch for `run_id` the way the reference's handler and store do
+/// together: stamps every `pushed_at` with `now` (BEHAVIOR.md §6.1), refuses the whole batch if
+/// it is empty or any TaskIns is invalid or of another run, then hands each TaskIns to `insert`
+/// in order. `insert` checks the run and the consumer and returns the new id, or `None` when
+/// either is unknown.
+///
+/// # Errors
+///
+/// [`PushTaskInsError::Rejected`] before anything is stored; [`PushTaskInsError::State`] when
+/// `insert` fails (the TaskIns before it stay stored).
+pub(crate) fn store_task_ins_batch(
+    run_id: u64,
+    mut task_ins_list: Vec<TaskIns>,
+    now: f64,
+    mut insert: impl FnMut(TaskIns) -> Result<Option<String>, StateError>,
+) -> Result<Vec<Result<String, TaskInsDropped>>, PushTaskInsError> {
+    for task_ins in &mut task_ins_list {
+        if let Some(task) = task_ins.task.as_mut() {
+            task.pushed_at = now;
+        }
     }
-    validate_task_ins(task_ins, now).is_empty()
+    if task_ins_list.is_empty() {
+        return Err(TaskInsRejection::Empty.into());
+    }
+    for task_ins in &task_ins_list {
+        let errors = validate_task_ins(task_ins, now);
+        if !errors.is_empty() {
+            return Err(TaskInsRejection::Invalid(errors).into());
+        }
+        if task_ins.run_id != run_id {
+            return Err(TaskInsRejection::MismatchedRunId.into());
+        }
+    }
+    let mut outcomes = Vec::with_capacity(task_ins_list.len());
+    for task_ins in task_ins_list {
+        let dropped = TaskInsDropped::NotFound {
+            run_id: task_ins.run_id,
+            node_id: task_ins
+                .task
+                .as_ref()
+                .and_then(|task| task.consumer)
+                .map_or(0, |node| node.node_id),
+        };
+        outcomes.push(insert(task_ins)?.ok_or(dropped));
+    }
+    Ok(outcomes)
 }
 
 /// Stamps `pushed_at = now`, validates (BEHAVIOR.md §6.2 step 1) and parses the instruction id

@@ -15,7 +15,8 @@ use flwr_state::task::{
 };
 use flwr_state::{
     guard_denial, isoformat, Clock, Guard, InMemoryLinkState, LinkState, ManualClock, NodeCounts,
-    PostgresLinkState, SqliteLinkState, StateError, TaskCounts,
+    PostgresLinkState, PushTaskInsError, SqliteLinkState, StateError, TaskCounts, TaskInsDropped,
+    TaskInsRejection,
 };
 
 /// The injected clock the stories drive.
@@ -31,6 +32,23 @@ fn status(status: &str, sub_status: &str) -> RunStatus {
         status: status.to_owned(),
         sub_status: sub_status.to_owned(),
         details: String::new(),
+    }
+}
+
+/// One TaskIns pushed on its own, answered as the reference's `store_task_ins`: its id, or
+/// `None` when it was refused or dropped.
+trait StoreOne {
+    fn store_one(&self, task_ins: TaskIns) -> Result<Option<String>, StateError>;
+}
+
+impl<S: LinkState + ?Sized> StoreOne for S {
+    fn store_one(&self, task_ins: TaskIns) -> Result<Option<String>, StateError> {
+        match self.store_task_ins(task_ins.run_id, vec![task_ins]) {
+            Ok(mut outcomes) => Ok(outcomes.pop().and_then(Result::ok)),
+            Err(PushTaskInsError::Rejected(_)) => Ok(None),
+            Err(PushTaskInsError::State(error)) => Err(error),
+            Err(error) => panic!("unexpected {error}"),
+        }
     }
 }
 
@@ -279,13 +297,13 @@ fn story_many_nodes(state: &dyn LinkState, clock: &TestClock) {
     let mut queued = HashMap::new();
     for (i, node_id) in nodes.iter().enumerate().take(100) {
         let id = state
-            .store_task_ins(task_ins(run_id, *node_id, now, 600.0))
+            .store_one(task_ins(run_id, *node_id, now, 600.0))
             .unwrap()
             .unwrap();
         queued.insert(id, i);
     }
     let second = state
-        .store_task_ins(task_ins(run_id, nodes[7], now, 600.0))
+        .store_one(task_ins(run_id, nodes[7], now, 600.0))
         .unwrap()
         .unwrap();
     let pulled = state.task_ins_for_node(Some(nodes[7]), 5).unwrap();
@@ -326,7 +344,7 @@ fn story_task_roundtrip(state: &dyn LinkState, clock: &TestClock) {
     let run_id = running_run(state);
     let node_id = state.create_node(30.0, None).unwrap();
     let ins_id = state
-        .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        .store_one(task_ins(run_id, node_id, T0, 3600.0))
         .unwrap()
         .unwrap();
     let pulled = state.task_ins_for_node(Some(node_id), 1).unwrap();
@@ -362,11 +380,11 @@ fn story_replies_pending(state: &dyn LinkState, clock: &TestClock) {
     let run_id = running_run(state);
     let node_id = state.create_node(30.0, None).unwrap();
     let first = state
-        .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        .store_one(task_ins(run_id, node_id, T0, 3600.0))
         .unwrap()
         .unwrap();
     let second = state
-        .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        .store_one(task_ins(run_id, node_id, T0, 3600.0))
         .unwrap()
         .unwrap();
     let asked = [
@@ -605,7 +623,7 @@ fn story_task_ins_validation(state: &dyn LinkState, clock: &TestClock) {
     let reject = |mutate: &dyn Fn(&mut TaskIns)| {
         let mut ins = valid.clone();
         mutate(&mut ins);
-        assert_eq!(state.store_task_ins(ins.clone()).unwrap(), None, "{ins:?}");
+        assert_eq!(state.store_one(ins.clone()).unwrap(), None, "{ins:?}");
     };
     reject(&|ins| ins.task_id = "already".to_owned());
     reject(&|ins| ins.task = None);
@@ -651,15 +669,15 @@ fn story_task_ins_validation(state: &dyn LinkState, clock: &TestClock) {
         code: 1,
         reason: "r".to_owned(),
     });
-    let error_id = state.store_task_ins(with_error).unwrap().unwrap();
+    let error_id = state.store_one(with_error).unwrap().unwrap();
     assert!(state
-        .store_task_ins(task_ins(run_id, 0, T0, 60.0))
+        .store_one(task_ins(run_id, 0, T0, 60.0))
         .unwrap()
         .is_some());
     clock.advance(31.0);
     assert!(state.online_nodes(run_id).unwrap().is_empty());
     let ok = state
-        .store_task_ins(task_ins(run_id, node_id, T0 + 31.0, 60.0))
+        .store_one(task_ins(run_id, node_id, T0 + 31.0, 60.0))
         .unwrap();
     assert!(ok.is_some());
     assert_eq!(state.task_counts().unwrap().task_ins, 3);
@@ -673,29 +691,81 @@ fn story_task_ins_validation(state: &dyn LinkState, clock: &TestClock) {
     assert!(task.ancestry.is_empty());
 }
 
+fn story_task_ins_batch(state: &dyn LinkState, clock: &TestClock) {
+    let run_id = running_run(state);
+    let node_id = state.create_node(30.0, None).unwrap();
+    let valid = task_ins(run_id, node_id, T0, 60.0);
+    let rejected = |list: Vec<TaskIns>| match state.store_task_ins(run_id, list) {
+        Err(PushTaskInsError::Rejected(reason)) => reason,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(rejected(Vec::new()), TaskInsRejection::Empty);
+    // One bad TaskIns refuses the whole batch, with the reasons, and stores nothing.
+    let mut expired = valid.clone();
+    task_mut(&mut expired).created_at = T0 - 60.0;
+    task_mut(&mut expired).task_type = String::new();
+    assert_eq!(
+        rejected(vec![valid.clone(), expired]).to_string(),
+        "task has already expired, `task_type` must not be empty"
+    );
+    let mut other_run = valid.clone();
+    other_run.run_id = run_id.wrapping_add(1);
+    assert_eq!(
+        rejected(vec![valid.clone(), other_run]),
+        TaskInsRejection::MismatchedRunId
+    );
+    assert_eq!(state.task_counts().unwrap(), TaskCounts::default());
+
+    // An accepted batch stores in order; an unknown consumer is dropped on its own.
+    let unknown = node_id.wrapping_add(1);
+    let outcomes = state
+        .store_task_ins(
+            run_id,
+            vec![valid.clone(), task_ins(run_id, unknown, T0, 60.0), valid],
+        )
+        .unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes[0].as_ref().is_ok_and(|id| uuid_like_ok(id)));
+    assert_eq!(
+        outcomes[1],
+        Err(TaskInsDropped::NotFound {
+            run_id,
+            node_id: unknown
+        })
+    );
+    assert!(outcomes[2].is_ok());
+    // Stamped with the store's clock.
+    clock.advance(1.0);
+    let pulled = state.task_ins_for_node(Some(node_id), 10).unwrap();
+    assert_eq!(pulled.len(), 2);
+    assert!(pulled
+        .iter()
+        .all(|ins| ins.task.as_ref().is_some_and(|task| task.pushed_at == T0)));
+}
+
 fn story_task_ins_delivery(state: &dyn LinkState, clock: &TestClock) {
     let run_id = running_run(state);
     let a = state.create_node(30.0, None).unwrap();
     let b = state.create_node(30.0, None).unwrap();
     let a1 = state
-        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .store_one(task_ins(run_id, a, T0, 100.0))
         .unwrap()
         .unwrap();
     clock.advance(1.0);
     let _short = state
-        .store_task_ins(task_ins(run_id, a, T0, 10.0))
+        .store_one(task_ins(run_id, a, T0, 10.0))
         .unwrap()
         .unwrap();
     let a3 = state
-        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .store_one(task_ins(run_id, a, T0, 100.0))
         .unwrap()
         .unwrap();
     let b1 = state
-        .store_task_ins(task_ins(run_id, b, T0, 100.0))
+        .store_one(task_ins(run_id, b, T0, 100.0))
         .unwrap()
         .unwrap();
     let anon = state
-        .store_task_ins(task_ins(run_id, 0, T0, 100.0))
+        .store_one(task_ins(run_id, 0, T0, 100.0))
         .unwrap()
         .unwrap();
     let ids = |tasks: Vec<TaskIns>| tasks.into_iter().map(|t| t.task_id).collect::<Vec<_>>();
@@ -728,7 +798,7 @@ fn story_task_res_validation(state: &dyn LinkState, clock: &TestClock) {
     let a = state.create_node(30.0, None).unwrap();
     let b = state.create_node(30.0, None).unwrap();
     let ins_id = state
-        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .store_one(task_ins(run_id, a, T0, 100.0))
         .unwrap()
         .unwrap();
     clock.advance(10.0);
@@ -792,7 +862,7 @@ fn story_task_res_anonymous(state: &dyn LinkState, _clock: &TestClock) {
     // A TaskIns for an anonymous consumer accepts a reply from any named node.
     let run_id = running_run(state);
     let ins_id = state
-        .store_task_ins(task_ins(run_id, 0, T0, 100.0))
+        .store_one(task_ins(run_id, 0, T0, 100.0))
         .unwrap()
         .unwrap();
     let res = task_res(run_id, 42, &ins_id, T0, 100.0);
@@ -803,7 +873,7 @@ fn story_task_res_replaces_duplicate(state: &dyn LinkState, clock: &TestClock) {
     let run_id = running_run(state);
     let a = state.create_node(30.0, None).unwrap();
     let ins_id = state
-        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .store_one(task_ins(run_id, a, T0, 100.0))
         .unwrap()
         .unwrap();
     clock.advance(1.0);
@@ -832,11 +902,11 @@ fn story_task_res_synthetic_replies(state: &dyn LinkState, clock: &TestClock) {
     let a = state.create_node(30.0, None).unwrap();
     let mut ins = task_ins(run_id, a, T0, 100.0);
     ins.group_id = "round-3".to_owned();
-    let waiting = state.store_task_ins(ins.clone()).unwrap().unwrap();
-    let expiring_reply = state.store_task_ins(ins.clone()).unwrap().unwrap();
+    let waiting = state.store_one(ins.clone()).unwrap().unwrap();
+    let expiring_reply = state.store_one(ins.clone()).unwrap().unwrap();
     let mut short = ins.clone();
     task_mut(&mut short).ttl = 5.0;
-    let short_id = state.store_task_ins(short).unwrap().unwrap();
+    let short_id = state.store_one(short).unwrap().unwrap();
     clock.advance(1.0);
     state
         .store_task_res(task_res(run_id, a, &expiring_reply, T0 + 1.0, 2.0))
@@ -922,7 +992,7 @@ fn story_error_reply_round_trip(state: &dyn LinkState, _clock: &TestClock) {
     let run_id = running_run(state);
     let a = state.create_node(30.0, None).unwrap();
     let ins_id = state
-        .store_task_ins(task_ins(run_id, a, T0, 100.0))
+        .store_one(task_ins(run_id, a, T0, 100.0))
         .unwrap()
         .unwrap();
     let mut res = task_res(run_id, a, &ins_id, T0, 100.0);
@@ -945,7 +1015,7 @@ fn story_delete_tasks_of_run(state: &dyn LinkState, _clock: &TestClock) {
     let stop = running_run(state);
     let a = state.create_node(30.0, None).unwrap();
     let kept = state
-        .store_task_ins(task_ins(keep, a, T0, 100.0))
+        .store_one(task_ins(keep, a, T0, 100.0))
         .unwrap()
         .unwrap();
     state
@@ -954,7 +1024,7 @@ fn story_delete_tasks_of_run(state: &dyn LinkState, _clock: &TestClock) {
         .unwrap();
     for _ in 0..3 {
         let id = state
-            .store_task_ins(task_ins(stop, a, T0, 100.0))
+            .store_one(task_ins(stop, a, T0, 100.0))
             .unwrap()
             .unwrap();
         state
@@ -963,7 +1033,7 @@ fn story_delete_tasks_of_run(state: &dyn LinkState, _clock: &TestClock) {
             .unwrap();
     }
     state
-        .store_task_ins(task_ins(stop, 0, T0, 100.0))
+        .store_one(task_ins(stop, 0, T0, 100.0))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -1142,6 +1212,7 @@ conformance!(
     story_node_key_binding,
     story_task_roundtrip,
     story_task_ins_validation,
+    story_task_ins_batch,
     story_task_ins_delivery,
     story_task_res_validation,
     story_task_res_anonymous,
@@ -1197,11 +1268,11 @@ fn in_memory_identical_task_ins_content_is_stored_once() {
     };
     let ids: Vec<String> = nodes
         .iter()
-        .map(|&node_id| state.store_task_ins(with_model(node_id)).unwrap().unwrap())
+        .map(|&node_id| state.store_one(with_model(node_id)).unwrap().unwrap())
         .collect();
     assert_eq!(state.distinct_record_sets(), 1, "four TaskIns, one model");
     let other = state
-        .store_task_ins(task_ins(run_id, nodes[0], T0, 3600.0))
+        .store_one(task_ins(run_id, nodes[0], T0, 3600.0))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -1261,7 +1332,7 @@ fn sqlite_restart_keeps_state() {
         let node_id = state.create_node(30.0, Some(&key)).unwrap();
         let live = running_run(&state);
         let ins_id = state
-            .store_task_ins(task_ins(live, node_id, T0, 100.0))
+            .store_one(task_ins(live, node_id, T0, 100.0))
             .unwrap()
             .unwrap();
         (finished, pending, node_id, ins_id, state.runs().unwrap())
@@ -1358,7 +1429,7 @@ fn postgres_delivers_each_task_ins_exactly_once_across_replicas() {
         .map(|_| {
             let store: &dyn LinkState = if rand_bit() { &one } else { &two };
             store
-                .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+                .store_one(task_ins(run_id, node_id, T0, 3600.0))
                 .unwrap()
                 .unwrap()
         })
@@ -1546,14 +1617,14 @@ fn postgres_take_over_resets_runs_whose_launcher_died() {
     assert!(one.update_run_status(orphan, status(STARTING, "")).unwrap());
     assert!(one.update_run_status(orphan, status(RUNNING, "")).unwrap());
     let ins_id = one
-        .store_task_ins(task_ins(orphan, node_id, T0, 3600.0))
+        .store_one(task_ins(orphan, node_id, T0, 3600.0))
         .unwrap()
         .unwrap();
     assert_eq!(one.task_ins_for_node(Some(node_id), 5).unwrap().len(), 1);
     one.store_task_res(task_res(orphan, node_id, &ins_id, T0 + 1.0, 3599.0))
         .unwrap()
         .unwrap();
-    one.store_task_ins(task_ins(orphan, node_id, T0, 3600.0))
+    one.store_one(task_ins(orphan, node_id, T0, 3600.0))
         .unwrap()
         .unwrap();
 
@@ -1562,7 +1633,7 @@ fn postgres_take_over_resets_runs_whose_launcher_died() {
     assert_eq!(one.claim_pending_run(lease).unwrap(), Some(live));
     assert!(one.update_run_status(live, status(STARTING, "")).unwrap());
     assert!(one.update_run_status(live, status(RUNNING, "")).unwrap());
-    one.store_task_ins(task_ins(live, node_id, T0, 3600.0))
+    one.store_one(task_ins(live, node_id, T0, 3600.0))
         .unwrap()
         .unwrap();
     // `unleased`: running without ever being claimed (a single-process launcher's run).
@@ -1663,11 +1734,11 @@ fn postgres_watch_hears_changes_made_through_another_replica() {
     assert!(two.update_run_status(run_id, status(RUNNING, "")).unwrap());
     let node_id = two.create_node(30.0, None).unwrap();
     let ins_id = two
-        .store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        .store_one(task_ins(run_id, node_id, T0, 3600.0))
         .unwrap()
         .unwrap();
     expect(Change::NodeTasks(Some(node_id)));
-    two.store_task_ins(task_ins(run_id, 0, T0, 3600.0))
+    two.store_one(task_ins(run_id, 0, T0, 3600.0))
         .unwrap()
         .unwrap();
     expect(Change::NodeTasks(None));
@@ -1681,7 +1752,7 @@ fn postgres_watch_hears_changes_made_through_another_replica() {
     expect(Change::NodeTasks(Some(node_id)));
     // A rejected write notifies nobody: nothing but the next change arrives.
     assert_eq!(
-        two.store_task_ins(task_ins(run_id, node_id, T0, 3600.0))
+        two.store_one(task_ins(run_id, node_id, T0, 3600.0))
             .unwrap(),
         None
     );

@@ -75,8 +75,9 @@ use crate::link_state::{
     Change, ChangeSink, FabStore, NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON,
 };
 use crate::task::{
-    accept_task_ins, accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
+    accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
     message_unavailable_reply, parse_task_id, reply_fits_instruction, reply_unavailable_reply,
+    store_task_ins_batch, PushTaskInsError, TaskInsDropped,
 };
 use crate::{isoformat, Clock, LinkState, StateError, ID_ATTEMPTS};
 
@@ -758,31 +759,10 @@ impl PostgresLinkState {
     }
 }
 
-impl LinkState for PostgresLinkState {
-    fn shared(&self) -> bool {
-        true
-    }
-
-    fn watch(&self, sink: ChangeSink) -> Result<(), StateError> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| StateError::Postgres("the store is shut down".to_owned()))?;
-        // The first subscription is made before returning, so every change committed after
-        // `watch` returns is heard; each call gets its own listening connection.
-        let first = runtime
-            .block_on(listen::subscribe(&self.config, sink.clone()))
-            .map_err(|err| {
-                StateError::Postgres(format!("cannot listen on {}: {}", self.target, chain(&err)))
-            })?;
-        runtime.spawn(listen::keep_listening(self.config.clone(), sink, first));
-        Ok(())
-    }
-
-    fn store_task_ins(&self, mut task_ins: TaskIns) -> Result<Option<String>, StateError> {
-        if !accept_task_ins(&mut task_ins, self.clock.now()) {
-            return Ok(None);
-        }
+impl PostgresLinkState {
+    /// Stores one accepted TaskIns ([`store_task_ins_batch`] validated it); `None` when its run
+    /// or named consumer is unknown.
+    fn insert_task_ins(&self, mut task_ins: TaskIns) -> Result<Option<String>, StateError> {
         let Some(consumer) = task_ins.task.as_ref().and_then(|task| task.consumer) else {
             return Ok(None);
         };
@@ -817,6 +797,39 @@ impl LinkState for PostgresLinkState {
             .await
         })?;
         Ok((!stored.is_empty()).then_some(task_id))
+    }
+}
+
+impl LinkState for PostgresLinkState {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn watch(&self, sink: ChangeSink) -> Result<(), StateError> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| StateError::Postgres("the store is shut down".to_owned()))?;
+        // The first subscription is made before returning, so every change committed after
+        // `watch` returns is heard; each call gets its own listening connection.
+        let first = runtime
+            .block_on(listen::subscribe(&self.config, sink.clone()))
+            .map_err(|err| {
+                StateError::Postgres(format!("cannot listen on {}: {}", self.target, chain(&err)))
+            })?;
+        runtime.spawn(listen::keep_listening(self.config.clone(), sink, first));
+        Ok(())
+    }
+
+    fn store_task_ins(
+        &self,
+        run_id: u64,
+        task_ins_list: Vec<TaskIns>,
+    ) -> Result<Vec<Result<String, TaskInsDropped>>, PushTaskInsError> {
+        let now = self.clock.now();
+        store_task_ins_batch(run_id, task_ins_list, now, |task_ins| {
+            self.insert_task_ins(task_ins)
+        })
     }
 
     fn task_ins_for_node(

@@ -16,14 +16,14 @@ use flwr_proto::{
     PushTaskInsResponse, RunStatus, UpdateRunStatusRequest, UpdateRunStatusResponse,
 };
 use flwr_state::lifecycle::{FINISHED, STARTING};
-use flwr_state::{validate_task_ins, Guard};
+use flwr_state::{Guard, PushTaskInsError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::service::{
-    fab_content, guarded_run, respond, respond_held, status_of, unix_now, Held, HoldRequest, Stores,
+    fab_content, guarded_run, respond, respond_held, status_of, Held, HoldRequest, Stores,
 };
 use crate::wakeups::{Topic, Wake};
 
@@ -117,47 +117,45 @@ impl ServerAppIoService {
         &self,
         request: PushTaskInsRequest,
     ) -> Result<PushTaskInsResponse, Error> {
-        let malformed =
-            |detail: &str| Error::Unknown(format!("Malformed PushTaskInsRequest: {detail}"));
         let run_id = request.run_id;
-        let mut task_ins_list = request.task_ins_list;
+        let task_ins_list = request.task_ins_list;
         let task_ids = self
             .stores
             .call(move |state, _| {
                 guarded_run(state, run_id, Guard::RequireRunning)?;
-                let now = unix_now();
-                for task_ins in &mut task_ins_list {
-                    if let Some(task) = task_ins.task.as_mut() {
-                        task.pushed_at = now;
+                let consumers: Vec<Option<u64>> = task_ins_list
+                    .iter()
+                    .map(|task_ins| {
+                        task_ins
+                            .task
+                            .as_ref()
+                            .and_then(|task| task.consumer)
+                            .and_then(|node| (!node.anonymous).then_some(node.node_id))
+                    })
+                    .collect();
+                let outcomes = match state.store_task_ins(run_id, task_ins_list) {
+                    Ok(outcomes) => outcomes,
+                    Err(PushTaskInsError::Rejected(reason)) => {
+                        return Err(Error::Unknown(format!(
+                            "Malformed PushTaskInsRequest: {reason}"
+                        )))
+                    }
+                    Err(PushTaskInsError::State(error)) => return Err(error.into()),
+                    Err(error) => return Err(Error::Unknown(error.to_string())),
+                };
+                // The reference answers a dropped TaskIns with an empty id.
+                let mut task_ids = Vec::with_capacity(outcomes.len());
+                let mut woken = Vec::with_capacity(outcomes.len());
+                for (outcome, consumer) in outcomes.into_iter().zip(consumers) {
+                    match outcome {
+                        Ok(task_id) => {
+                            task_ids.push(task_id);
+                            woken.push(consumer);
+                        }
+                        Err(_dropped) => task_ids.push(String::new()),
                     }
                 }
-                if task_ins_list.is_empty() {
-                    return Err(malformed("`task_ins_list` must not be empty"));
-                }
-                for task_ins in &task_ins_list {
-                    let errors = validate_task_ins(task_ins, now);
-                    if !errors.is_empty() {
-                        return Err(malformed(&errors.join(", ")));
-                    }
-                    if task_ins.run_id != run_id {
-                        return Err(malformed("`task_ins` has mismatched `run_id`"));
-                    }
-                }
-                let mut task_ids = Vec::with_capacity(task_ins_list.len());
-                let mut consumers = Vec::with_capacity(task_ins_list.len());
-                for task_ins in task_ins_list {
-                    let consumer = task_ins
-                        .task
-                        .as_ref()
-                        .and_then(|task| task.consumer.as_ref())
-                        .map(|node| (!node.anonymous).then_some(node.node_id));
-                    let task_id = state.store_task_ins(task_ins)?;
-                    if let (Some(_), Some(consumer)) = (&task_id, consumer) {
-                        consumers.push(consumer);
-                    }
-                    task_ids.push(task_id.unwrap_or_default());
-                }
-                Ok((task_ids, consumers))
+                Ok((task_ids, woken))
             })
             .await?;
         let (task_ids, consumers) = task_ids;
