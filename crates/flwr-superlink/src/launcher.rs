@@ -34,12 +34,10 @@ use std::time::Duration;
 
 use flwr_core::Address;
 use flwr_proto::RunStatus;
-use flwr_runtime::process::tie_to_parent;
+use flwr_runtime::process::{self, tie_to_parent, ProcessGroup};
 use flwr_runtime::task::{self, TaskHandle};
 use flwr_state::lifecycle::{FAILED, FINISHED, PENDING, RUNNING, STARTING};
 use flwr_state::LinkState;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -345,10 +343,12 @@ async fn supervise(
     kill: CancellationToken,
     failures: prometheus_client::metrics::counter::Counter,
 ) {
-    let pid = child.id();
+    let group = ProcessGroup::of(&child);
     let (status, killed) = tokio::select! {
         status = child.wait() => (status, false),
-        () = kill.cancelled() => (terminate(&mut child, pid).await, true),
+        () = kill.cancelled() => {
+            (process::terminate(&mut child, group, KILL_GRACE).await.status, true)
+        }
     };
     let description = match &status {
         Ok(status) => describe(*status),
@@ -384,25 +384,6 @@ async fn supervise(
         format!("flwr-serverapp {description} before the run finished")
     };
     fail_run(&state, run_id, details).await;
-}
-
-/// SIGTERM to the child's process group, SIGKILL after [`KILL_GRACE`], then reap.
-async fn terminate(child: &mut Child, pid: Option<u32>) -> std::io::Result<ExitStatus> {
-    // `pid` is the process-group id (the child called setpgid(0, 0)); the child is not reaped
-    // yet, so the group id cannot have been reused.
-    let group = pid
-        .and_then(|pid| i32::try_from(pid).ok())
-        .map(Pid::from_raw);
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGTERM);
-    }
-    if let Ok(status) = tokio::time::timeout(KILL_GRACE, child.wait()).await {
-        return status;
-    }
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    child.wait().await
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -471,6 +452,8 @@ mod tests {
 
     use flwr_proto::ConfigsRecord;
     use flwr_state::{InMemoryLinkState, SystemClock};
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
 
     use super::*;
 

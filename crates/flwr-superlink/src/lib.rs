@@ -15,8 +15,7 @@
 //! - [`metrics`]: every metric `--metrics-address` exports, and their scrape-time sources.
 //! - [`server`]: [`SuperLink::bind`] (stores + ports) and [`SuperLink::run`] (serve, drain),
 //!   and [`serve`] which does both; tests pass a oneshot as the shutdown future, the binary
-//!   passes [`signal::shutdown_signal`].
-//! - [`signal`]: SIGINT and SIGTERM.
+//!   passes the first SIGINT or SIGTERM ([`flwr_runtime::signal`]).
 //! - [`wakeups`]: the events per node and per run that end held pulls (`PullTaskIns`,
 //!   `PullTaskRes`) as soon as what they wait for exists.
 
@@ -29,7 +28,6 @@ pub mod launcher;
 pub mod metrics;
 pub mod server;
 pub mod service;
-pub mod signal;
 pub mod wakeups;
 
 pub use config::{Args, Config, ConfigError};

@@ -22,9 +22,8 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use flwr_core::Address;
-use flwr_runtime::process::tie_to_parent;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use flwr_runtime::process::{self, tie_to_parent, GroupGuard, ProcessGroup};
+use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -210,7 +209,7 @@ impl Launcher {
     ///
     /// The parent-death signal follows the forking *thread*: call this from async code on a
     /// runtime worker thread, which lives as long as the runtime, never from `spawn_blocking`.
-    pub(crate) fn spawn(&self, line: &[String]) -> Result<(Child, ProcessGroup), LaunchError> {
+    pub(crate) fn spawn(&self, line: &[String]) -> Result<(Child, GroupGuard), LaunchError> {
         let args: Vec<OsString> = line.iter().skip(1).map(OsString::from).collect();
         let mut command = Command::new(&self.program);
         command.args(&args).kill_on_drop(true);
@@ -222,7 +221,8 @@ impl Launcher {
             program: self.program.to_string_lossy().into_owned(),
             source,
         })?;
-        let group = ProcessGroup::of(&child);
+        // SIGKILLed on drop, so an abandoned run leaves nothing of its group behind.
+        let group = GroupGuard::new(ProcessGroup::of(&child));
         tracing::debug!(pid = child.id(), "started {}", line.join(" "));
         Ok((child, group))
     }
@@ -276,51 +276,14 @@ impl Launcher {
     }
 }
 
-/// SIGTERM to the group, a grace period, then SIGKILL; always reaps the leader.
-pub(crate) async fn stop(child: &mut Child, group: &ProcessGroup) {
-    group.kill(Signal::SIGTERM);
-    if tokio::time::timeout(TERMINATE_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+/// SIGTERM to the group, a grace period, then SIGKILL; always reaps the leader, and takes
+/// whatever the leader left behind in its group.
+pub(crate) async fn stop(child: &mut Child, group: &GroupGuard) {
+    let stopped = process::terminate(child, group.group(), TERMINATE_GRACE).await;
+    if stopped.killed {
         tracing::warn!("ClientApp did not exit {TERMINATE_GRACE:?} after SIGTERM; killing it");
-        group.kill(Signal::SIGKILL);
-        // SIGKILL cannot be ignored, so this wait ends; its error (none expected) changes nothing.
-        let _ = child.wait().await;
     }
     group.kill(Signal::SIGKILL);
-}
-
-/// The child's process group; SIGKILLed on drop so an abandoned run leaves nothing behind.
-#[derive(Debug)]
-pub(crate) struct ProcessGroup(Option<Pid>);
-
-impl ProcessGroup {
-    fn of(child: &Child) -> Self {
-        // `process_group(0)` made the child the leader of a group whose id is its pid.
-        Self(
-            child
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .map(Pid::from_raw),
-        )
-    }
-
-    /// Sends `signal` to every process of the group, if it still exists.
-    pub(crate) fn kill(&self, signal: Signal) {
-        if let Some(pgid) = self.0 {
-            // ESRCH (group already gone) is the normal case after a clean exit.
-            let _ = killpg(pgid, signal);
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        // Dropped mid-wait (the caller's future was cancelled): `kill_on_drop` takes the
-        // leader and tokio reaps it; this takes the rest of the group.
-        self.kill(Signal::SIGKILL);
-    }
 }
 
 #[cfg(test)]

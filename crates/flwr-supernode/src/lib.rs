@@ -21,9 +21,9 @@
 //! - [`warm`]: the long-lived ClientApp process and its supervisor (`--clientapp-lifetime warm`);
 //! - [`metrics`]: what `--metrics-address` exports;
 //! - [`node`]: the connection loop tying it all together ([`run`]);
-//! - [`shutdown`]: the SIGINT and SIGTERM handlers;
 //!
-//! Tasks are spawned only through [`flwr_runtime::task::spawn`].
+//! Tasks are spawned only through [`flwr_runtime::task::spawn`]; the binary stops on the first
+//! SIGINT or SIGTERM ([`flwr_runtime::signal`]).
 
 #![warn(missing_docs)]
 
@@ -39,7 +39,6 @@ pub mod message;
 pub mod metrics;
 pub mod node;
 pub mod node_config;
-pub mod shutdown;
 pub mod signer;
 pub mod warm;
 

@@ -34,6 +34,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_runtime::process::GroupGuard;
 use flwr_runtime::task::{spawn, TaskHandle};
 use nix::sys::signal::Signal;
 use tokio::process::Child;
@@ -42,7 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clientappio::Exchange;
-use crate::launcher::{self, LaunchError, Launcher, ProcessGroup};
+use crate::launcher::{self, LaunchError, Launcher};
 
 /// How long a warm app's pull waits for a message before it is answered "No inputs
 /// available." (the Python app then exits and is restarted; the Rust runner asks again). Long,
@@ -182,7 +183,7 @@ impl WarmApp {
 /// The current process.
 struct Process {
     child: Child,
-    group: ProcessGroup,
+    group: GroupGuard,
     generation: u64,
     pid: u32,
     /// The run it serves, once it was given a message.

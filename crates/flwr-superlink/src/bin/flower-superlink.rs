@@ -37,13 +37,13 @@ fn main() -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let shutdown = flwr_superlink::signal::shutdown_signal()
+        let signals = flwr_runtime::signal::Signals::install()
             .context("installing SIGINT/SIGTERM handlers")?;
         tracing::info!("Starting Flower SuperLink");
         let superlink = SuperLink::bind(config).await?;
         superlink
             .run(async {
-                let signal = shutdown.await;
+                let signal = signals.recv().await;
                 tracing::info!("received {signal}");
             })
             .await?;

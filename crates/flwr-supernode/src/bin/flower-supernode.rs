@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use flwr_supernode::shutdown::Signals;
+use flwr_runtime::signal::Signals;
 use flwr_supernode::Cli;
 
 /// sysexits.h `EX_USAGE`.
