@@ -21,10 +21,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flwr_proto::server_app_io_client::ServerAppIoClient;
 use flwr_proto::{Node, PushTaskInsRequest, RecordSet, Task, TaskIns};
+use flwr_runtime::clock::unix_now;
 use hdrhistogram::Histogram;
 use rand::Rng as _;
 use tokio::sync::Semaphore;
@@ -397,13 +398,6 @@ fn task_ins(run_id: u64, sequence: u64, node_id: u64, ttl: Duration) -> TaskIns 
             error: None,
         }),
     }
-}
-
-/// Unix seconds now, as a ServerApp's `time.time()`.
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 /// The grace after the last push during which deliveries still count: one unheld poll

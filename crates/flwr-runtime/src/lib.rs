@@ -13,13 +13,17 @@
 //! * [`scratch_postgres`]: a throwaway PostgreSQL cluster ([`TempPostgres`]).
 //! * [`task`]: the one spawn helper: named, traced, aborted when its handle drops.
 //! * [`signal`]: SIGINT and SIGTERM.
+//! * [`clock`]: `time.time()` ([`clock::unix_now`]).
+//! * [`home`]: the Flower home directory ([`home::flwr_home`]).
 //! * [`metrics`]: the Prometheus registry, the gRPC request counter and the `/metrics` server.
 //! * [`health`]: `grpc.health.v1.Health`, NOT_SERVING while starting and once stopping.
 //! * [`logging`]: `--log-format text|json`.
 //! * [`RateLimited`]: one log line per interval for events a peer can trigger at will.
 
 pub mod child;
+pub mod clock;
 pub mod health;
+pub mod home;
 pub mod limits;
 pub mod listener;
 pub mod logging;

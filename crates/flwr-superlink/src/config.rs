@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, ValueEnum};
 use flwr_core::{config, Address, AddressError};
 use flwr_proto::scalar;
+use flwr_runtime::home::flwr_home;
 use flwr_runtime::listener::Limits;
 pub use flwr_runtime::logging::LogFormat;
 
@@ -589,7 +590,7 @@ impl Config {
 
         let storage_dir = match args.storage_dir {
             Some(dir) => dir,
-            None => flwr_home().join("superlink").join("ffs"),
+            None => flwr_home(None).join("superlink").join("ffs"),
         };
 
         if args.max_connections == Some(0) {
@@ -756,18 +757,6 @@ fn node_auth_files(args: &Args, tls: bool) -> Result<Option<NodeAuthFiles>, Conf
                 .unwrap_or(DEFAULT_NODE_AUTH_CLOCK_SKEW),
         ),
     }))
-}
-
-/// The Flower home directory (CLI.md §5): `$FLWR_HOME`, else `$XDG_DATA_HOME/.flwr`, else
-/// `$HOME/.flwr`.
-pub fn flwr_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("FLWR_HOME") {
-        return PathBuf::from(home);
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .or_else(|| std::env::var_os("HOME"))
-        .unwrap_or_default();
-    PathBuf::from(base).join(".flwr")
 }
 
 /// Parses `--executor-config` like the reference's `parse_config_args` (BEHAVIOR.md §11.1),

@@ -12,10 +12,10 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use flwr_core::Address;
 use flwr_proto::Scalar;
 
-use crate::backoff::RetryPolicy;
 pub use crate::fleet::Tls;
 use crate::node::Operations;
 use crate::node_config::{self, NodeConfigError};
+use crate::timing::RetryPolicy;
 pub use flwr_runtime::logging::LogFormat;
 
 /// The reference's default for `--superlink` (and `--server`): literally `0.0.0.0:9092`.

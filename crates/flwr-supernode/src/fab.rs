@@ -118,21 +118,6 @@ pub fn install_dir_name(metadata: &FabMetadata, hash: &str) -> String {
     )
 }
 
-/// The Flower home the reference uses: `--flwr-dir` if given, else `$FLWR_HOME`, else
-/// `$XDG_DATA_HOME/.flwr`, else `$HOME/.flwr`.
-pub fn flwr_home(flwr_dir: Option<&Path>) -> PathBuf {
-    if let Some(dir) = flwr_dir {
-        return dir.to_path_buf();
-    }
-    if let Some(home) = std::env::var_os("FLWR_HOME") {
-        return PathBuf::from(home);
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .or_else(|| std::env::var_os("HOME"))
-        .unwrap_or_default();
-    PathBuf::from(base).join(".flwr")
-}
-
 /// Installs the FAB under `<home>/apps/` unless that version is already there; returns the app
 /// directory. The whole archive is checked (see the module docs) before anything is written.
 /// Blocking: call it from a blocking task.

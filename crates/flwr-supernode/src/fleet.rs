@@ -7,7 +7,7 @@
 //! 2. sends it under a per-call deadline ([`Deadlines`]), racing the shutdown token;
 //! 3. on `UNAVAILABLE` (including connection failures) or its own deadline passing, backs off
 //!    per [`RetryPolicy`] and tries again; on `UNAUTHENTICATED` does the same at most
-//!    [`UNAUTHENTICATED_RETRIES`](crate::backoff::UNAUTHENTICATED_RETRIES) times in a row, then gives up with
+//!    [`UNAUTHENTICATED_RETRIES`](crate::timing::UNAUTHENTICATED_RETRIES) times in a row, then gives up with
 //!    [`CallError::Unauthenticated`]; `PERMISSION_DENIED` becomes [`CallError::RunNotRunning`];
 //!    any other status gives up at once ([`CallError::Rejected`]), as the reference does.
 //!
@@ -40,8 +40,8 @@ use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::backoff::{Retry, RetryPolicy, PING_CALL_TIMEOUT, PING_INTERVAL_SECONDS};
 use crate::signer::{RequestSigner, Rpc, SignError};
+use crate::timing::{Retry, RetryPolicy, PING_CALL_TIMEOUT, PING_INTERVAL_SECONDS};
 
 /// How long establishing a TCP (and TLS) connection may take before the attempt counts as
 /// `UNAVAILABLE`.
@@ -163,7 +163,7 @@ pub enum CallError {
         status: Box<Status>,
     },
     /// The SuperLink kept refusing this node's credentials (`UNAUTHENTICATED`), more than
-    /// [`UNAUTHENTICATED_RETRIES`](crate::backoff::UNAUTHENTICATED_RETRIES) times in a row or past the retry limits.
+    /// [`UNAUTHENTICATED_RETRIES`](crate::timing::UNAUTHENTICATED_RETRIES) times in a row or past the retry limits.
     #[error("{rpc}: the SuperLink refused this node {refusals} {} in a row ({}); is the node's public key on its allow-list?", if *refusals == 1 { "time" } else { "times" }, describe(status))]
     Unauthenticated {
         /// The RPC.

@@ -16,8 +16,8 @@ use flwr_proto::Node;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{ping_pause, ping_retry_wait};
 use crate::fleet::{Fleet, PingError};
+use crate::timing::{ping_pause, ping_retry_wait};
 
 /// What the heartbeat tells the node loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

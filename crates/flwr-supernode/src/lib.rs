@@ -9,7 +9,7 @@
 //! - [`cli`]: the `flower-supernode` flags (clap) and their validation into a [`Config`];
 //! - [`node_config`]: `--node-config` from a file or `key=value` pairs (typing and flattening
 //!   are `flwr_core::config`'s);
-//! - [`backoff`]: retry, heartbeat and polling timing as pure functions;
+//! - [`timing`]: retry back-off, heartbeat and idle-poll timing as pure functions;
 //! - [`message`]: `TaskIns` → `Message` → `TaskRes` mapping, reply validation, error replies;
 //! - [`fab`]: FAB installation under the Flower home (hash and metadata are `flwr_core::fab`'s);
 //! - [`signer`]: the seam where node authentication attaches `public-key`/`auth-token`;
@@ -27,7 +27,6 @@
 
 #![warn(missing_docs)]
 
-pub mod backoff;
 mod cache;
 pub mod cli;
 pub mod clientappio;
@@ -40,7 +39,10 @@ pub mod metrics;
 pub mod node;
 pub mod node_config;
 pub mod signer;
+pub mod timing;
 pub mod warm;
 
 pub use cli::{Cli, ClientAppLifetime, Config, ConfigError, Isolation, Tls};
 pub use node::{run, run_operated, run_with_signer, NodeError, Operations};
+// The module's former name, kept so existing `flwr_supernode::backoff::RetryPolicy` paths work.
+pub use timing as backoff;

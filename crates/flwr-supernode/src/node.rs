@@ -35,7 +35,6 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::IDLE_POLL;
 use crate::cache::Lru;
 use crate::cli::{ClientAppLifetime, Config, Isolation, NodeAuthMode};
 use crate::clientappio::{self, Exchange, Inputs, Outputs};
@@ -50,6 +49,7 @@ use crate::message::{
 };
 use crate::metrics::NodeMetrics;
 use crate::signer::{NodeAuth, RequestSigner, Unsigned};
+use crate::timing::IDLE_POLL;
 use crate::warm::{self, Exit, Lease, WarmApp};
 
 /// How long the main loop may take to wind down after a shutdown signal (a ClientApp gets
@@ -272,7 +272,7 @@ async fn run_node(
         )
     });
     let mut supernode = SuperNode {
-        flwr_home: fab::flwr_home(config.flwr_dir.as_deref()),
+        flwr_home: flwr_runtime::home::flwr_home(config.flwr_dir.as_deref()),
         config,
         fleet,
         exchange,

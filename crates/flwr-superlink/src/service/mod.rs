@@ -21,6 +21,9 @@ use flwr_state::{guard_denial, Ffs, FfsError, Guard, LinkState};
 use crate::error::Error;
 use crate::wakeups::Wakeups;
 
+// `time.time()` for the services: one clock for the SuperLink, the SuperNode and the generator.
+pub(crate) use flwr_runtime::clock::unix_now;
+
 /// The LinkState, the FAB storage and the events of their changes, shared by all services.
 #[derive(Debug, Clone)]
 pub struct Stores {
@@ -184,13 +187,6 @@ pub(crate) fn respond_held<T>(
         }
     }
     Ok(response)
-}
-
-/// Unix seconds now, as the reference's `time.time()`.
-pub(crate) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 #[cfg(test)]

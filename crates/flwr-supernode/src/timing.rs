@@ -1,5 +1,5 @@
-//! Retry and heartbeat timing as pure functions of attempt counts, elapsed time and injected
-//! randomness (BEHAVIOR.md §2.3, §2.8, §12).
+//! Retry back-off, heartbeat and idle-poll timing as pure functions of attempt counts, elapsed
+//! time and injected randomness (BEHAVIOR.md §2.3, §2.8, §12).
 //!
 //! Nothing here sleeps or reads a clock: callers pass the elapsed time and a uniform sample in
 //! `[0, 1)`, and get back what to do. That keeps the reference's arithmetic testable exactly.
