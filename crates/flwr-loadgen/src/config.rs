@@ -73,7 +73,8 @@ pub struct Args {
     /// Requests in flight in a closed loop [default: 64].
     #[arg(long, value_name = "C")]
     pub concurrency: Option<usize>,
-    /// Bytes of array data in each PushTaskRes (--rpc push).
+    /// Bytes of array data in each PushTaskRes (--rpc push), or of the model and each reply
+    /// (--mode round).
     #[arg(long, value_name = "S")]
     pub payload_bytes: Option<usize>,
     /// Length of the measurement window, after registration.
@@ -127,6 +128,9 @@ pub struct Args {
     /// --rpc push or --mode dispatch: the id of a run that is already running.
     #[arg(long, value_name = "ID")]
     pub run_id: Option<u64>,
+    /// --mode round: rounds to play [default: 3].
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<usize>,
 }
 
 /// How the simulated nodes behave during the measurement window.
@@ -139,6 +143,10 @@ pub enum Mode {
     /// Every node keeps one (held) PullTaskIns outstanding and Pings as a 1.14 SuperNode; the
     /// generator pushes TaskIns at `--rate` and times each until its node has it.
     Dispatch,
+    /// `--rounds` federated rounds: the generator, as the ServerApp, sends every node a model of
+    /// `--payload-bytes` and pulls a reply of that size from each; reports round times and the
+    /// SuperLink's memory (peak, and after the rounds).
+    Round,
 }
 
 impl Mode {
@@ -148,6 +156,7 @@ impl Mode {
             Self::Cadence => "cadence",
             Self::ClosedLoop => "closed-loop",
             Self::Dispatch => "dispatch",
+            Self::Round => "round",
         }
     }
 }
@@ -233,6 +242,15 @@ pub struct Dispatch {
     pub hold: Option<Duration>,
 }
 
+/// What `--mode round` plays, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoundPlan {
+    /// The ServerAppIo API the ServerApp's calls go to (plaintext).
+    pub serverappio: Address,
+    /// Rounds to play.
+    pub rounds: usize,
+}
+
 /// A validated load test.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -270,6 +288,8 @@ pub struct Config {
     pub push_run: Option<PushRun>,
     /// What to push and how to pull (`Some` exactly for `--mode dispatch`).
     pub dispatch: Option<Dispatch>,
+    /// The rounds to play (`Some` exactly for `--mode round`).
+    pub round: Option<RoundPlan>,
     /// Only write the generated keys.
     pub generate_only: bool,
 }
@@ -367,7 +387,22 @@ impl Config {
                 "--rate and --hold apply to --mode dispatch".to_owned(),
             ));
         }
+        if args.mode != Mode::Round && args.rounds.is_some() {
+            return Err(ConfigError::Combination(
+                "--rounds applies to --mode round".to_owned(),
+            ));
+        }
         let (rpc, concurrency, pull_interval) = match args.mode {
+            Mode::Round => {
+                if args.rpc.is_some() || args.concurrency.is_some() || args.pull_interval.is_some()
+                {
+                    return Err(ConfigError::Combination(
+                        "--rpc, --concurrency and --pull-interval do not apply to --mode round"
+                            .to_owned(),
+                    ));
+                }
+                (Rpc::Push, args.nodes, Duration::from_secs(3))
+            }
             Mode::Cadence | Mode::Dispatch => {
                 if args.rpc.is_some() || args.concurrency.is_some() {
                     return Err(ConfigError::Combination(format!(
@@ -408,7 +443,30 @@ impl Config {
                     .map_err(|error| invalid("--serverappio-api-address", &error.to_string()))
             })
             .transpose()?;
+        let mut round = None;
         let (push_run, dispatch) = match (args.mode, rpc) {
+            (Mode::Round, _) => {
+                let Some(serverappio) = serverappio else {
+                    return Err(ConfigError::Combination(
+                        "--mode round plays the ServerApp: pass --serverappio-api-address HOST:PORT"
+                            .to_owned(),
+                    ));
+                };
+                if args.run_id.is_some() {
+                    return Err(ConfigError::Combination(
+                        "--mode round creates its own run: --run-id does not apply".to_owned(),
+                    ));
+                }
+                let rounds = args.rounds.unwrap_or(3);
+                if rounds == 0 || rounds > 1000 {
+                    return Err(invalid("--rounds", "must be between 1 and 1000"));
+                }
+                round = Some(RoundPlan {
+                    serverappio,
+                    rounds,
+                });
+                (None, None)
+            }
             (Mode::Dispatch, _) => {
                 let Some(serverappio) = serverappio else {
                     return Err(ConfigError::Combination(
@@ -473,6 +531,11 @@ impl Config {
             }
         };
         let payload_bytes = match (rpc == Rpc::Push, args.payload_bytes) {
+            (true, None) if args.mode == Mode::Round => {
+                return Err(ConfigError::Combination(
+                    "--mode round needs --payload-bytes (the model's size)".to_owned(),
+                ))
+            }
             (true, bytes) => bytes.unwrap_or(0),
             (false, None) => 0,
             (false, Some(_)) => {
@@ -505,6 +568,7 @@ impl Config {
             registration_timeout,
             push_run,
             dispatch,
+            round,
             generate_only: args.generate_only,
         })
     }
@@ -623,6 +687,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("--payload-bytes"), "{error}");
+    }
+
+    #[test]
+    fn round_needs_a_serverapp_address_and_a_model_size() {
+        let base = ["--no-auth", "--mode", "round"];
+        let error = parse(&base).unwrap_err().to_string();
+        assert!(error.contains("--serverappio-api-address"), "{error}");
+        let with_address = [&base[..], &["--serverappio-api-address", "127.0.0.1:9091"]].concat();
+        let error = parse(&with_address).unwrap_err().to_string();
+        assert!(error.contains("--payload-bytes"), "{error}");
+        let config = parse(
+            &[
+                &with_address[..],
+                &["--payload-bytes", "64", "--rounds", "2"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(config.payload_bytes, 64);
+        assert_eq!(config.round.map(|plan| plan.rounds), Some(2));
+        let error = parse(
+            &[
+                &with_address[..],
+                &["--payload-bytes", "64", "--rounds", "0"],
+            ]
+            .concat(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("--rounds"), "{error}");
+        let error = parse(&["--no-auth", "--rounds", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--mode round"), "{error}");
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub mod push_run;
 mod recorder;
 mod registration;
 pub mod report;
+pub mod round;
 pub mod server;
 pub mod signed;
 
@@ -77,7 +78,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Config, ConfigError, Dispatch, KeySource, Mode, PushRun, Rpc, Tls};
+pub use config::{
+    Args, Config, ConfigError, Dispatch, KeySource, Mode, PushRun, RoundPlan, Rpc, Tls,
+};
 pub use report::Report;
 
 use crate::connection::Connections;
@@ -171,7 +174,13 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         recorder: &recorder,
         probe: probe.as_ref(),
     };
+    let mut rounds = None;
     let (nodes, measured, dispatched) = match (config.mode, &config.dispatch) {
+        (Mode::Round, _) => {
+            let (nodes, measured, played) = phases.rounds().await?;
+            rounds = played;
+            (nodes, measured, None)
+        }
         (Mode::Dispatch, Some(dispatch)) => {
             let (nodes, measured, dispatched) = phases.dispatch(dispatch).await?;
             (nodes, measured, Some(dispatched))
@@ -220,6 +229,7 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
             push_latency,
         ));
     }
+    report.round = rounds;
     if let Some(memory) = memory {
         report.server_rss_mib = Some(memory.rss_kib as f64 / 1024.0);
         report.server_rss_peak_mib = Some(memory.peak_kib as f64 / 1024.0);
@@ -414,6 +424,44 @@ impl Phases<'_> {
         Ok((nodes.len(), measured, Dispatched { tracker, grace }))
     }
 
+    /// Creates a running run, registers the nodes, then plays the rounds of `--mode round`.
+    async fn rounds(&self) -> Result<(usize, Measured, Option<round::RoundReport>), LoadError> {
+        let config = self.config;
+        let Some(plan) = &config.round else {
+            return Ok((0, Measured::default(), None));
+        };
+        let mut serverappio = push_run::connect(&plan.serverappio).await?;
+        let run_id = push_run::start_run(&mut serverappio, "flwr-loadgen/round").await?;
+        let registration_started = Instant::now();
+        let nodes = self
+            .registrar
+            .register_all(
+                config.nodes,
+                config.register_concurrency,
+                registration_started + config.registration_timeout,
+                |_| {},
+            )
+            .await;
+        let registration = registration_started.elapsed();
+        let nodes: Vec<Arc<SimNode>> = nodes.into_iter().map(Arc::new).collect();
+        let cpu_start = self.cpu_micros();
+        let start = Instant::now();
+        let rounds = round::Rounds {
+            client: serverappio,
+            run_id,
+            rounds: plan.rounds,
+            model_bytes: config.payload_bytes,
+        };
+        let report = rounds.run(&nodes, self.probe).await;
+        let measured = Measured {
+            registration,
+            window: start.elapsed(),
+            cpu_start,
+            hard_stopped: false,
+        };
+        Ok((nodes.len(), measured, Some(report)))
+    }
+
     fn cpu_micros(&self) -> Option<u64> {
         self.probe.and_then(|probe| probe.cpu_micros().ok())
     }
@@ -427,7 +475,7 @@ struct Dispatched {
 }
 
 /// Timings of the two phases.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Measured {
     registration: Duration,
     window: Duration,
@@ -525,6 +573,8 @@ fn report(
     let sent: Vec<Call> = match config.mode {
         Mode::Cadence | Mode::Dispatch => vec![Call::Ping, Call::PullTaskIns],
         Mode::ClosedLoop => vec![config.rpc.into()],
+        // Rounds report their own figures.
+        Mode::Round => Vec::new(),
     };
     let by_rpc: BTreeMap<String, RpcReport> = sent
         .iter()
@@ -563,6 +613,7 @@ fn report(
         rpc: match config.mode {
             Mode::Cadence | Mode::Dispatch => "ping+pull".to_owned(),
             Mode::ClosedLoop => config.rpc.as_str().to_owned(),
+            Mode::Round => "round".to_owned(),
         },
         superlink: config.superlink.to_string(),
         tls: config.tls(),
@@ -598,5 +649,6 @@ fn report(
         server_rss_peak_mib: None,
         hard_stopped: measured.hard_stopped,
         dispatch: None,
+        round: None,
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flwr_proto::fleet_client::FleetClient;
-use flwr_proto::{PingRequest, PullTaskInsRequest, TaskIns};
+use flwr_proto::{PingRequest, PullTaskInsRequest, PushTaskResRequest, TaskIns};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -92,6 +92,31 @@ impl SimNode {
     /// Sends one PullTaskIns asking for `hold` (the [`flwr_core::hold::REQUEST_HEADER`] value,
     /// none without), failing with `DEADLINE_EXCEEDED` after `deadline`; a failure is the
     /// [`Outcome`] to record.
+    /// Signs `body` now and sends it: the results map of the answer, or why it failed. For
+    /// bodies that change per call (a round's reply), unlike the prepared `--rpc push`.
+    pub(crate) async fn push_signed(
+        &self,
+        body: PushTaskResRequest,
+    ) -> Result<std::collections::HashMap<String, u32>, String> {
+        let token = match &self.auth {
+            Some(auth) => Some(signed::token(&auth.secret, &body).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let mut request = Request::new(body);
+        signed::attach(
+            &mut request,
+            self.auth.as_ref().map(|auth| &auth.public_key),
+            token.as_ref(),
+        );
+        match self.client.clone().push_task_res(request).await {
+            Ok(response) => Ok(response.into_inner().results),
+            Err(status) => {
+                let status = flwr_proto::transport_status(status);
+                Err(format!("{:?}: {}", status.code(), status.message()))
+            }
+        }
+    }
+
     pub(crate) async fn pull_held(
         &self,
         hold: Option<&MetadataValue<Ascii>>,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use crate::round::RoundReport;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -159,6 +160,9 @@ pub struct Report {
     /// Pushes and deliveries in `--mode dispatch`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<DispatchReport>,
+    /// Rounds, their times and the SuperLink's memory in `--mode round`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<RoundReport>,
 }
 
 impl Report {
@@ -293,6 +297,38 @@ impl fmt::Display for Report {
                     dispatch.held_replies, dispatch.pull_replies
                 ),
             )?;
+        }
+        if let Some(round) = &self.round {
+            let times: Vec<String> = round.round_s.iter().map(|s| format!("{s:.2} s")).collect();
+            row(
+                f,
+                "rounds",
+                format!(
+                    "{} of {} completed, model and replies {} bytes: {}",
+                    round.completed,
+                    round.rounds,
+                    round.model_bytes,
+                    times.join(", ")
+                ),
+            )?;
+            if let (Some(idle), Some(peak), Some(after)) = (
+                round.server_idle_mib,
+                round.server_peak_above_idle_mib,
+                round.server_after_above_idle_mib,
+            ) {
+                row(
+                    f,
+                    "  server rss",
+                    format!(
+                        "idle {idle:.1} MiB, peak {peak:.1} MiB above idle ({:.2}× the model), \
+                         {after:.1} MiB above idle after the rounds",
+                        round.server_peak_models.unwrap_or_default()
+                    ),
+                )?;
+            }
+            if let Some(failure) = &round.failure {
+                row(f, "  failure", failure.clone())?;
+            }
         }
         let errors = if self.errors.is_empty() {
             "0".to_owned()

@@ -1,5 +1,5 @@
 //! `flower-loadgen` against our SuperLink (in-process, TLS): authenticated closed loops of every
-//! RPC, the cadence and dispatch modes, a SuperLink without node authentication, and refused
+//! RPC, the cadence, dispatch and round modes, a SuperLink without node authentication, and refused
 //! keys.
 
 mod common;
@@ -193,6 +193,58 @@ async fn dispatch_delivers_every_pushed_task_ins_to_held_pulls() {
             "no push_latency.{field} in {measured}"
         );
     }
+    superlink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_bring_every_reply_back_and_report_the_superlink_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs(dir.path());
+    let keys = dir.path().join("keys");
+    generate_keys(&keys, 3);
+    let flags = auth_flags(&keys, &keys.join("client_public_keys.csv"));
+    let superlink = OurSuperLink::start(dir.path(), &certs, &flags).await;
+    let output = loadgen_async(args(&[
+        "--superlink",
+        &superlink.fleet,
+        "--root-certificates",
+        certs.ca.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+        "--nodes",
+        "3",
+        "--mode",
+        "round",
+        "--rounds",
+        "2",
+        "--payload-bytes",
+        "100000",
+        "--serverappio-api-address",
+        &superlink.serverappio,
+        "--server-pid",
+        &std::process::id().to_string(),
+        "--json",
+    ]))
+    .await;
+    let measured = report(&output);
+    assert_eq!(measured["mode"], "round");
+    assert_eq!(measured["nodes_connected"], 3);
+    assert_eq!(measured["errors_total"], 0, "{measured}");
+    let round = &measured["round"];
+    assert_eq!(round["completed"], 2, "{measured}");
+    assert!(round.get("failure").is_none(), "{measured}");
+    assert_eq!(
+        round["round_s"].as_array().map(Vec::len),
+        Some(2),
+        "{measured}"
+    );
+    assert_eq!(round["model_bytes"], 100_000, "{measured}");
+    // The SuperLink runs in this process, so the probe reads this process's memory.
+    assert!(round["server_peak_models"].as_f64().is_some(), "{measured}");
+    assert!(
+        round["server_after_above_idle_mib"].as_f64().is_some(),
+        "{measured}"
+    );
     superlink.stop().await;
 }
 
