@@ -114,8 +114,8 @@ impl NumpyApp {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `parent/numpyapp` already exists (`flwr new` would prompt) or files
-    /// cannot be read or written, [`Error::Command`] if `flwr new` fails,
+    /// [`ChildError::Io`] if `parent/numpyapp` already exists (`flwr new` would prompt) or files
+    /// cannot be read or written, [`ChildError::Command`] if `flwr new` fails,
     /// [`Error::Pyproject`] if its pyproject.toml is not what this harness expects.
     pub fn create(venv: &Venv, parent: &Path, federation: &Federation) -> Result<Self> {
         let dir = parent.join(Self::NAME);
@@ -175,7 +175,7 @@ impl NumpyApp {
     /// # Errors
     ///
     /// [`Error::Pyproject`] if the federation name is not a bare TOML key or the result does
-    /// not parse back; [`Error::Io`] on file errors.
+    /// not parse back; [`ChildError::Io`] on file errors.
     pub fn set_federation(&self, federation: &Federation) -> Result<()> {
         self.edit(|text| with_federation(text, federation))
     }
@@ -184,7 +184,7 @@ impl NumpyApp {
     ///
     /// # Errors
     ///
-    /// [`Error::Pyproject`] if the key is not there; [`Error::Io`] on file errors.
+    /// [`Error::Pyproject`] if the key is not there; [`ChildError::Io`] on file errors.
     pub fn set_num_server_rounds(&self, rounds: u32) -> Result<()> {
         self.edit(|text| with_num_server_rounds(text, rounds))
     }

@@ -115,7 +115,7 @@ impl Flwr {
     ///
     /// # Errors
     ///
-    /// [`Error::Command`] if `flwr` reports a failure or prints no run id.
+    /// [`ChildError::Command`] if `flwr` reports a failure or prints no run id.
     pub fn run(&self, app_dir: &Path, federation: &str) -> Result<RunId> {
         let command = self
             .subcommand("run", None, app_dir, federation)
@@ -131,7 +131,7 @@ impl Flwr {
     ///
     /// # Errors
     ///
-    /// [`Error::Command`] if `flwr` reports a failure or prints no run list.
+    /// [`ChildError::Command`] if `flwr` reports a failure or prints no run list.
     pub fn ls(&self, app_dir: &Path, federation: &str) -> Result<Vec<RunInfo>> {
         let command = self
             .subcommand("ls", None, app_dir, federation)
@@ -150,7 +150,7 @@ impl Flwr {
     ///
     /// # Errors
     ///
-    /// [`Error::Command`] if `flwr` exits non-zero or says the run id is invalid.
+    /// [`ChildError::Command`] if `flwr` exits non-zero or says the run id is invalid.
     pub fn log(&self, run_id: RunId, app_dir: &Path, federation: &str) -> Result<String> {
         let command = self
             .subcommand("log", Some(run_id), app_dir, federation)
@@ -174,7 +174,7 @@ impl Flwr {
     ///
     /// # Errors
     ///
-    /// [`Error::Command`] if the run could not be stopped (unknown, already finished, …).
+    /// [`ChildError::Command`] if the run could not be stopped (unknown, already finished, …).
     pub fn stop(&self, run_id: RunId, app_dir: &Path, federation: &str) -> Result<()> {
         let command = self
             .subcommand("stop", Some(run_id), app_dir, federation)
@@ -187,8 +187,8 @@ impl Flwr {
     ///
     /// # Errors
     ///
-    /// [`Error::Command`] if the run reaches a different `finished` status, or an `ls` fails;
-    /// [`Error::Timeout`] (with the last status seen) after `timeout`.
+    /// [`ChildError::Command`] if the run reaches a different `finished` status, or an `ls` fails;
+    /// [`ChildError::Timeout`] (with the last status seen) after `timeout`.
     pub fn wait_for_status(
         &self,
         run_id: RunId,

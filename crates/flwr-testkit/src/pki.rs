@@ -72,8 +72,8 @@ impl Pki {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `openssl` is not on `PATH` or a file cannot be written,
-    /// [`Error::Command`] if a step fails, [`Error::Timeout`] if one hangs.
+    /// [`ChildError::Io`] if `openssl` is not on `PATH` or a file cannot be written,
+    /// [`ChildError::Command`] if a step fails, [`ChildError::Timeout`] if one hangs.
     pub fn generate_with_openssl(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir).map_err(io_error(format!(
             "creating PKI directory {}",
