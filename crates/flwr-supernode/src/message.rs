@@ -1,117 +1,23 @@
-//! `TaskIns` → `Message` → `TaskRes`, the way the reference SuperNode maps them
-//! (BEHAVIOR.md §9, PROTOCOL.md §4.5), plus reply validation and error replies (§2.6, §9.3).
+//! What the SuperNode adds to the shared mapping of `flwr_core::message` (BEHAVIOR.md §9,
+//! PROTOCOL.md §4.5): which pulled instructions it serves, and the checks a ClientApp's reply
+//! must pass before it is sent (§9.3).
 //!
 //! All functions are pure; the current time is an argument.
 
-use flwr_proto::{Error, Message, Metadata, Node, Task, TaskIns, TaskRes};
+use flwr_core::message::{from_task_ins, Parts};
+use flwr_proto::{Message, Metadata, TaskIns};
 
-/// `Error.code` when loading the ClientApp failed.
-pub const LOAD_CLIENT_APP_EXCEPTION: i64 = 1;
-
-/// `Error.code` when the ClientApp (or running it) raised.
-pub const CLIENT_APP_RAISED_EXCEPTION: i64 = 2;
-
-/// `Error.reason` the reference uses for [`LOAD_CLIENT_APP_EXCEPTION`].
-pub const LOAD_CLIENT_APP_REASON: &str =
-    "An exception was raised when attempting to load `ClientApp`";
+// `launcher` names the reference's exception text through this module.
+pub use flwr_core::message::exception_reason;
 
 /// Message type of the legacy reconnect control message, which nothing in 1.14 sends.
 pub const RECONNECT_MESSAGE_TYPE: &str = "reconnect";
 
-/// Whether a pulled `TaskIns` is for this node and carries content; the reference silently drops
-/// any other (error-only instructions, or ones addressed elsewhere).
-pub fn is_usable(ins: &TaskIns, own_node_id: u64) -> bool {
-    let Some(task) = &ins.task else {
-        return false;
-    };
-    let consumer = task.consumer.as_ref().map_or(0, |node| node.node_id);
-    consumer == own_node_id && task.recordset.is_some()
-}
-
-/// The `Message` a ClientApp sees for `ins` (§9.1). `delivered_at` and `pushed_at` are dropped.
-pub fn message_from_task_ins(ins: &TaskIns) -> Message {
-    let task = ins.task.clone().unwrap_or_default();
-    let node_id = |node: &Option<Node>| node.as_ref().map_or(0, |n| n.node_id);
-    Message {
-        metadata: Some(Metadata {
-            run_id: ins.run_id,
-            message_id: ins.task_id.clone(),
-            src_node_id: node_id(&task.producer),
-            dst_node_id: node_id(&task.consumer),
-            reply_to_message: task.ancestry.first().cloned().unwrap_or_default(),
-            group_id: ins.group_id.clone(),
-            ttl: task.ttl,
-            message_type: task.task_type,
-            created_at: task.created_at,
-        }),
-        content: task.recordset,
-        error: task.error,
-    }
-}
-
-/// The `TaskRes` carrying `reply` (§9.2): producer is the replying node, consumer the anonymous
-/// driver (node 0), ancestry the instruction's id, and the reply's own `created_at` and `ttl`.
-pub fn task_res_from_message(reply: &Message) -> TaskRes {
-    let metadata = reply.metadata.clone().unwrap_or_default();
-    let ancestry = if metadata.reply_to_message.is_empty() {
-        Vec::new()
-    } else {
-        vec![metadata.reply_to_message]
-    };
-    TaskRes {
-        task_id: String::new(),
-        group_id: metadata.group_id,
-        run_id: metadata.run_id,
-        task: Some(Task {
-            producer: Some(Node {
-                node_id: metadata.src_node_id,
-                anonymous: false,
-            }),
-            consumer: Some(Node {
-                node_id: 0,
-                anonymous: true,
-            }),
-            created_at: metadata.created_at,
-            delivered_at: String::new(),
-            pushed_at: 0.0,
-            ttl: metadata.ttl,
-            ancestry,
-            task_type: metadata.message_type,
-            recordset: reply.content.clone(),
-            error: reply.error.clone(),
-        }),
-    }
-}
-
-/// Metadata of a reply to `incoming` created at `now` (unix seconds): ids swapped, `ttl` what is
-/// left of the instruction's, so the reply expires with it.
-pub fn reply_metadata(incoming: &Metadata, now: f64) -> Metadata {
-    Metadata {
-        run_id: incoming.run_id,
-        message_id: String::new(),
-        src_node_id: incoming.dst_node_id,
-        dst_node_id: incoming.src_node_id,
-        reply_to_message: incoming.message_id.clone(),
-        group_id: incoming.group_id.clone(),
-        ttl: incoming.ttl - (now - incoming.created_at),
-        message_type: incoming.message_type.clone(),
-        created_at: now,
-    }
-}
-
-/// An error reply to `incoming` created at `now` (the reference's `create_error_reply`).
-pub fn error_reply(incoming: &Metadata, code: i64, reason: String, now: f64) -> Message {
-    Message {
-        metadata: Some(reply_metadata(incoming, now)),
-        content: None,
-        error: Some(Error { code, reason }),
-    }
-}
-
-/// The reference's error reason for an exception: `str(type(e)) + ":<'" + str(e) + "'>"`, e.g.
-/// `exception_reason("RuntimeError", "boom")` is `<class 'RuntimeError'>:<'boom'>`.
-pub fn exception_reason(class: &str, text: &str) -> String {
-    format!("<class '{class}'>:<'{text}'>")
+/// The message of a pulled `TaskIns` if it is for this node and carries content; the reference
+/// silently drops any other (error-only instructions, or ones addressed elsewhere).
+pub fn usable_message(ins: TaskIns, own_node_id: u64) -> Option<Parts> {
+    let parts = from_task_ins(ins).ok()?;
+    (parts.metadata.dst_node_id == own_node_id && parts.content.is_some()).then_some(parts)
 }
 
 /// Why a reply may not be sent for an instruction (§9.3).
@@ -148,16 +54,16 @@ pub enum InvalidReply {
 }
 
 /// Checks a ClientApp's reply against the instruction's metadata, as the reference does before
-/// sending; an invalid reply is dropped (logged as `Invalid out message`).
+/// sending, and returns it ready for [`flwr_core::message::task_res`]; an invalid reply is
+/// dropped (logged as `Invalid out message`).
 ///
 /// # Errors
 ///
 /// The first rule of §9.3 the reply breaks.
-pub fn validate_reply(reply: &Message, incoming: &Metadata) -> Result<(), InvalidReply> {
-    let out = reply
-        .metadata
-        .as_ref()
-        .ok_or(InvalidReply::MissingMetadata)?;
+pub fn validate_reply(reply: Message, incoming: &Metadata) -> Result<Parts, InvalidReply> {
+    let Some(out) = reply.metadata else {
+        return Err(InvalidReply::MissingMetadata);
+    };
     if reply.content.is_some() == reply.error.is_some() {
         return Err(InvalidReply::ContentAndError);
     }
@@ -182,15 +88,14 @@ pub fn validate_reply(reply: &Message, incoming: &Metadata) -> Result<(), Invali
             InvalidReply::CreatedAt,
         ),
     ];
-    match checks.into_iter().find(|(ok, _)| !ok) {
-        Some((_, error)) => Err(error),
-        None => Ok(()),
+    if let Some((_, error)) = checks.into_iter().find(|(ok, _)| !ok) {
+        return Err(error);
     }
-}
-
-/// Seconds until the instruction expires, seen at `now` (negative once expired).
-pub fn remaining_ttl(incoming: &Metadata, now: f64) -> f64 {
-    incoming.created_at + incoming.ttl - now
+    Ok(Parts {
+        metadata: out,
+        content: reply.content,
+        error: reply.error,
+    })
 }
 
 /// The current time as unix seconds, the unit of `created_at`.
@@ -206,6 +111,11 @@ mod tests {
 
     use flwr_proto::{configs_record_value, ConfigsRecord, ConfigsRecordValue, RecordSet};
     use proptest::prelude::*;
+
+    use flwr_core::message::{
+        error_code::CLIENT_APP_RAISED_EXCEPTION, error_reply, reply_metadata, task_res,
+    };
+    use flwr_proto::{Error, Node, Task};
 
     use super::*;
 
@@ -252,10 +162,15 @@ mod tests {
         }
     }
 
+    /// The message a ClientApp gets for `ins`.
+    fn incoming_message(ins: &TaskIns) -> Message {
+        Message::from(flwr_core::message::from_task_ins(ins.clone()).unwrap())
+    }
+
     #[test]
     fn instruction_to_message() {
         let ins = task_ins(42, 1_730_000_000.25, 3600.0);
-        let message = message_from_task_ins(&ins);
+        let message = incoming_message(&ins);
         let metadata = message.metadata.unwrap();
         assert_eq!(metadata.run_id, ins.run_id);
         assert_eq!(metadata.message_id, ins.task_id);
@@ -273,15 +188,14 @@ mod tests {
     #[test]
     fn reply_to_task_res_shape() {
         let ins = task_ins(42, 1_730_000_000.0, 3600.0);
-        let incoming = message_from_task_ins(&ins).metadata.unwrap();
+        let incoming = incoming_message(&ins).metadata.unwrap();
         let now = 1_730_000_010.0;
         let reply = Message {
             metadata: Some(reply_metadata(&incoming, now)),
             content: Some(recordset("metrics")),
             error: None,
         };
-        validate_reply(&reply, &incoming).unwrap();
-        let res = task_res_from_message(&reply);
+        let res = task_res(validate_reply(reply, &incoming).unwrap());
         assert_eq!(res.task_id, "");
         assert_eq!(res.group_id, "3");
         assert_eq!(res.run_id, ins.run_id);
@@ -313,15 +227,16 @@ mod tests {
     #[test]
     fn error_reply_shape() {
         let ins = task_ins(42, 1_730_000_000.0, 3600.0);
-        let incoming = message_from_task_ins(&ins).metadata.unwrap();
+        let incoming = incoming_message(&ins).metadata.unwrap();
         let reply = error_reply(
             &incoming,
             CLIENT_APP_RAISED_EXCEPTION,
             exception_reason("RuntimeError", "boom"),
             1_730_000_001.0,
         );
-        validate_reply(&reply, &incoming).unwrap();
-        let task = task_res_from_message(&reply).task.unwrap();
+        let task = task_res(validate_reply(Message::from(reply), &incoming).unwrap())
+            .task
+            .unwrap();
         assert_eq!(task.recordset, None);
         assert_eq!(
             task.error,
@@ -335,7 +250,7 @@ mod tests {
     #[test]
     fn invalid_replies_are_caught() {
         let ins = task_ins(42, 1_730_000_000.0, 3600.0);
-        let incoming = message_from_task_ins(&ins).metadata.unwrap();
+        let incoming = incoming_message(&ins).metadata.unwrap();
         let good = Message {
             metadata: Some(reply_metadata(&incoming, 1_730_000_001.0)),
             content: Some(RecordSet::default()),
@@ -344,7 +259,7 @@ mod tests {
         let mutate = |f: &dyn Fn(&mut Message)| {
             let mut m = good.clone();
             f(&mut m);
-            validate_reply(&m, &incoming)
+            validate_reply(m, &incoming).map(|_| ())
         };
         assert_eq!(
             mutate(&|m| m.metadata = None),
@@ -391,15 +306,15 @@ mod tests {
     #[test]
     fn usable_instructions() {
         let ins = task_ins(42, 1.0, 1.0);
-        assert!(is_usable(&ins, 42));
-        assert!(!is_usable(&ins, 43));
+        assert!(usable_message(ins.clone(), 42).is_some());
+        assert!(usable_message(ins.clone(), 43).is_none());
         let mut error_only = ins.clone();
         if let Some(task) = error_only.task.as_mut() {
             task.recordset = None;
             task.error = Some(Error::default());
         }
-        assert!(!is_usable(&error_only, 42));
-        assert!(!is_usable(&TaskIns { task: None, ..ins }, 42));
+        assert!(usable_message(error_only, 42).is_none());
+        assert!(usable_message(TaskIns { task: None, ..ins }, 42).is_none());
     }
 
     proptest! {
@@ -423,12 +338,13 @@ mod tests {
             if let Some(task) = ins.task.as_mut() {
                 task.task_type = task_type.clone();
             }
-            prop_assert!(is_usable(&ins, node_id));
-            let incoming = message_from_task_ins(&ins).metadata.unwrap();
+            prop_assert!(usable_message(ins.clone(), node_id).is_some());
+            let incoming = incoming_message(&ins).metadata.unwrap();
             let now = created_at + delay;
             let reply = error_reply(&incoming, 2, "x".into(), now);
-            prop_assert_eq!(validate_reply(&reply, &incoming), Ok(()));
-            let res = task_res_from_message(&reply);
+            let valid = validate_reply(Message::from(reply.clone()), &incoming);
+            prop_assert_eq!(&valid, &Ok(reply));
+            let res = task_res(valid.unwrap());
             prop_assert_eq!(res.run_id, run_id);
             prop_assert_eq!(&res.group_id, &group_id);
             let task = res.task.unwrap();

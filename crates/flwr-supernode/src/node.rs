@@ -27,8 +27,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_core::message::error_code::{CLIENT_APP_RAISED_EXCEPTION, LOAD_CLIENT_APP_EXCEPTION};
+use flwr_core::message::{
+    error_reply, exception_reason, remaining_ttl, task_res, Parts, LOAD_CLIENT_APP_REASON,
+};
 use flwr_core::FabMetadata;
-use flwr_proto::{Context, Fab, Message, Metadata, Node, RecordSet, Run, Scalar, TaskIns};
+use flwr_proto::{Context, Fab, Message, Metadata, Node, RecordSet, Run, Scalar};
 use flwr_runtime::health::Health;
 use flwr_runtime::task::{spawn, TaskHandle};
 use tokio::net::TcpListener;
@@ -42,11 +46,7 @@ use crate::fab;
 use crate::fleet::{CallError, ChannelError, Fleet, Tls};
 use crate::heartbeat::{self, Beat};
 use crate::launcher::{LaunchError, Launcher};
-use crate::message::{
-    self, error_reply, exception_reason, message_from_task_ins, remaining_ttl,
-    task_res_from_message, unix_now, validate_reply, CLIENT_APP_RAISED_EXCEPTION,
-    LOAD_CLIENT_APP_EXCEPTION, LOAD_CLIENT_APP_REASON,
-};
+use crate::message::{self, unix_now, usable_message, validate_reply};
 use crate::metrics::NodeMetrics;
 use crate::signer::{NodeAuth, RequestSigner, Unsigned};
 use crate::timing::IDLE_POLL;
@@ -358,6 +358,38 @@ struct RunContext {
     initial_run_config: HashMap<String, Scalar>,
 }
 
+/// Why a run's FAB is not at hand.
+#[derive(Debug)]
+enum FabFailure {
+    /// `GetFab` failed; handled like any failed call.
+    Call(CallError),
+    /// The FAB came but may not be run; answered with a `LOAD_CLIENT_APP_EXCEPTION` reply.
+    Unusable(UnusableFab),
+}
+
+impl From<CallError> for FabFailure {
+    fn from(error: CallError) -> Self {
+        Self::Call(error)
+    }
+}
+
+impl From<UnusableFab> for FabFailure {
+    fn from(error: UnusableFab) -> Self {
+        Self::Unusable(error)
+    }
+}
+
+/// Why a fetched FAB may not be run.
+#[derive(Debug, thiserror::Error)]
+enum UnusableFab {
+    /// Its hash or its `pyproject.toml` is wrong.
+    #[error(transparent)]
+    Fab(#[from] flwr_core::FabError),
+    /// Installing it was refused (unsafe paths, or files that do not match its listing).
+    #[error(transparent)]
+    Install(#[from] fab::InstallError),
+}
+
 /// A fetched, verified FAB with its metadata.
 #[derive(Debug)]
 struct CachedFab {
@@ -456,17 +488,19 @@ impl SuperNode {
                 },
             };
             match pulled.task_ins {
-                Some(ins) if message::is_usable(&ins, node.node_id) => {
-                    if let Flow::Stop = self.handle(node, &ins).await? {
+                Some(ins) => {
+                    let task_id = ins.task_id.clone();
+                    let Some(instruction) = usable_message(ins, node.node_id) else {
+                        tracing::debug!(
+                            task_id,
+                            "dropping an instruction that is not for this node or has no content"
+                        );
+                        self.idle().await;
+                        continue;
+                    };
+                    if let Flow::Stop = self.handle(node, instruction).await? {
                         return Ok(());
                     }
-                }
-                Some(ins) => {
-                    tracing::debug!(
-                        task_id = ins.task_id,
-                        "dropping an instruction that is not for this node or has no content"
-                    );
-                    self.idle().await;
                 }
                 // The SuperLink waited for us: nothing came, ask again at once.
                 None if pulled.held => {}
@@ -541,9 +575,9 @@ impl SuperNode {
     }
 
     /// Handles one instruction end to end.
-    async fn handle(&mut self, node: Node, ins: &TaskIns) -> Result<Flow, NodeError> {
-        let message = message_from_task_ins(ins);
-        let incoming = message.metadata.clone().unwrap_or_default();
+    async fn handle(&mut self, node: Node, instruction: Parts) -> Result<Flow, NodeError> {
+        let incoming = instruction.metadata.clone();
+        let message = Message::from(instruction);
         let run_id = incoming.run_id;
         if !incoming.group_id.is_empty() {
             tracing::info!("[RUN {run_id}, ROUND {}]", incoming.group_id);
@@ -568,8 +602,8 @@ impl SuperNode {
             Err(error) => return self.on_call_error(error, Some(run_id)),
         };
         let reply = match self.fab(node, &run).await {
-            Err(error) => return self.on_call_error(error, Some(run_id)),
-            Ok(Err(reason)) => {
+            Err(FabFailure::Call(error)) => return self.on_call_error(error, Some(run_id)),
+            Err(FabFailure::Unusable(reason)) => {
                 tracing::error!("Cannot use the FAB of run {run_id}: {reason}");
                 error_reply(
                     &incoming,
@@ -578,7 +612,7 @@ impl SuperNode {
                     unix_now(),
                 )
             }
-            Ok(Ok(fab)) => match self.execute(node, message, &incoming, run, fab).await? {
+            Ok(fab) => match self.execute(node, message, &incoming, run, fab).await? {
                 Some(reply) => reply,
                 None => return Ok(Flow::Continue),
             },
@@ -586,11 +620,7 @@ impl SuperNode {
         if self.cancel.is_cancelled() {
             return Ok(Flow::Stop);
         }
-        match self
-            .fleet
-            .push_task_res(&node, task_res_from_message(&reply))
-            .await
-        {
+        match self.fleet.push_task_res(&node, task_res(reply)).await {
             Ok(()) => {
                 tracing::info!("Sent reply");
                 Ok(Flow::Continue)
@@ -611,27 +641,18 @@ impl SuperNode {
         Ok(Some(run))
     }
 
-    /// The run's FAB, fetched once per hash, verified and installed. The outer error is a
-    /// failed call; the inner one an unusable FAB (answered with an error reply).
-    async fn fab(
-        &mut self,
-        node: Node,
-        run: &Run,
-    ) -> Result<Result<Option<Arc<CachedFab>>, String>, CallError> {
+    /// The run's FAB (`None` for a run without one), fetched once per hash, verified and
+    /// installed.
+    async fn fab(&mut self, node: Node, run: &Run) -> Result<Option<Arc<CachedFab>>, FabFailure> {
         if run.fab_hash.is_empty() {
-            return Ok(Ok(None));
+            return Ok(None);
         }
         if let Some(cached) = self.fabs.get_mut(&run.fab_hash) {
-            return Ok(Ok(Some(Arc::clone(cached))));
+            return Ok(Some(Arc::clone(cached)));
         }
         let fab = self.fleet.get_fab(&node, &run.fab_hash, run.run_id).await?;
-        if let Err(error) = flwr_core::fab::verify_hash(&fab.content, &run.fab_hash) {
-            return Ok(Err(error.to_string()));
-        }
-        let metadata = match FabMetadata::from_fab(&fab.content) {
-            Ok(metadata) => metadata,
-            Err(error) => return Ok(Err(error.to_string())),
-        };
+        flwr_core::fab::verify_hash(&fab.content, &run.fab_hash).map_err(UnusableFab::Fab)?;
+        let metadata = FabMetadata::from_fab(&fab.content).map_err(UnusableFab::Fab)?;
         let content = fab.content.clone();
         let home = self.flwr_home.clone();
         // Blocking file I/O. A FAB that is unsafe or does not match its listing is refused (and
@@ -641,7 +662,7 @@ impl SuperNode {
             Ok(Ok(dir)) => {
                 tracing::info!("FAB {} installed in {}", metadata.fab_id(), dir.display())
             }
-            Ok(Err(error)) if error.is_refusal() => return Ok(Err(error.to_string())),
+            Ok(Err(error)) if error.is_refusal() => return Err(UnusableFab::Install(error).into()),
             Ok(Err(error)) => {
                 tracing::warn!("Could not install FAB {}: {error}", metadata.fab_id())
             }
@@ -649,7 +670,7 @@ impl SuperNode {
         }
         let cached = Arc::new(CachedFab { fab, metadata });
         self.fabs.insert(run.fab_hash.clone(), Arc::clone(&cached));
-        Ok(Ok(Some(cached)))
+        Ok(Some(cached))
     }
 
     /// Runs the ClientApp for `message`; returns the reply to send, or `None` when there is
@@ -661,7 +682,7 @@ impl SuperNode {
         incoming: &Metadata,
         mut run: Run,
         fab: Option<Arc<CachedFab>>,
-    ) -> Result<Option<Message>, NodeError> {
+    ) -> Result<Option<Parts>, NodeError> {
         let run_id = incoming.run_id;
         if let Some(cached) = &fab {
             run.fab_id = cached.metadata.fab_id();
@@ -704,11 +725,14 @@ impl SuperNode {
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(outputs) => {
-                if let Err(invalid) = validate_reply(&outputs.message, incoming) {
-                    self.metrics.failed.inc();
-                    tracing::error!("Invalid out message ({invalid}); not sending it");
-                    return Ok(None);
-                }
+                let reply = match validate_reply(outputs.message, incoming) {
+                    Ok(reply) => reply,
+                    Err(invalid) => {
+                        self.metrics.failed.inc();
+                        tracing::error!("Invalid out message ({invalid}); not sending it");
+                        return Ok(None);
+                    }
+                };
                 self.metrics.completed.inc();
                 if let Some(run_context) = self.contexts.get_mut(&run_id) {
                     let mut context = outputs.context;
@@ -723,7 +747,7 @@ impl SuperNode {
                     }
                     run_context.context = context;
                 }
-                Ok(Some(outputs.message))
+                Ok(Some(reply))
             }
             Err(ExecError::Cancelled | ExecError::Launch(LaunchError::Cancelled)) => {
                 tracing::info!(
