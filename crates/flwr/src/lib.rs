@@ -19,6 +19,8 @@
 //!   ServerAppIo, [`FedAvg`](server::FedAvg), and the ServerAppIo runner
 //!   ([`server::run_serverapp`]).
 //! - [`fab`]: what a Rust app reads from its run's FAB ([`AppSpec`]).
+//! - [`registry`]: compiled apps by component reference, for either side
+//!   ([`registry::Registry`]).
 //! - [`transport`]: channels and the reference's retry rule.
 //!
 //! # Running a Rust app
@@ -115,11 +117,13 @@ pub mod fab;
 mod message;
 pub mod npy;
 mod record;
+pub mod registry;
 pub mod server;
 pub mod transport;
 
 pub use context::{Context, Fab, Run, RunStatus};
-pub use error::{AppError, CompatError, ConversionError, NpyError};
+pub use error::{AppError, CompatError, ConversionError};
+pub use npy::NpyError;
 pub use fab::AppSpec;
 pub use message::{message_type, now, Message, MessageError, Metadata, Payload, DEFAULT_TTL};
 pub use record::{

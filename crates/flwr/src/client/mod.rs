@@ -13,6 +13,7 @@ use crate::error::AppError;
 use crate::fab::AppSpec;
 use crate::message::Message;
 use crate::record::RecordSet;
+use crate::registry::Registry;
 
 /// Code that handles the messages a ServerApp sends to a node.
 ///
@@ -59,65 +60,36 @@ impl<T: ClientApp> ClientAppLoader for T {
 
 /// Several compiled ClientApps, selected by the FAB's
 /// `[tool.flwr.app.components].clientapp` reference (e.g. `"numpyapp.client_app:app"`).
-#[derive(Default)]
-pub struct ClientAppRegistry {
-    apps: Vec<(String, Box<dyn ClientApp>)>,
-    fallback: Option<Box<dyn ClientApp>>,
-}
+pub type ClientAppRegistry = Registry<dyn ClientApp>;
 
-impl std::fmt::Debug for ClientAppRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientAppRegistry")
-            .field("components", &self.components().collect::<Vec<_>>())
-            .field("fallback", &self.fallback.is_some())
-            .finish()
-    }
-}
-
-impl ClientAppRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
+impl Registry<dyn ClientApp> {
     /// Serves FABs whose clientapp reference is `component` with `app`.
     #[must_use]
     pub fn with(mut self, component: impl Into<String>, app: impl ClientApp + 'static) -> Self {
-        self.apps.push((component.into(), Box::new(app)));
+        self.insert(component.into(), Box::new(app));
         self
     }
 
     /// Serves every other FAB with `app`.
     #[must_use]
     pub fn with_fallback(mut self, app: impl ClientApp + 'static) -> Self {
-        self.fallback = Some(Box::new(app));
+        self.set_fallback(Box::new(app));
         self
-    }
-
-    /// The registered component references.
-    pub fn components(&self) -> impl Iterator<Item = &str> {
-        self.apps.iter().map(|(c, _)| c.as_str())
     }
 }
 
-impl ClientAppLoader for ClientAppRegistry {
+impl ClientAppLoader for Registry<dyn ClientApp> {
     fn load(&mut self, spec: Option<&AppSpec>, run: &Run) -> Result<&mut dyn ClientApp, AppError> {
         let component = spec.map(|s| s.clientapp.as_str());
-        let index = component.and_then(|c| self.apps.iter().position(|(k, _)| k == c));
-        if index.is_none() && self.fallback.is_none() {
-            return Err(AppError::with_type(
+        match self.select(component) {
+            Ok(app) => Ok(app),
+            Err(known) => Err(AppError::with_type(
                 "LoadClientAppError",
                 format!(
-                    "no ClientApp for component {component:?} of FAB {:?} (known: {:?})",
-                    run.fab_id,
-                    self.components().collect::<Vec<_>>()
+                    "no ClientApp for component {component:?} of FAB {:?} (known: {known:?})",
+                    run.fab_id
                 ),
-            ));
-        }
-        match (index, self.fallback.as_mut()) {
-            (Some(index), _) => Ok(self.apps[index].1.as_mut()),
-            (None, Some(app)) => Ok(app.as_mut()),
-            (None, None) => Err(AppError::new("unreachable: checked above")),
+            )),
         }
     }
 }

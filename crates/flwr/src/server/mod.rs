@@ -21,6 +21,7 @@ pub use runner::{run_serverapp, RunnerError, ServerAppArgs, ServerAppOptions};
 use crate::context::{Context, Run};
 use crate::error::AppError;
 use crate::fab::AppSpec;
+use crate::registry::Registry;
 
 /// A boxed future borrowing its inputs, the return type of [`ServerApp::run`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -64,65 +65,35 @@ impl<T: ServerApp> ServerAppLoader for T {
 
 /// Several compiled ServerApps, selected by the FAB's
 /// `[tool.flwr.app.components].serverapp` reference (e.g. `"numpyapp.server_app:app"`).
-#[derive(Default)]
-pub struct ServerAppRegistry {
-    apps: Vec<(String, Box<dyn ServerApp>)>,
-    fallback: Option<Box<dyn ServerApp>>,
-}
+pub type ServerAppRegistry = Registry<dyn ServerApp>;
 
-impl std::fmt::Debug for ServerAppRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerAppRegistry")
-            .field("components", &self.components().collect::<Vec<_>>())
-            .field("fallback", &self.fallback.is_some())
-            .finish()
-    }
-}
-
-impl ServerAppRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
+impl Registry<dyn ServerApp> {
     /// Serves FABs whose serverapp reference is `component` with `app`.
     #[must_use]
     pub fn with(mut self, component: impl Into<String>, app: impl ServerApp + 'static) -> Self {
-        self.apps.push((component.into(), Box::new(app)));
+        self.insert(component.into(), Box::new(app));
         self
     }
 
     /// Serves every other FAB with `app`.
     #[must_use]
     pub fn with_fallback(mut self, app: impl ServerApp + 'static) -> Self {
-        self.fallback = Some(Box::new(app));
+        self.set_fallback(Box::new(app));
         self
-    }
-
-    /// The registered component references.
-    pub fn components(&self) -> impl Iterator<Item = &str> {
-        self.apps.iter().map(|(c, _)| c.as_str())
     }
 }
 
-impl ServerAppLoader for ServerAppRegistry {
+impl ServerAppLoader for Registry<dyn ServerApp> {
     fn load(&mut self, spec: &AppSpec, run: &Run) -> Result<&mut dyn ServerApp, AppError> {
-        let index = self.apps.iter().position(|(c, _)| *c == spec.serverapp);
-        if index.is_none() && self.fallback.is_none() {
-            return Err(AppError::with_type(
+        match self.select(Some(&spec.serverapp)) {
+            Ok(app) => Ok(app),
+            Err(known) => Err(AppError::with_type(
                 "LoadServerAppError",
                 format!(
-                    "no ServerApp for component {:?} of FAB {:?} (known: {:?})",
-                    spec.serverapp,
-                    run.fab_id,
-                    self.components().collect::<Vec<_>>()
+                    "no ServerApp for component {:?} of FAB {:?} (known: {known:?})",
+                    spec.serverapp, run.fab_id
                 ),
-            ));
-        }
-        match (index, self.fallback.as_mut()) {
-            (Some(index), _) => Ok(self.apps[index].1.as_mut()),
-            (None, Some(app)) => Ok(app.as_mut()),
-            (None, None) => Err(AppError::new("unreachable: checked above")),
+            )),
         }
     }
 }
