@@ -17,7 +17,56 @@
 
 use std::fmt;
 
-use crate::error::NpyError;
+/// A `.npy` payload could not be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NpyError {
+    /// The header is not the Python dict literal NumPy writes.
+    #[error("malformed .npy header: {0}")]
+    BadHeader(String),
+    /// The bytes do not start with `\x93NUMPY`.
+    #[error("not .npy data: bad magic string")]
+    BadMagic,
+    /// The data section is not `product(shape) * itemsize` bytes long.
+    #[error(".npy data is {found} bytes, the header announces {expected}")]
+    DataLength {
+        /// Bytes the header announces.
+        expected: usize,
+        /// Bytes present.
+        found: usize,
+    },
+    /// The array's `stype` says its data is not NumPy `.npy` bytes.
+    #[error("array stype is {0:?}, not \"numpy.ndarray\"")]
+    NotNumpy(String),
+    /// The number of values does not match the shape.
+    #[error("{len} values do not fill shape {shape:?}")]
+    ShapeMismatch {
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// The number of values given.
+        len: usize,
+    },
+    /// The array is too large to address.
+    #[error("array too large")]
+    TooLarge,
+    /// The file ends early.
+    #[error(".npy data is truncated")]
+    Truncated,
+    /// The element type is not a 4- or 8-byte float.
+    #[error("unsupported .npy dtype {0:?}")]
+    UnsupportedDtype(String),
+    /// The format version is not 1.0, 2.0 or 3.0.
+    #[error("unsupported .npy format version {0}.{1}")]
+    UnsupportedVersion(u8, u8),
+    /// The element type is readable but not the one asked for.
+    #[error("expected {expected} .npy data, found {found:?}")]
+    WrongDtype {
+        /// The requested type.
+        expected: Dtype,
+        /// The `descr` in the header.
+        found: String,
+    },
+}
 
 /// `\x93NUMPY`, the first six bytes of every `.npy` file.
 const MAGIC: &[u8; 6] = b"\x93NUMPY";

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use flwr_proto as proto;
 
-use crate::error::{ConversionError, NpyError};
-use crate::npy::{self, Header};
+use crate::error::ConversionError;
+use crate::npy::{self, Header, NpyError};
 
 /// A user-configuration value (`node_config`, `run_config`) and a value of the legacy
 /// `fit`/`evaluate` config and metrics dictionaries: Python's `bool | bytes | float | int | str`.
