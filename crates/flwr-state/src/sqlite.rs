@@ -22,6 +22,7 @@ use crate::{fresh_id, isoformat, Clock, LinkState, StateError};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_scale.sql")),
+    (3, include_str!("../migrations/0003_delivered_at.sql")),
 ];
 
 /// How long a statement waits for another process's lock on the same file.
@@ -44,8 +45,13 @@ const NAMED_QUEUE: &str = "SELECT seq, task_ins FROM task_ins WHERE delivered = 
 const ANONYMOUS_QUEUE: &str = "SELECT seq, task_ins FROM task_ins WHERE delivered = 0 \
      AND consumer_anonymous = 1 AND consumer_node_id = 0 ORDER BY seq LIMIT ?1";
 
-/// Takes a TaskIns out of the delivery queue, storing its (stamped) blob.
-const DELIVER: &str = "UPDATE task_ins SET delivered = 1, task_ins = ?1 WHERE seq = ?2";
+/// Takes a TaskIns out of the delivery queue with its delivery time; the blob (which may hold
+/// a large model) is neither re-encoded nor rewritten.
+const DELIVER: &str = "UPDATE task_ins SET delivered = 1 WHERE seq = ?1";
+
+/// The delivery time of a TaskIns just taken out of the queue.
+const DELIVERED_AT: &str = "INSERT OR REPLACE INTO task_ins_delivery (seq, delivered_at) \
+     VALUES (?1, ?2)";
 
 /// Takes an expired TaskIns out of the delivery queue, unchanged.
 const DROP_EXPIRED: &str = "UPDATE task_ins SET delivered = 1 WHERE seq = ?1";
@@ -178,6 +184,12 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StateError> {
     Ok(M::decode(bytes)?)
 }
 
+/// Decodes a task blob read from the database; its array payloads become slices of the blob
+/// instead of copies.
+fn decode_task<M: Message + Default>(blob: Vec<u8>) -> Result<M, StateError> {
+    Ok(M::decode(prost::bytes::Bytes::from(blob))?)
+}
+
 /// Whether a run exists.
 fn run_exists(connection: &Connection, run_id: u64) -> Result<bool, StateError> {
     let found = connection
@@ -246,11 +258,22 @@ fn load_run(connection: &Connection, run_id: u64) -> Result<Option<Run>, StateEr
 
 /// Loads a TaskIns by its canonical id.
 fn load_task_ins(tx: &Transaction<'_>, task_id: &str) -> Result<Option<TaskIns>, StateError> {
-    let blob: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT task_ins FROM task_ins WHERE task_id = ?1")?
-        .query_row([task_id], |row| row.get(0))
+    let row: Option<(Vec<u8>, String)> = tx
+        .prepare_cached(
+            "SELECT task_ins, COALESCE(delivery.delivered_at, '') FROM task_ins \
+             LEFT JOIN task_ins_delivery AS delivery USING (seq) WHERE task_id = ?1",
+        )?
+        .query_row([task_id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    blob.map(|bytes| decode(&bytes)).transpose()
+    row.map(|(blob, delivered_at)| {
+        let mut task_ins: TaskIns = decode_task(blob)?;
+        // Rows delivered before schema 3 carry the time in the blob and have no delivery row.
+        if let Some(task) = task_ins.task.as_mut().filter(|_| !delivered_at.is_empty()) {
+            task.delivered_at = delivered_at;
+        }
+        Ok(task_ins)
+    })
+    .transpose()
 }
 
 /// Deletes a TaskIns (by canonical id) and its reply, if any.
@@ -333,7 +356,7 @@ impl LinkState for SqliteLinkState {
             let rows = queued_task_ins(&tx, node_id, wanted)?;
             let fetched = rows.len();
             for (seq, blob) in rows {
-                let mut task_ins: TaskIns = decode(&blob)?;
+                let mut task_ins: TaskIns = decode_task(blob)?;
                 let deliverable = task_ins
                     .task
                     .as_mut()
@@ -347,8 +370,9 @@ impl LinkState for SqliteLinkState {
                 delivered_at
                     .get_or_insert_with(|| isoformat(now))
                     .clone_into(&mut task.delivered_at);
-                tx.prepare_cached(DELIVER)?
-                    .execute(params![task_ins.encode_to_vec(), seq])?;
+                tx.prepare_cached(DELIVER)?.execute([seq])?;
+                tx.prepare_cached(DELIVERED_AT)?
+                    .execute(params![seq, task.delivered_at])?;
                 out.push(task_ins);
             }
             if fetched < wanted || out.len() >= limit {
@@ -419,7 +443,7 @@ impl LinkState for SqliteLinkState {
             let Some(blob) = blob else {
                 continue;
             };
-            let mut reply: TaskRes = decode(&blob)?;
+            let mut reply: TaskRes = decode_task(blob)?;
             if reply
                 .task
                 .as_ref()
