@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use flwr_core::RunStatus;
 use flwr_runtime::child::combined;
 use flwr_runtime::ChildError;
 use serde::Deserialize;
@@ -197,6 +198,12 @@ impl Flwr {
         status: &str,
         timeout: Duration,
     ) -> Result<RunInfo> {
+        // A typo in the expected status fails at once instead of waiting out the timeout.
+        let expected: RunStatus = status.parse().map_err(|error| ChildError::Command {
+            command: format!("flwr ls (run {run_id})"),
+            reason: format!("cannot wait for it: {error}"),
+            output: String::new(),
+        })?;
         let deadline = Instant::now() + timeout;
         // Each `ls` takes most of a second itself, so this bound is loose; the deadline rules.
         let max_polls = timeout.as_millis() / STATUS_POLL.as_millis() + 2;
@@ -204,10 +211,11 @@ impl Flwr {
         for _ in 0..max_polls {
             let runs = self.ls(app_dir, federation)?;
             if let Some(run) = runs.into_iter().find(|run| run.run_id == run_id) {
-                if run.status == status {
+                let seen = run.status.parse::<RunStatus>();
+                if seen.as_ref() == Ok(&expected) {
                     return Ok(run);
                 }
-                if run.status.starts_with("finished") {
+                if seen.is_ok_and(RunStatus::is_finished) {
                     return Err(ChildError::Command {
                         command: format!("flwr ls (run {run_id})"),
                         reason: format!("reports status {:?} instead of {status:?}", run.status),

@@ -1,6 +1,7 @@
 //! [`Context`] (what an app knows about its run and node, and its persistent state) and the
 //! [`Run`] and [`Fab`] descriptions that come with it over the AppIo APIs.
 
+use flwr_core::run::{RunStatus as Status, SubStatus};
 use flwr_proto as proto;
 
 use crate::error::ConversionError;
@@ -66,28 +67,17 @@ pub struct RunStatus {
 impl RunStatus {
     /// `running`.
     pub fn running() -> Self {
-        Self {
-            status: "running".into(),
-            ..Self::default()
-        }
+        Status::Running.to_proto("").into()
     }
 
     /// `finished:completed`.
     pub fn completed() -> Self {
-        Self {
-            status: "finished".into(),
-            sub_status: "completed".into(),
-            details: String::new(),
-        }
+        Status::Finished(SubStatus::Completed).to_proto("").into()
     }
 
     /// `finished:failed` with `details`.
     pub fn failed(details: impl Into<String>) -> Self {
-        Self {
-            status: "finished".into(),
-            sub_status: "failed".into(),
-            details: details.into(),
-        }
+        Status::Finished(SubStatus::Failed).to_proto(details).into()
     }
 }
 

@@ -5,16 +5,15 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use flwr_core::FabMetadata;
+use flwr_core::{FabMetadata, RunStatus, SubStatus};
 use flwr_proto::exec_server::Exec;
 use flwr_proto::{
     ConfigsRecord, Context, GetAuthTokensRequest, GetAuthTokensResponse, GetLoginDetailsRequest,
-    GetLoginDetailsResponse, ListRunsRequest, ListRunsResponse, RecordSet, RunStatus,
-    StartRunRequest, StartRunResponse, StopRunRequest, StopRunResponse, StreamLogsRequest,
-    StreamLogsResponse,
+    GetLoginDetailsResponse, ListRunsRequest, ListRunsResponse, RecordSet, StartRunRequest,
+    StartRunResponse, StopRunRequest, StopRunResponse, StreamLogsRequest, StreamLogsResponse,
 };
 use flwr_state::isoformat;
-use flwr_state::lifecycle::{FINISHED, STOPPED};
+use flwr_state::lifecycle::FINISHED;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -138,11 +137,7 @@ impl ExecService {
                         "Run ID {run_id} is already finished"
                     )));
                 }
-                let stopped = RunStatus {
-                    status: FINISHED.to_owned(),
-                    sub_status: STOPPED.to_owned(),
-                    details: String::new(),
-                };
+                let stopped = RunStatus::Finished(SubStatus::Stopped).to_proto("");
                 let success = state.update_run_status(run_id, stopped)?;
                 if success {
                     state.delete_tasks_of_run(run_id)?;
