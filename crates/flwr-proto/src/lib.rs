@@ -8,12 +8,15 @@
 //!   [`fleet_client::FleetClient`], [`fleet_server::FleetServer`]);
 //! - [`canonical`]: the reference's *deterministic* serialization (protobuf upb backend), which
 //!   differs from prost's encoding in map entry layout and order;
+//! - [`shared`]: prost's encoding in chunks that share large payloads instead of copying them
+//!   (responses carrying a model);
 //! - [`MAX_MESSAGE_SIZE`]: the message size limit every Flower server and channel uses, and the
 //!   bounds of [`MESSAGE_SIZE_FLAG`] that raises or lowers it.
 
 #![warn(missing_docs)]
 
 pub mod canonical;
+pub mod shared;
 
 /// Generated prost and tonic code for package `flwr.proto`.
 #[rustfmt::skip]

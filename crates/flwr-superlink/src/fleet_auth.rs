@@ -61,7 +61,7 @@
 //! what keeps requests and tokens secret.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     convert::Infallible,
     future::Future,
     path::PathBuf,
@@ -81,15 +81,18 @@ use flwr_proto::{
 };
 use flwr_runtime::RateLimited;
 use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Frame;
 use http_body_util::{BodyExt as _, Full};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::Semaphore;
+use tonic::metadata::MetadataMap;
 use tonic::{body::BoxBody, server::NamedService, Status};
 use tower_service::Service;
 
-use crate::service::fleet::{AuthenticatedNode, Decoded};
+use crate::service::fleet::{AuthenticatedNode, Decoded, FleetHandler};
+use crate::service::{respond_held, HoldRequest};
 
 /// A gRPC frame holding an empty message: what tonic decodes when the request was decoded here.
 const EMPTY_FRAME: &[u8] = &[0, 0, 0, 0, 0];
@@ -509,6 +512,8 @@ pub struct FleetAuth<S> {
     inner: S,
     auth: Arc<NodeAuthenticator>,
     max_message_size: usize,
+    /// Serves authenticated PullTaskIns itself, with responses that share the stored payloads.
+    pulls: Option<Arc<FleetHandler>>,
 }
 
 impl<S> FleetAuth<S> {
@@ -519,7 +524,17 @@ impl<S> FleetAuth<S> {
             inner,
             auth,
             max_message_size,
+            pulls: None,
         }
+    }
+
+    /// Answers authenticated PullTaskIns with `handler` directly instead of through `inner`,
+    /// encoding each response in chunks that share the TaskIns payloads: tonic would copy
+    /// every delivered model into a response buffer of its own (one per pulling node).
+    #[must_use]
+    pub fn serving_pulls(mut self, handler: Arc<FleetHandler>) -> Self {
+        self.pulls = Some(handler);
+        self
     }
 }
 
@@ -550,7 +565,14 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let auth = Arc::clone(&self.auth);
-        Box::pin(authenticate(inner, auth, self.max_message_size, request))
+        let pulls = self.pulls.clone();
+        Box::pin(authenticate(
+            inner,
+            auth,
+            pulls,
+            self.max_message_size,
+            request,
+        ))
     }
 }
 
@@ -653,6 +675,7 @@ impl Method {
 async fn authenticate<S>(
     mut inner: S,
     auth: Arc<NodeAuthenticator>,
+    pulls: Option<Arc<FleetHandler>>,
     max_message_size: usize,
     request: Request<BoxBody>,
 ) -> Result<Response<BoxBody>, Infallible>
@@ -733,6 +756,14 @@ where
     } else {
         framed
     };
+    if let Some(handler) = pulls.filter(|_| method == Method::PullTaskIns) {
+        if let Some(Decoded(request)) = parts.extensions.remove::<Decoded<PullTaskInsRequest>>() {
+            let caller = parts.extensions.remove::<AuthenticatedNode>();
+            let hold = HoldRequest::from_metadata(&MetadataMap::from_headers(parts.headers));
+            let answer = respond_held(handler.pull_task_ins(request, caller, hold).await);
+            return Ok(shared_response(answer, max_message_size));
+        }
+    }
     let request = Request::from_parts(parts, tonic::body::boxed(Full::new(body)));
     let mut response = inner.call(request).await?;
     if method == Method::CreateNode {
@@ -968,6 +999,70 @@ async fn read_message(mut body: BoxBody, limit: usize) -> Result<Bytes, BodyErro
     match expected {
         Some(length) if framed.len() == 5 + length => Ok(framed),
         _ => Err(BodyError::Malformed),
+    }
+}
+
+/// A unary gRPC response whose message is sent in chunks that share its large payloads
+/// ([`flwr_proto::shared`]) rather than encoded into one buffer, as tonic would.
+fn shared_response<M: prost::Message>(
+    answer: Result<tonic::Response<M>, Status>,
+    limit: usize,
+) -> Response<BoxBody> {
+    let response = match answer {
+        Ok(response) => response,
+        Err(status) => return status.into_http(),
+    };
+    let (metadata, message, _) = response.into_parts();
+    let length = message.encoded_len();
+    let prefix = match u32::try_from(length) {
+        Ok(prefix) if length <= limit => prefix,
+        // Tonic's answer to a response over its encoding limit.
+        _ => {
+            return Status::out_of_range(format!(
+                "Error, encoded message length too large: found {length} bytes, the limit is: \
+                 {limit} bytes"
+            ))
+            .into_http()
+        }
+    };
+    let mut header = [0_u8; 5];
+    header[1..].copy_from_slice(&prefix.to_be_bytes());
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    frames.push_back(Frame::data(Bytes::copy_from_slice(&header)));
+    frames.extend(
+        flwr_proto::shared::encode_shared(&message)
+            .into_iter()
+            .map(Frame::data),
+    );
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    frames.push_back(Frame::trailers(trailers));
+    let mut http = Response::new(tonic::body::boxed(Frames(frames)));
+    *http.headers_mut() = metadata.into_headers();
+    http.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    http
+}
+
+/// A response body of frames ready to send.
+#[derive(Debug)]
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

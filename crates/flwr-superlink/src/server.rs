@@ -350,7 +350,7 @@ impl SuperLink {
         let fleet_handler = Arc::new(
             FleetHandler::new(self.stores.clone()).with_unasked_hold(self.config.unasked_hold),
         );
-        let fleet = FleetServer::new(FleetService::new(fleet_handler))
+        let fleet = FleetServer::new(FleetService::new(Arc::clone(&fleet_handler)))
             .max_decoding_message_size(self.config.max_message_size)
             .max_encoding_message_size(self.config.max_message_size);
 
@@ -420,7 +420,8 @@ impl SuperLink {
                     watcher = Some(task::spawn("allow-list-watcher", reload));
                 }
                 // Outside the auth layer, so that refused requests are counted too.
-                let fleet = FleetAuth::new(fleet, auth, self.config.max_message_size);
+                let fleet = FleetAuth::new(fleet, auth, self.config.max_message_size)
+                    .serving_pulls(fleet_handler);
                 route(grpc_metrics, "Fleet", FLEET_METHODS, fleet)
             }
             None => route(grpc_metrics, "Fleet", FLEET_METHODS, fleet),
