@@ -98,13 +98,6 @@ pub fn validate_reply(reply: Message, incoming: &Metadata) -> Result<Parts, Inva
     })
 }
 
-/// The current time as unix seconds, the unit of `created_at`.
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

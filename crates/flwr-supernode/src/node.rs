@@ -33,6 +33,7 @@ use flwr_core::message::{
 };
 use flwr_core::FabMetadata;
 use flwr_proto::{Context, Fab, Message, Metadata, Node, RecordSet, Run, Scalar};
+use flwr_runtime::clock::unix_now;
 use flwr_runtime::health::Health;
 use flwr_runtime::task::{spawn, TaskHandle};
 use tokio::net::TcpListener;
@@ -46,7 +47,7 @@ use crate::fab;
 use crate::fleet::{CallError, ChannelError, Fleet, Tls};
 use crate::heartbeat::{self, Beat};
 use crate::launcher::{LaunchError, Launcher};
-use crate::message::{self, unix_now, usable_message, validate_reply};
+use crate::message::{self, usable_message, validate_reply};
 use crate::metrics::NodeMetrics;
 use crate::signer::{NodeAuth, RequestSigner, Unsigned};
 use crate::timing::IDLE_POLL;
