@@ -619,6 +619,9 @@ struct SortKey {
     index: usize,
 }
 
+/// The most events reserved ahead of a build.
+const MAX_RESERVED_EVENTS: usize = 1 << 17;
+
 /// The output, in emission order.
 #[derive(Debug, Clone, Copy)]
 enum Token<'a> {
@@ -702,6 +705,12 @@ impl<'a> Tree<'a> {
             occurrences: 0,
             stats: WorkStats::default(),
         };
+        // Every field takes at least two bytes (tag and value), so a quarter of the length is a
+        // field count the event stack rarely exceeds: reserved once instead of grown by copying,
+        // up to a bound (4 MiB of events) that a large payload's few fields never need.
+        builder
+            .events
+            .reserve((wire.len() / 4).min(MAX_RESERVED_EVENTS));
         builder.message(ty.index, &[wire], 0)?;
         Ok(Self {
             tokens: builder.tokens,
@@ -968,9 +977,13 @@ impl<'a> Builder<'a> {
     ) -> Result<(), CanonicalError> {
         let start = self.entries.len();
         let order_start = self.order.len();
-        // Each entry takes at least three tokens (entry, key, value); growing the token list
-        // from small would copy it a dozen times.
-        self.tokens.reserve(3 * (j - i));
+        // Each entry takes at least three tokens (entry, key, value), five with a message value
+        // (entry, key, value, its field, and usually one more); growing the lists from small
+        // would copy them a dozen times.
+        let per_entry = if value_kind == Kind::Message { 5 } else { 3 };
+        self.tokens.reserve(per_entry * (j - i));
+        self.entries.reserve(j - i);
+        self.order.reserve(j - i);
         for k in i..j {
             let body = self.events[k].value.bytes();
             let entry = self.entry(&message.name, body, key_kind, value_kind)?;
