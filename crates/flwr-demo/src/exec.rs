@@ -2,6 +2,7 @@
 //! `StartRun` with a FAB and run config overrides, `StreamLogs` to follow the run, `ListRuns`
 //! for its final status.
 
+use flwr_core::{RunStatus, SubStatus};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -96,6 +97,13 @@ pub(crate) struct FinalStatus {
     pub(crate) status: String,
     /// Free text, the ServerApp's error for a failed run.
     pub(crate) details: String,
+}
+
+impl FinalStatus {
+    /// Whether the run finished as completed.
+    pub(crate) fn completed(&self) -> bool {
+        self.status.parse::<RunStatus>() == Ok(RunStatus::Finished(SubStatus::Completed))
+    }
 }
 
 impl ExecApi {
@@ -270,5 +278,28 @@ impl ExecApi {
             status: text,
             details: status.details,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_completed_run_counts_as_completed() {
+        let status = |text: &str| FinalStatus {
+            status: text.to_owned(),
+            details: String::new(),
+        };
+        assert!(status("finished:completed").completed());
+        for other in [
+            "finished:failed",
+            "finished:stopped",
+            "running",
+            "finished:bogus",
+            "",
+        ] {
+            assert!(!status(other).completed(), "{other}");
+        }
     }
 }

@@ -805,7 +805,7 @@ fn ha_demo(
     reporter.report(HaEvent::RunFinished {
         status: &status.status,
     });
-    if status.status != "finished:completed" {
+    if !status.completed() {
         return Err(DemoError::RunFailed {
             run_id,
             status: status.status,

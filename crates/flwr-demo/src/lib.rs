@@ -381,7 +381,7 @@ fn demo(
     reporter.report(Event::RunFinished {
         status: &status.status,
     });
-    if status.status != "finished:completed" {
+    if !status.completed() {
         return Err(DemoError::RunFailed {
             run_id,
             status: status.status,
