@@ -123,9 +123,9 @@ pub mod transport;
 
 pub use context::{Context, Fab, Run, RunStatus};
 pub use error::{AppError, CompatError, ConversionError};
-pub use npy::NpyError;
 pub use fab::AppSpec;
 pub use message::{message_type, now, Message, MessageError, Metadata, Payload, DEFAULT_TTL};
+pub use npy::NpyError;
 pub use record::{
     config_from_proto, config_to_proto, Array, Config, ConfigsRecord, ConfigsRecordValue,
     MetricsRecord, MetricsRecordValue, ParametersRecord, RecordSet, Scalar,
