@@ -2,6 +2,8 @@
 //! secret, next to the ECDH + HKDF derivation the reference repeats on every request.
 //!
 //! `cargo bench -p flwr-auth --bench token`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench setup: a failed step aborts the run
+#![allow(missing_docs)] // the only public item is the fn that `criterion_group!` generates
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
 //! Key files: what is accepted and rejected, and that generated keys round-trip through the
 //! OpenSSH formats and are readable by `ssh-keygen`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! Published test vectors for the primitives: RFC 5869 (HKDF) and RFC 4231 (HMAC), loaded from
 //! `testdata/rfc.json`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use flwr_auth::primitives;
 use serde_json::Value;
