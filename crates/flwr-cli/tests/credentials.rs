@@ -1,4 +1,5 @@
 //! The key and certificate generators, checked with the tools operators use on their output.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 

@@ -1,5 +1,6 @@
 //! Key and certificate files are never written through what someone else placed at an output
 //! path, and land in private directories whatever the umask.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::os::unix::fs::{symlink, PermissionsExt as _};
 use std::path::Path;
