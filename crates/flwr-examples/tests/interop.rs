@@ -10,6 +10,7 @@
 //! - `logreg_federation_matches_central_training`: the logistic-regression bundle with Rust
 //!   apps on both sides of a Python SuperLink and SuperNodes; the per-round history logged by
 //!   the ServerApp must show learning close to the centralised baseline.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::fs;
 use std::path::{Path, PathBuf};
