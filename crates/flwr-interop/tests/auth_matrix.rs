@@ -1,6 +1,7 @@
 //! The node-auth matrix: {Python, ours} SuperLink × {Python, ours} SuperNodes, with TLS and
 //! keys made by our generator and by ssh-keygen; every cell runs the NumPy app to completion,
 //! and a SuperNode whose key is not listed never gets a node id.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::time::Duration;
 

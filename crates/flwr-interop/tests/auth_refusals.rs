@@ -1,5 +1,6 @@
 //! Every way a SuperNode can get node authentication wrong is refused with
 //! `UNAUTHENTICATED "Access denied"`, by the reference SuperLink and by ours alike.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use flwr_auth::{PrivateKey, PublicKey, SharedSecret};
 use flwr_interop::{make_keys, scratch, KeyMaker};

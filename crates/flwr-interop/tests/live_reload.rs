@@ -1,6 +1,7 @@
 //! Our SuperLink follows edits of its `--auth-list-public-keys` file without a restart: a removed
 //! key is refused from its next request, a new key is admitted (a real SuperNode joins), and a
 //! file that no longer parses leaves the previous list in force.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::time::{Duration, Instant};
 
