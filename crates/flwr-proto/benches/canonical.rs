@@ -4,6 +4,8 @@
 //! transcoder (`tests/oracle`) where it finishes in reasonable time.
 //!
 //! `cargo bench -p flwr-proto --bench canonical -- --warm-up-time 1 --measurement-time 3`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench setup: a failed step aborts the run
+#![allow(missing_docs)] // the only public item is the fn that `criterion_group!` generates
 
 #[path = "../tests/oracle/mod.rs"]
 mod oracle;

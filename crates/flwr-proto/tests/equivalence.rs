@@ -1,5 +1,6 @@
 //! The streaming encoder against the first transcoder (`oracle/`), on valid messages, on
 //! every non-canonical way to write them, and on arbitrary bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 mod common;
 mod oracle;

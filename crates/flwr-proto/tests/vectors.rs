@@ -1,4 +1,5 @@
 //! The canonical encoder against the bytes the reference produced (testdata/vectors).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::PathBuf;
 
