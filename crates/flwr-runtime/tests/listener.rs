@@ -1,5 +1,6 @@
 //! What the listener bounds: handshakes, silent peers and the number of connections. Every
 //! wait is bounded; the assertions are about what happens, not how fast.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::time::Duration;
 
