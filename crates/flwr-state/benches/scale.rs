@@ -2,6 +2,8 @@
 //! (one queued TaskIns for every other node), in each store.
 //!
 //! `cargo bench -p flwr-state --bench scale -- --warm-up-time 1 --measurement-time 3`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench setup: a failed step aborts the run
+#![allow(missing_docs)] // the only public item is the fn that `criterion_group!` generates
 
 use std::collections::HashMap;
 use std::sync::Arc;

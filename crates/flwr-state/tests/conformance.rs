@@ -1,5 +1,6 @@
 //! One conformance suite, run against every [`LinkState`] store: each `story_*` function
 //! exercises one behaviour through the trait only.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::HashMap;
 use std::sync::Arc;
