@@ -3,6 +3,8 @@
 //! handler — next to the same request without authentication.
 //!
 //! `cargo bench -p flwr-superlink --bench fleet_auth`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench setup: a failed step aborts the run
+#![allow(missing_docs)] // the only public item is the fn that `criterion_group!` generates
 
 use std::sync::Arc;
 

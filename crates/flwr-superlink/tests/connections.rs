@@ -1,6 +1,7 @@
 //! Connections as a server on the internet gets them: the SuperLink keeps serving when it runs
 //! out of descriptors, caps connections, drops peers that never speak, and fails loudly when an
 //! API server ends without being asked to. Every wait is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::net::TcpStream;
 use std::path::Path;

@@ -19,6 +19,7 @@
 //! Everything else is a loss. The decisions come from a seeded RNG: replay a failure with
 //! `CRASH_SAFETY_SEED=<seed> cargo test -p flwr-superlink --test crash_safety -- --nocapture`
 //! (timings differ between runs, so a replay takes the same decisions at similar moments).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;

@@ -5,6 +5,7 @@
 //! Needs the reference virtualenv (`$FLWR_VENV`, else `<workspace>/.venv`, made by scripts/test)
 //! and `openssl`; without them the tests fail, they do not skip. The tests run one at a time:
 //! each starts five Python processes, and two cores are all CI has.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::Path;
 use std::sync::Mutex;

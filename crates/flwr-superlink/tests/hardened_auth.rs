@@ -3,6 +3,7 @@
 //! for another method, a 1.14 token and a stale time are refused, each under its own metrics
 //! label. The same replay and cross-method reuse against the default mode pass, as they do with
 //! the reference (the difference the mode makes). And the mode needs node authentication.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,7 @@
 //! The `flower-superlink` binary against what a stranger or an operator's slip can do to it:
 //! liveness claims from a public key alone, allow-list files caught mid-write or on the wrong
 //! curve, and unauthenticated APIs listening beyond loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

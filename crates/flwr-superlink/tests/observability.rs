@@ -2,6 +2,7 @@
 //! allow-list reload and a finished run; gRPC health from SERVING to NOT_SERVING when shutdown
 //! begins (SIGTERM for the binary, the shutdown future in-process); JSON log lines; and the
 //! cost of a scrape with 50 000 registered nodes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -6,6 +6,7 @@
 //! Each test gets its own database on one throwaway PostgreSQL cluster per test binary
 //! (`flwr_testkit::postgres`, which needs Debian's `postgresql` package; the test command
 //! installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;

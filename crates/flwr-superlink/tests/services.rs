@@ -1,6 +1,7 @@
 //! The Fleet, ServerAppIo and Exec services of an in-process SuperLink, driven by tonic clients
 //! over loopback: the reference's status codes and details, the run lifecycle, TaskIns/TaskRes
 //! relay, log streaming, and the ServerApp launcher's supervision.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::HashMap;
 use std::io::Write as _;

@@ -1,5 +1,6 @@
 //! The `flower-superlink` binary refuses bad configurations with one clear line and a non-zero
 //! exit, before anything is started, and stops promptly with status 0 on SIGTERM/SIGINT.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::net::TcpListener;
 use std::path::Path;
