@@ -1,6 +1,7 @@
 //! The `flower-supernode` binary: bad command lines and giving up on an unreachable SuperLink.
 //!
 //! Every refusal must be one clear `error: ...` line naming the flag, with a non-zero exit.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};

@@ -2,6 +2,7 @@
 //! SuperLink (TLS and node auth, so every metric is registered) and SuperNode export, its `job`
 //! labels are the Prometheus configuration's jobs, and the systemd units verify (when
 //! `systemd-analyze` is installed; skipped with a message otherwise).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

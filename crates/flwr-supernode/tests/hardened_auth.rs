@@ -3,6 +3,7 @@
 //! its run and pushes its reply, and leaves with DeleteNode, without a single refusal. Every
 //! call but CreateNode carries a hardened token (the SuperLink refuses 1.14 tokens in this
 //! mode, so a zero `legacy_token` count means none was sent).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

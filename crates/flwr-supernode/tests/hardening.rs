@@ -1,6 +1,7 @@
 //! Hardening against a misbehaving or half-dead SuperLink, and against being killed: call
 //! deadlines, UNAUTHENTICATED retries, cache eviction of stopped runs, and ClientApps that die
 //! with a SIGKILLed `flower-supernode`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 //! client, both started with a raised `--grpc-max-message-length`: the TaskIns arrives and the
 //! TaskRes returns intact. A SuperNode left at the default limit refuses the same TaskIns with
 //! an error that names the flag.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 //! Covers: registration, the exact TaskRes shape, per-run context, FAB fetched once per hash and
 //! installed, re-registration when the SuperLink forgets the node, PERMISSION_DENIED abandoning a
 //! message, giving up on a non-retried status, and DeleteNode on shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Cursor, Write as _};

@@ -1,6 +1,7 @@
 //! What an operator sees of a SuperNode (issue #14): `/metrics` after a registration and a
 //! message whose ClientApp fails, and gRPC health on the ClientAppIo port turning NOT_SERVING
 //! when shutdown begins. Runs against an in-process SuperLink on free loopback ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::Path;
 use std::time::Duration;

@@ -11,6 +11,7 @@
 //! reference's error reply and a fresh process for the next message, a new process per run,
 //! an idle exit restarted, a budget timeout replacing the process, per-message mode starting one
 //! process per message, and shutdown stopping the warm process.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
