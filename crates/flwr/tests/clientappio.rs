@@ -1,6 +1,7 @@
 //! The ClientApp runner against an in-process ClientAppIo server that behaves like the
 //! reference SuperNode's servicer (BEHAVIOR.md §3.1): call order, token handling, reply
 //! metadata, context updates, error replies.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 mod common;
 

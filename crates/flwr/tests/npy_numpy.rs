@@ -1,5 +1,6 @@
 //! `.npy` bytes against the reference virtualenv's NumPy: what we write must be byte-identical
 //! to `numpy.save`, and what NumPy writes (any order, byte order, precision) must decode.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! Helpers shared by the mock-server tests.
-
 #![allow(dead_code, unreachable_pub)] // each test binary uses a subset
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::io::{Cursor, Write};
 use std::net::SocketAddr;
