@@ -61,7 +61,7 @@
 //! what keeps requests and tokens secret.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     convert::Infallible,
     future::Future,
     path::PathBuf,
@@ -81,7 +81,6 @@ use flwr_proto::{
 };
 use flwr_runtime::RateLimited;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::Frame;
 use http_body_util::{BodyExt as _, Full};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -761,7 +760,10 @@ where
             let caller = parts.extensions.remove::<AuthenticatedNode>();
             let hold = HoldRequest::from_metadata(&MetadataMap::from_headers(parts.headers));
             let answer = respond_held(handler.pull_task_ins(request, caller, hold).await);
-            return Ok(shared_response(answer, max_message_size));
+            return Ok(crate::shared_response::shared_response(
+                answer,
+                max_message_size,
+            ));
         }
     }
     let request = Request::from_parts(parts, tonic::body::boxed(Full::new(body)));
@@ -911,7 +913,7 @@ async fn verify(
 
 /// Why a request body could not be read.
 #[derive(Debug)]
-enum BodyError {
+pub(crate) enum BodyError {
     /// The frame announces more than the limit.
     TooLarge(u64),
     /// Not one uncompressed gRPC frame.
@@ -923,7 +925,7 @@ enum BodyError {
 }
 
 impl BodyError {
-    fn into_status(self, limit: usize) -> Status {
+    pub(crate) fn into_status(self, limit: usize) -> Status {
         match self {
             Self::TooLarge(length) => Status::resource_exhausted(format!(
                 "request message of {length} bytes exceeds the SuperLink's limit of {limit} bytes \
@@ -940,7 +942,7 @@ impl BodyError {
 /// Reads the one frame of a unary gRPC request body (5-byte header and message), refusing an
 /// announced length over `limit` as soon as the header is in, within [`BODY_DEADLINE_BASE`]
 /// plus a second per announced MiB. A body that arrives in one chunk is not copied.
-async fn read_message(mut body: BoxBody, limit: usize) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_message(mut body: BoxBody, limit: usize) -> Result<Bytes, BodyError> {
     let started = tokio::time::Instant::now();
     let mut deadline = started + BODY_DEADLINE_BASE;
     let mut first: Option<Bytes> = None;
@@ -999,70 +1001,6 @@ async fn read_message(mut body: BoxBody, limit: usize) -> Result<Bytes, BodyErro
     match expected {
         Some(length) if framed.len() == 5 + length => Ok(framed),
         _ => Err(BodyError::Malformed),
-    }
-}
-
-/// A unary gRPC response whose message is sent in chunks that share its large payloads
-/// ([`flwr_proto::shared`]) rather than encoded into one buffer, as tonic would.
-fn shared_response<M: prost::Message>(
-    answer: Result<tonic::Response<M>, Status>,
-    limit: usize,
-) -> Response<BoxBody> {
-    let response = match answer {
-        Ok(response) => response,
-        Err(status) => return status.into_http(),
-    };
-    let (metadata, message, _) = response.into_parts();
-    let length = message.encoded_len();
-    let prefix = match u32::try_from(length) {
-        Ok(prefix) if length <= limit => prefix,
-        // Tonic's answer to a response over its encoding limit.
-        _ => {
-            return Status::out_of_range(format!(
-                "Error, encoded message length too large: found {length} bytes, the limit is: \
-                 {limit} bytes"
-            ))
-            .into_http()
-        }
-    };
-    let mut header = [0_u8; 5];
-    header[1..].copy_from_slice(&prefix.to_be_bytes());
-    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    frames.push_back(Frame::data(Bytes::copy_from_slice(&header)));
-    frames.extend(
-        flwr_proto::shared::encode_shared(&message)
-            .into_iter()
-            .map(Frame::data),
-    );
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    frames.push_back(Frame::trailers(trailers));
-    let mut http = Response::new(tonic::body::boxed(Frames(frames)));
-    *http.headers_mut() = metadata.into_headers();
-    http.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    http
-}
-
-/// A response body of frames ready to send.
-#[derive(Debug)]
-struct Frames(VecDeque<Frame<Bytes>>);
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -28,6 +28,7 @@ pub mod launcher;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod shared_response;
 pub mod wakeups;
 
 pub use config::{Args, Config, ConfigError};

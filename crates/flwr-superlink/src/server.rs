@@ -40,6 +40,7 @@ use crate::service::exec::ExecService;
 use crate::service::fleet::{FleetHandler, FleetService};
 use crate::service::serverappio::ServerAppIoService;
 use crate::service::Stores;
+use crate::shared_response::SharedPullTaskRes;
 use crate::wakeups::Topic;
 
 /// How long in-flight calls may take to finish after shutdown starts (the reference's 1 s
@@ -342,11 +343,18 @@ impl SuperLink {
         let exec = ExecServer::new(ExecService::new(self.stores.clone(), launcher))
             .max_decoding_message_size(self.config.max_message_size)
             .max_encoding_message_size(self.config.max_message_size);
-        let serverappio = ServerAppIoService::new(self.stores.clone())
-            .with_unasked_hold(self.config.unasked_hold);
-        let serverappio = ServerAppIoServer::new(serverappio)
+        let serverappio_service = Arc::new(
+            ServerAppIoService::new(self.stores.clone())
+                .with_unasked_hold(self.config.unasked_hold),
+        );
+        let serverappio = ServerAppIoServer::from_arc(Arc::clone(&serverappio_service))
             .max_decoding_message_size(self.config.max_message_size)
             .max_encoding_message_size(self.config.max_message_size);
+        let serverappio = SharedPullTaskRes::new(
+            serverappio,
+            serverappio_service,
+            self.config.max_message_size,
+        );
         let fleet_handler = Arc::new(
             FleetHandler::new(self.stores.clone()).with_unasked_hold(self.config.unasked_hold),
         );

@@ -167,7 +167,9 @@ impl ServerAppIoService {
 
     /// The replies to the asked TaskIns. With a hold ([`HoldRequest::bound`]), waits until every asked TaskIns has its reply, the run stops running,
     /// the bound or shutdown, then answers as an unheld pull would at that moment.
-    async fn inner_pull_task_res(
+    /// `PullTaskRes` without tonic: the replies, held as asked (the auth-free shared-response
+    /// path of [`crate::shared_response::SharedPullTaskRes`] calls it too).
+    pub(crate) async fn pull_task_res_held(
         &self,
         request: PullTaskResRequest,
         hold: HoldRequest,
@@ -398,7 +400,7 @@ impl ServerAppIo for ServerAppIoService {
         request: Request<PullTaskResRequest>,
     ) -> Result<Response<PullTaskResResponse>, Status> {
         let hold = HoldRequest::from_metadata(request.metadata());
-        respond_held(self.inner_pull_task_res(request.into_inner(), hold).await)
+        respond_held(self.pull_task_res_held(request.into_inner(), hold).await)
     }
 
     async fn get_run(
