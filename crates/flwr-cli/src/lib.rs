@@ -12,8 +12,6 @@
 //!
 //! The binaries `flower-keygen` and `flower-certgen` are thin wrappers around these.
 
-#![warn(missing_docs)]
-
 pub mod certs;
 pub mod files;
 pub mod keys;

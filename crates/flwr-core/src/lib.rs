@@ -18,8 +18,6 @@
 //!   ([`message::error_code`]).
 //! - [`run`]: run statuses ([`RunStatus`], [`SubStatus`]) and their wire strings.
 
-#![warn(missing_docs)]
-
 pub mod address;
 pub mod config;
 pub mod fab;

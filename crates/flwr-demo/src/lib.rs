@@ -50,8 +50,6 @@
 //! logs/    superlink.log supernode-<i>.log rogue-supernode.log
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod credentials;
 mod error;
 mod exec;

@@ -7,7 +7,7 @@
 //! same parameters to all), one PushTaskIns each; every node pulls its TaskIns and pushes a
 //! reply of the same size (its own bytes, as a trained model differs per node); the ServerApp
 //! pulls the replies until it has all of them, which deletes the round's tasks on the
-//! SuperLink. After the last round the generator waits [`SETTLE`] and reads the SuperLink's
+//! SuperLink. After the last round the generator waits `SETTLE` and reads the SuperLink's
 //! resident memory again: what a round leaves behind.
 
 use std::collections::HashMap;

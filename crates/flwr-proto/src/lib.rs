@@ -13,8 +13,6 @@
 //! - [`MAX_MESSAGE_SIZE`]: the message size limit every Flower server and channel uses, and the
 //!   bounds of [`MESSAGE_SIZE_FLAG`] that raises or lowers it.
 
-#![warn(missing_docs)]
-
 pub mod canonical;
 pub mod shared;
 

@@ -23,8 +23,6 @@
 //! Both stores implement the intended (reference in-memory) semantics, without the
 //! reference's bugs listed in BEHAVIOR.md §8.3.
 
-#![warn(missing_docs)]
-
 mod clock;
 mod content;
 mod error;

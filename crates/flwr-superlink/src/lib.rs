@@ -19,8 +19,6 @@
 //! - [`wakeups`]: the events per node and per run that end held pulls (`PullTaskIns`,
 //!   `PullTaskRes`) as soon as what they wait for exists.
 
-#![warn(missing_docs)]
-
 pub mod config;
 pub mod error;
 pub mod fleet_auth;

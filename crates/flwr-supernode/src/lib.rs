@@ -25,8 +25,6 @@
 //! Tasks are spawned only through [`flwr_runtime::task::spawn`]; the binary stops on the first
 //! SIGINT or SIGTERM ([`flwr_runtime::signal`]).
 
-#![warn(missing_docs)]
-
 mod cache;
 pub mod cli;
 pub mod clientappio;

@@ -3,6 +3,7 @@
 
 // Each test file uses a different part of this module.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
