@@ -415,7 +415,7 @@ impl PostgresLinkState {
         let delivered_at = isoformat(now);
         let mut out = Vec::with_capacity(taken.len());
         for (_, blob) in taken {
-            let mut task_ins: TaskIns = decode(&blob)?;
+            let mut task_ins: TaskIns = decode_task(blob)?;
             // `expires_at` is `created_at + ttl` as Rust computed it, so the database already
             // applied this very test; it stays as the rule's statement.
             let Some(task) = task_ins
@@ -449,7 +449,7 @@ impl PostgresLinkState {
         else {
             return Ok(None);
         };
-        let task_ins: TaskIns = decode(&get::<Vec<u8>>(&row, 0)?)?;
+        let task_ins: TaskIns = decode_task(get::<Vec<u8>>(&row, 0)?)?;
         if !reply_fits_instruction(&task_ins, task_res, now) {
             return Ok(None);
         }
@@ -527,7 +527,7 @@ impl PostgresLinkState {
             let Some(blob) = replies.remove(id) else {
                 continue;
             };
-            let mut reply: TaskRes = decode(&blob)?;
+            let mut reply: TaskRes = decode_task(blob)?;
             if reply
                 .task
                 .as_ref()
@@ -1373,6 +1373,12 @@ fn id_from_sql(value: i64) -> u64 {
 /// Decodes a stored protobuf blob.
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, Failure> {
     Ok(M::decode(bytes)?)
+}
+
+/// Decodes a task blob read from the database; its array payloads become slices of the blob
+/// instead of copies.
+fn decode_task<M: Message + Default>(blob: Vec<u8>) -> Result<M, Failure> {
+    Ok(M::decode(prost::bytes::Bytes::from(blob))?)
 }
 
 /// Column `index` of `row`.
