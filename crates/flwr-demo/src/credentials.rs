@@ -1,12 +1,12 @@
 //! TLS certificates and node-authentication keys for the demo federation, made with
-//! [`flwr_cli`] (the library behind `flower-certgen` and `flower-keygen`).
+//! [`flwr_keygen`] (the library behind `flower-certgen` and `flower-keygen`).
 //!
 //! Keys are made for `listed + 1` SuperNodes, but the allow-list names only the first
 //! `listed`: the last key pair is the rogue's.
 
 use std::path::{Path, PathBuf};
 
-use flwr_cli::files::{write_all, OutputFile};
+use flwr_keygen::files::{write_all, OutputFile};
 
 use crate::error::DemoError;
 
@@ -14,7 +14,7 @@ use crate::error::DemoError;
 pub const HOSTS: [&str; 2] = ["localhost", "127.0.0.1"];
 /// Validity of the demo certificates, in days (they are thrown away with the work dir).
 const VALIDITY_DAYS: i64 = 1;
-/// File name of the allow-list that `flwr_cli::keys::key_files` writes.
+/// File name of the allow-list that `flwr_keygen::keys::key_files` writes.
 const ALLOW_LIST: &str = "client_public_keys.csv";
 
 /// One SuperNode's key files.
@@ -56,10 +56,10 @@ pub fn generate(dir: &Path, listed: usize) -> Result<Credentials, DemoError> {
     let certs_dir = dir.join("certs");
     let keys_dir = dir.join("keys");
     let hosts: Vec<String> = HOSTS.iter().map(|&h| h.to_owned()).collect();
-    let certs = flwr_cli::certs::certificate_files(&certs_dir, &hosts, VALIDITY_DAYS)?;
+    let certs = flwr_keygen::certs::certificate_files(&certs_dir, &hosts, VALIDITY_DAYS)?;
     write_all(&certs, true)?;
 
-    let mut keys = flwr_cli::keys::key_files(&keys_dir, listed + 1)?;
+    let mut keys = flwr_keygen::keys::key_files(&keys_dir, listed + 1)?;
     if let Some(csv) = keys.iter_mut().find(|f| f.path.ends_with(ALLOW_LIST)) {
         restrict_allow_list(csv, listed);
     }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flwr_auth::AuthError;
-use flwr_cli::certs::CertError;
-use flwr_cli::files::WriteError;
+use flwr_keygen::certs::CertError;
+use flwr_keygen::files::WriteError;
 
 /// Why the demo stopped. The first line of each message is meant to be shown on its own;
 /// process errors from [`flwr_runtime::child`] continue with the tail of the process's log.

@@ -28,7 +28,7 @@
 //! # Layout
 //!
 //! - [`DemoConfig`], [`run`], [`run_with`]: the orchestration (this file);
-//! - [`credentials`]: certificates and keys via `flwr-cli`;
+//! - [`credentials`]: certificates and keys via `flwr-keygen`;
 //! - [`fab`]: packaging an app directory like `flwr build`;
 //! - `federation`: the SuperLink and SuperNode processes, the private bin directory, the
 //!   rogue check and the orderly stop;

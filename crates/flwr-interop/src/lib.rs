@@ -58,8 +58,8 @@ pub fn make_keys(
     let total = listed + unlisted;
     match maker {
         KeyMaker::Ours => {
-            let files = flwr_cli::keys::key_files(&keys, total)?;
-            flwr_cli::files::write_all(&files, false)?;
+            let files = flwr_keygen::keys::key_files(&keys, total)?;
+            flwr_keygen::files::write_all(&files, false)?;
         }
         KeyMaker::SshKeygen => {
             std::fs::create_dir_all(&keys)?;

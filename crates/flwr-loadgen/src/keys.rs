@@ -1,19 +1,19 @@
 //! Node and SuperLink keys in `flower-keygen`'s layout, generated or read for many nodes at
 //! once.
 //!
-//! The layout is the one of Flower's authentication guide, as `flwr_cli::keys::key_files`
+//! The layout is the one of Flower's authentication guide, as `flwr_keygen::keys::key_files`
 //! writes it: `DIR/server_credentials{,.pub}`, `DIR/client_credentials_N{,.pub}` (N from 1)
 //! and `DIR/client_public_keys.csv`, ECDSA P-384 in OpenSSH format. `key_files` makes one key
 //! after another; tens of thousands of P-384 keys take minutes that way, so
 //! [`generate`] makes the same files on every core and writes them with
-//! `flwr_cli::files::write_all`, and [`load`] reads and checks them in parallel too (every
+//! `flwr_keygen::files::write_all`, and [`load`] reads and checks them in parallel too (every
 //! OpenSSH private key costs a scalar multiplication to check).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use flwr_auth::{AuthError, Curve, PrivateKey, PublicKey, SharedSecret};
-use flwr_cli::files::{OutputFile, WriteError};
+use flwr_keygen::files::{OutputFile, WriteError};
 
 use crate::parallel;
 
@@ -171,7 +171,7 @@ struct GeneratedPair {
     files: Vec<OutputFile>,
 }
 
-/// A fresh P-384 pair named `name`, serialized as `flwr_cli::keys::key_files` does.
+/// A fresh P-384 pair named `name`, serialized as `flwr_keygen::keys::key_files` does.
 fn pair_files(dir: &Path, name: &str) -> Result<GeneratedPair, KeyError> {
     let private = PrivateKey::generate(Curve::P384, &mut rand::rngs::OsRng);
     let public = private.public_key();
@@ -206,7 +206,7 @@ fn write(files: &[OutputFile]) -> Result<(), KeyError> {
     let chunks: Vec<&[OutputFile]> = files.chunks(chunk).collect();
     // Existence was checked for all files above, so each chunk may overwrite (force).
     parallel::map(chunks.len(), |index| {
-        flwr_cli::files::write_all(chunks[index], true)
+        flwr_keygen::files::write_all(chunks[index], true)
     })?;
     Ok(())
 }
@@ -248,8 +248,8 @@ mod tests {
         let ours = tempfile::tempdir().unwrap();
         let reference = tempfile::tempdir().unwrap();
         let generated = generate(ours.path(), 3).unwrap();
-        let files = flwr_cli::keys::key_files(reference.path(), 3).unwrap();
-        flwr_cli::files::write_all(&files, false).unwrap();
+        let files = flwr_keygen::keys::key_files(reference.path(), 3).unwrap();
+        flwr_keygen::files::write_all(&files, false).unwrap();
 
         let names = |dir: &Path| {
             let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -38,9 +38,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let files =
-        flwr_cli::certs::certificate_files(&args.dir, &args.hosts, args.days).context("--host")?;
-    flwr_cli::files::write_all(&files, args.force)?;
+    let files = flwr_keygen::certs::certificate_files(&args.dir, &args.hosts, args.days)
+        .context("--host")?;
+    flwr_keygen::files::write_all(&files, args.force)?;
     for file in &files {
         println!("wrote {}", file.path.display());
     }

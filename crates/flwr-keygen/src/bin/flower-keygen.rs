@@ -34,9 +34,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let files = flwr_cli::keys::key_files(&args.dir, usize::from(args.supernodes))
+    let files = flwr_keygen::keys::key_files(&args.dir, usize::from(args.supernodes))
         .context("generating keys")?;
-    flwr_cli::files::write_all(&files, args.force)?;
+    flwr_keygen::files::write_all(&files, args.force)?;
     for file in &files {
         println!("wrote {}", file.path.display());
     }

@@ -26,8 +26,8 @@ pub(crate) struct Certs {
 pub(crate) fn certs(dir: &Path) -> Certs {
     let certs = dir.join("certs");
     let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
-    let files = flwr_cli::certs::certificate_files(&certs, &hosts, 2).expect("certificates");
-    flwr_cli::files::write_all(&files, false).expect("write certificates");
+    let files = flwr_keygen::certs::certificate_files(&certs, &hosts, 2).expect("certificates");
+    flwr_keygen::files::write_all(&files, false).expect("write certificates");
     Certs {
         ca: certs.join("ca.crt"),
         cert: certs.join("server.pem"),
