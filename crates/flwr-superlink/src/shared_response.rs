@@ -167,3 +167,78 @@ impl http_body::Body for Frames {
         self.0.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flwr_proto::{Array, ParametersRecord, PullTaskInsResponse, RecordSet, Task, TaskIns};
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn with_model(data: Bytes) -> PullTaskInsResponse {
+        PullTaskInsResponse {
+            reconnect: None,
+            task_ins_list: vec![TaskIns {
+                task_id: "t".to_owned(),
+                task: Some(Task {
+                    recordset: Some(RecordSet {
+                        parameters: std::collections::HashMap::from([(
+                            "model".to_owned(),
+                            ParametersRecord {
+                                data_keys: vec!["w".to_owned()],
+                                data_values: vec![Array {
+                                    data,
+                                    ..Array::default()
+                                }],
+                            },
+                        )]),
+                        ..RecordSet::default()
+                    }),
+                    ..Task::default()
+                }),
+                ..TaskIns::default()
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_response_is_the_grpc_frame_tonic_would_send() {
+        let message = with_model(Bytes::from(vec![3_u8; 1 << 20]));
+        let mut metadata = tonic::Response::new(message.clone());
+        metadata.metadata_mut().insert(
+            "flwr-held-ms",
+            tonic::metadata::MetadataValue::from_static("5"),
+        );
+        let response = shared_response(Ok(metadata), 4 << 20);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(response.headers()["flwr-held-ms"], "5");
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        let body = collected.to_bytes();
+        let encoded = message.encode_to_vec();
+        assert_eq!(body[0], 0);
+        assert_eq!(
+            &body[1..5],
+            &u32::try_from(encoded.len()).unwrap().to_be_bytes()
+        );
+        assert_eq!(&body[5..], encoded.as_slice());
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_and_errors_are_answered_as_tonic_does() {
+        let message = with_model(Bytes::from(vec![3_u8; 1 << 20]));
+        let response = shared_response(Ok(tonic::Response::new(message)), 1 << 20);
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        assert!(
+            status.message().contains("the limit is: 1048576 bytes"),
+            "{status:?}"
+        );
+        let denied: Result<tonic::Response<PullTaskInsResponse>, Status> =
+            Err(Status::permission_denied("no"));
+        let response = shared_response(denied, 1 << 20);
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    }
+}
