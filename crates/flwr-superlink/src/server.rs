@@ -18,7 +18,7 @@ use flwr_proto::fleet_server::FleetServer;
 use flwr_proto::server_app_io_server::ServerAppIoServer;
 use flwr_runtime::health::Health;
 use flwr_runtime::limits;
-use flwr_runtime::listener::{self, ConnectionBudget, ListenerSettings, ServerTls};
+use flwr_runtime::listener::{self, ConnectionBudget, Limits, ListenerSettings, ServerTls};
 use flwr_runtime::metrics::GrpcMetrics;
 use flwr_runtime::task::{self, TaskHandle};
 use flwr_state::{
@@ -305,7 +305,7 @@ impl SuperLink {
     /// # Errors
     ///
     /// A server failed while running ([`StartError::Serve`]).
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         for warning in &self.config.warnings {
             tracing::warn!("{warning}");
         }
@@ -319,171 +319,82 @@ impl SuperLink {
         ])
         .await;
         let launcher_counters = LauncherCounters::default();
-        let (launcher, launcher_task) = match self.config.isolation {
-            Isolation::Subprocess => {
-                let settings = LauncherSettings {
-                    program: self.serverapp_program.clone(),
-                    serverappio_address: self.config.serverappio_address.for_local_client(),
-                    poll_interval: self.launcher_poll_interval,
-                    max_message_size: self.config.max_message_size,
-                };
-                let (handle, task) = launcher::start(
-                    Arc::clone(&self.stores.state),
-                    settings,
-                    launcher_counters.clone(),
-                    stop.child_token(),
-                );
-                (handle, Some(task))
-            }
-            Isolation::Process => (LauncherHandle::disabled(), None),
-        };
-
+        let (launcher, launcher_task) = self.start_launcher(launcher_counters.clone(), &stop);
         self.hear_other_replicas(&launcher).await?;
-
-        let exec = ExecServer::new(ExecService::new(self.stores.clone(), launcher))
-            .max_decoding_message_size(self.config.max_message_size)
-            .max_encoding_message_size(self.config.max_message_size);
-        let serverappio_service = Arc::new(
-            ServerAppIoService::new(self.stores.clone())
-                .with_unasked_hold(self.config.unasked_hold),
-        );
-        let serverappio = ServerAppIoServer::from_arc(Arc::clone(&serverappio_service))
-            .max_decoding_message_size(self.config.max_message_size)
-            .max_encoding_message_size(self.config.max_message_size);
-        let serverappio = SharedPullTaskRes::new(
-            serverappio,
-            serverappio_service,
-            self.config.max_message_size,
-        );
-        let fleet_handler = Arc::new(
-            FleetHandler::new(self.stores.clone()).with_unasked_hold(self.config.unasked_hold),
-        );
-        let fleet = FleetServer::new(FleetService::new(Arc::clone(&fleet_handler)))
-            .max_decoding_message_size(self.config.max_message_size)
-            .max_encoding_message_size(self.config.max_message_size);
+        let services = self.services(launcher);
 
         let budget = connection_budget(self.config.max_connections);
-        let (grpc_metrics, metrics_server) = match self.metrics {
+        let (grpc_metrics, metrics_server) = match self.metrics.take() {
             Some(listener) => {
-                let (grpc, registry) = metrics::build(metrics::Sources {
-                    stores: self.stores.clone(),
-                    budget: budget.clone(),
-                    auth: self.node_auth.clone(),
-                    launcher: launcher_counters,
-                });
-                if let Ok(address) = listener.local_addr() {
-                    tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
-                }
-                let served =
-                    flwr_runtime::metrics::serve(listener, Arc::new(registry), stop.child_token());
-                (Some(grpc), Some(task::spawn("metrics", served)))
+                let (grpc, served) =
+                    self.serve_metrics(listener, budget.clone(), launcher_counters, &stop);
+                (Some(grpc), Some(served))
             }
             None => (None, None),
         };
         let grpc_metrics = grpc_metrics.as_ref();
-        let settings = |api: &'static str, tls: Option<&ServerTls>| ListenerSettings {
-            api,
-            tls: tls.cloned(),
+        let mut apis = ApiServers {
+            health: &health,
             limits: self.config.connection_limits,
-            budget: budget.clone(),
+            budget,
+            stop: &stop,
+            started: Vec::with_capacity(3),
         };
         let tls = self.tls.as_ref();
-        let mut servers = Vec::with_capacity(3);
-        tracing::info!(
-            "Flower Deployment Engine: Starting Exec API on {}",
-            self.config.exec_address
-        );
-        servers.push(serve_api(
-            route(grpc_metrics, "Exec", EXEC_METHODS, exec).add_service(health.service()),
+        apis.start(
+            "Exec",
+            format_args!(
+                "Flower Deployment Engine: Starting Exec API on {}",
+                self.config.exec_address
+            ),
+            route(grpc_metrics, "Exec", EXEC_METHODS, services.exec),
             self.exec,
-            settings("Exec", tls),
-            &stop,
-        ));
-        tracing::info!(
-            "Flower ECE: Starting ServerAppIo API (gRPC-rere) on {}",
-            self.config.serverappio_address
+            tls,
         );
-        servers.push(serve_api(
+        apis.start(
+            "ServerAppIo",
+            format_args!(
+                "Flower ECE: Starting ServerAppIo API (gRPC-rere) on {}",
+                self.config.serverappio_address
+            ),
             route(
                 grpc_metrics,
                 "ServerAppIo",
                 SERVERAPPIO_METHODS,
-                serverappio,
-            )
-            .add_service(health.service()),
+                services.serverappio,
+            ),
             self.serverappio,
-            settings("ServerAppIo", None),
-            &stop,
-        ));
-        let mut watcher = None;
-        let fleet_router = match &self.node_auth {
-            Some(auth) => {
-                let (csv, auth) = (self.config.node_auth.as_ref(), Arc::clone(auth));
-                if let Some(files) = csv {
-                    let reload = fleet_auth::watch_allow_list(
-                        files.public_keys_csv.clone(),
-                        Arc::clone(&auth),
-                        stop.clone().cancelled_owned(),
-                    );
-                    watcher = Some(task::spawn("allow-list-watcher", reload));
-                }
-                // Outside the auth layer, so that refused requests are counted too.
-                let fleet = FleetAuth::new(fleet, auth, self.config.max_message_size)
-                    .serving_pulls(fleet_handler);
-                route(grpc_metrics, "Fleet", FLEET_METHODS, fleet)
-            }
-            None => route(grpc_metrics, "Fleet", FLEET_METHODS, fleet),
-        };
-        // Health checks answer without node authentication.
-        let fleet_router = fleet_router.add_service(health.service());
-        tracing::info!(
-            "Flower ECE: Starting Fleet API (gRPC-rere) on {}",
-            self.config.fleet_address
+            None,
         );
-        servers.push(serve_api(
+        let (fleet_router, watcher) = fleet_router(
+            services.fleet,
+            services.fleet_handler,
+            self.node_auth.as_ref(),
+            &self.config,
+            grpc_metrics,
+            &stop,
+        );
+        apis.start(
+            "Fleet",
+            format_args!(
+                "Flower ECE: Starting Fleet API (gRPC-rere) on {}",
+                self.config.fleet_address
+            ),
             fleet_router,
             self.fleet,
-            settings("Fleet", tls),
-            &stop,
-        ));
-
+            tls,
+        );
         // The plaintext health-only port outlives the APIs' drain, so that probes see
         // NOT_SERVING rather than a refused connection while calls finish.
         let health_stop = CancellationToken::new();
-        let health_server = self.health.map(|listener| {
-            if let Ok(address) = listener.local_addr() {
-                tracing::info!("Serving gRPC health checks (plaintext) on {address}");
-            }
-            serve_api(
-                builder().add_service(health.service()),
-                listener,
-                settings("Health", None),
-                &health_stop,
-            )
-        });
+        let health_server = self
+            .health
+            .take()
+            .map(|listener| apis.serve_health(listener, &health_stop));
+        let mut servers = apis.started;
         health.set_serving().await;
 
-        // Serve until asked to stop or until a server dies.
-        let failure = {
-            let first_exit = futures::future::select_all(
-                servers
-                    .iter_mut()
-                    .map(|(api, handle)| Box::pin(async move { (*api, handle.await) })),
-            );
-            tokio::select! {
-                () = shutdown => None,
-                // Nobody asked this server to stop: whatever ended it, the SuperLink is no longer
-                // whole, and a supervisor must see a failure.
-                ((api, result), _, _) = first_exit => Some(match result {
-                    Ok(Ok(())) => StartError::Stopped { api },
-                    Ok(Err(source)) => StartError::Serve { api, source },
-                    Err(join) => {
-                        tracing::error!(api, %join, "API server task ended abnormally");
-                        StartError::Stopped { api }
-                    }
-                }),
-            }
-        };
+        let outcome = serve_until(&mut servers, shutdown).await;
 
         // Load balancers stop sending new work before the servers stop taking it.
         health.set_not_serving().await;
@@ -491,22 +402,7 @@ impl SuperLink {
         // Held pulls answer now, so that draining does not wait for their bounds.
         self.stores.events.close();
         stop.cancel();
-        let drained = tokio::time::timeout(
-            SHUTDOWN_GRACE,
-            // A server that already ended was awaited above and must not be polled again.
-            futures::future::join_all(
-                servers
-                    .iter_mut()
-                    .filter(|(_, handle)| !handle.is_finished())
-                    .map(|(_, handle)| handle),
-            ),
-        )
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                "in-flight calls did not finish within {SHUTDOWN_GRACE:?}; closing them"
-            );
-        }
+        drain(&mut servers).await;
         // Dropping the handles aborts whatever is still running.
         drop(servers);
         drop(watcher);
@@ -518,10 +414,85 @@ impl SuperLink {
         if let Some(launcher_task) = launcher_task {
             let _ = launcher_task.await;
         }
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(()),
+        outcome
+    }
+
+    /// Starts the ServerApp launcher with `--isolation subprocess`; with `process` ServerApps
+    /// are started by someone else and there is no launcher task.
+    fn start_launcher(
+        &self,
+        counters: LauncherCounters,
+        stop: &CancellationToken,
+    ) -> (LauncherHandle, Option<TaskHandle<()>>) {
+        match self.config.isolation {
+            Isolation::Subprocess => {
+                let settings = LauncherSettings {
+                    program: self.serverapp_program.clone(),
+                    serverappio_address: self.config.serverappio_address.for_local_client(),
+                    poll_interval: self.launcher_poll_interval,
+                    max_message_size: self.config.max_message_size,
+                };
+                let (handle, task) = launcher::start(
+                    Arc::clone(&self.stores.state),
+                    settings,
+                    counters,
+                    stop.child_token(),
+                );
+                (handle, Some(task))
+            }
+            Isolation::Process => (LauncherHandle::disabled(), None),
         }
+    }
+
+    /// The gRPC services of the three APIs over the stores, with the configured message size.
+    fn services(&self, launcher: LauncherHandle) -> Services {
+        let max_message_size = self.config.max_message_size;
+        let exec = ExecServer::new(ExecService::new(self.stores.clone(), launcher))
+            .max_decoding_message_size(max_message_size)
+            .max_encoding_message_size(max_message_size);
+        let serverappio_service = Arc::new(
+            ServerAppIoService::new(self.stores.clone())
+                .with_unasked_hold(self.config.unasked_hold),
+        );
+        let serverappio = ServerAppIoServer::from_arc(Arc::clone(&serverappio_service))
+            .max_decoding_message_size(max_message_size)
+            .max_encoding_message_size(max_message_size);
+        let serverappio =
+            SharedPullTaskRes::new(serverappio, serverappio_service, max_message_size);
+        let fleet_handler = Arc::new(
+            FleetHandler::new(self.stores.clone()).with_unasked_hold(self.config.unasked_hold),
+        );
+        let fleet = FleetServer::new(FleetService::new(Arc::clone(&fleet_handler)))
+            .max_decoding_message_size(max_message_size)
+            .max_encoding_message_size(max_message_size);
+        Services {
+            exec,
+            serverappio,
+            fleet,
+            fleet_handler,
+        }
+    }
+
+    /// Serves the Prometheus metrics on `listener` until `stop` is cancelled; returns the
+    /// per-API gRPC counters that the routers update.
+    fn serve_metrics(
+        &self,
+        listener: TcpListener,
+        budget: ConnectionBudget,
+        launcher: LauncherCounters,
+        stop: &CancellationToken,
+    ) -> (GrpcMetrics, TaskHandle<()>) {
+        let (grpc, registry) = metrics::build(metrics::Sources {
+            stores: self.stores.clone(),
+            budget,
+            auth: self.node_auth.clone(),
+            launcher,
+        });
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
+        }
+        let served = flwr_runtime::metrics::serve(listener, Arc::new(registry), stop.child_token());
+        (grpc, task::spawn("metrics", served))
     }
 }
 
@@ -565,6 +536,135 @@ where
     match metrics {
         Some(metrics) => builder().add_service(metrics.wrap(api, methods, service)),
         None => builder().add_service(service),
+    }
+}
+
+/// The gRPC services of the three APIs, built and not yet routed.
+struct Services {
+    exec: ExecServer<ExecService>,
+    serverappio: SharedPullTaskRes<ServerAppIoServer<ServerAppIoService>>,
+    fleet: FleetServer<FleetService>,
+    /// Shared with the node-authentication layer, which serves held pulls itself.
+    fleet_handler: Arc<FleetHandler>,
+}
+
+/// What the API servers of one SuperLink share, and the servers started so far.
+struct ApiServers<'a> {
+    health: &'a Health,
+    limits: Limits,
+    budget: ConnectionBudget,
+    stop: &'a CancellationToken,
+    started: Vec<ServerTask>,
+}
+
+impl ApiServers<'_> {
+    /// Logs `announcement`, then serves `router` with the health service beside it as `api` on
+    /// `listener` (with `tls`, if any) until the stop token is cancelled. Health checks answer
+    /// outside any layer of `router`, so without node authentication on Fleet.
+    fn start(
+        &mut self,
+        api: &'static str,
+        announcement: std::fmt::Arguments<'_>,
+        router: Router,
+        listener: TcpListener,
+        tls: Option<&ServerTls>,
+    ) {
+        tracing::info!("{announcement}");
+        let router = router.add_service(self.health.service());
+        let server = serve_api(router, listener, self.settings(api, tls), self.stop);
+        self.started.push(server);
+    }
+
+    /// Serves only the health service, plaintext, on `listener` until `stop` is cancelled.
+    fn serve_health(&self, listener: TcpListener, stop: &CancellationToken) -> ServerTask {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!("Serving gRPC health checks (plaintext) on {address}");
+        }
+        serve_api(
+            builder().add_service(self.health.service()),
+            listener,
+            self.settings("Health", None),
+            stop,
+        )
+    }
+
+    fn settings(&self, api: &'static str, tls: Option<&ServerTls>) -> ListenerSettings {
+        ListenerSettings {
+            api,
+            tls: tls.cloned(),
+            limits: self.limits,
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+/// The Fleet router. With node authentication, requests pass [`FleetAuth`] (which also serves
+/// held pulls) and a task reloads the allow-list while the SuperLink runs; metrics count
+/// outside that layer, so that refused requests are counted too.
+fn fleet_router(
+    fleet: FleetServer<FleetService>,
+    handler: Arc<FleetHandler>,
+    node_auth: Option<&Arc<NodeAuthenticator>>,
+    config: &Config,
+    metrics: Option<&GrpcMetrics>,
+    stop: &CancellationToken,
+) -> (Router, Option<TaskHandle<()>>) {
+    let Some(auth) = node_auth else {
+        return (route(metrics, "Fleet", FLEET_METHODS, fleet), None);
+    };
+    let watcher = config.node_auth.as_ref().map(|files| {
+        let reload = fleet_auth::watch_allow_list(
+            files.public_keys_csv.clone(),
+            Arc::clone(auth),
+            stop.clone().cancelled_owned(),
+        );
+        task::spawn("allow-list-watcher", reload)
+    });
+    let fleet =
+        FleetAuth::new(fleet, Arc::clone(auth), config.max_message_size).serving_pulls(handler);
+    (route(metrics, "Fleet", FLEET_METHODS, fleet), watcher)
+}
+
+/// Serves until `shutdown` resolves (`Ok`) or until a server ends, which nobody asked for:
+/// whatever ended it, the SuperLink is no longer whole, and a supervisor must see a failure.
+async fn serve_until(
+    servers: &mut [ServerTask],
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let first_exit = futures::future::select_all(
+        servers
+            .iter_mut()
+            .map(|(api, handle)| Box::pin(async move { (*api, handle.await) })),
+    );
+    tokio::select! {
+        () = shutdown => Ok(()),
+        ((api, result), _, _) = first_exit => Err(match result {
+            Ok(Ok(())) => StartError::Stopped { api },
+            Ok(Err(source)) => StartError::Serve { api, source },
+            Err(join) => {
+                tracing::error!(api, %join, "API server task ended abnormally");
+                StartError::Stopped { api }
+            }
+        }),
+    }
+}
+
+/// Lets the servers, whose stop token is cancelled, finish their in-flight calls for
+/// [`SHUTDOWN_GRACE`], and warns when they do not.
+async fn drain(servers: &mut [ServerTask]) {
+    let drained = tokio::time::timeout(
+        SHUTDOWN_GRACE,
+        // A server that already ended was awaited before and must not be polled again.
+        futures::future::join_all(
+            servers
+                .iter_mut()
+                .filter(|(_, handle)| !handle.is_finished())
+                .map(|(_, handle)| handle),
+        ),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight calls did not finish within {SHUTDOWN_GRACE:?}; closing them");
     }
 }
 
