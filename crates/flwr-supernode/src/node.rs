@@ -163,60 +163,22 @@ async fn run_node(
     signer: Arc<dyn RequestSigner>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    tracing::info!("Starting Flower SuperNode");
-    match &config.tls {
-        Tls::Insecure => tracing::warn!(
-            "Option `--insecure` was set. Starting insecure HTTP channel to {}.",
-            config.superlink
-        ),
-        Tls::SystemRoots => tracing::warn!(
-            "Both `--insecure` and `--root-certificates` were not set. Using system certificates."
-        ),
-        Tls::RootCertificates(_) => {}
-    }
-    if let Some(keys) = &config.auth {
-        tracing::info!(
-            "Node authentication enabled with public key {}",
-            keys.public.fingerprint()
-        );
-        if keys.mode == NodeAuthMode::Hardened {
-            tracing::info!(
-                "Node authentication hardened: tokens are bound to method, time and counter \
-                 (needs our SuperLink with --node-auth-mode hardened)"
-            );
-        }
-    }
+    log_start(&config);
     let listener = TcpListener::bind(config.clientappio_address.to_string())
         .await
         .map_err(|source| NodeError::Bind {
             address: config.clientappio_address.to_string(),
             source,
         })?;
-    let metrics_listener =
-        match &operations.metrics_address {
-            Some(address) => Some(TcpListener::bind(address.to_string()).await.map_err(
-                |source| NodeError::Metrics {
-                    address: address.to_string(),
-                    source,
-                },
-            )?),
-            None => None,
-        };
+    let metrics_listener = bind_metrics(&operations).await?;
     let node_metrics = NodeMetrics::default();
     // NOT_SERVING until ClientAppIo serves.
     let health = Health::new(&[flwr_proto::client_app_io_server::SERVICE_NAME]).await;
     let io_stop = CancellationToken::new();
     let (grpc_metrics, _metrics_server) = match metrics_listener {
         Some(listener) => {
-            let mut metrics = flwr_runtime::metrics::Metrics::new();
-            let grpc = flwr_runtime::metrics::GrpcMetrics::register(metrics.registry_mut());
-            node_metrics.register(metrics.registry_mut());
-            if let Ok(address) = listener.local_addr() {
-                tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
-            }
-            let served =
-                flwr_runtime::metrics::serve(listener, Arc::new(metrics), io_stop.child_token());
-            (Some(grpc), Some(spawn("metrics", served)))
+            let (grpc, served) = serve_metrics(listener, &node_metrics, &io_stop);
+            (Some(grpc), Some(served))
         }
         None => (None, None),
     };
@@ -248,95 +210,25 @@ async fn run_node(
         config.isolation
     );
 
-    let cancel = CancellationToken::new();
-    let fleet = Fleet::connect(
-        &config.superlink,
-        &config.tls,
-        signer,
-        config.retry,
-        cancel.clone(),
-    )?
-    .with_max_message_size(config.max_message_size)
-    .with_retry_counter(node_metrics.retries.clone());
-    let (beats_tx, beats_rx) = mpsc::channel(4);
-    let launcher = Launcher::new(
-        config.clientapp_program.clone(),
-        &config.clientappio_address,
-        config.flwr_dir.clone(),
-    )
-    .with_max_message_size(config.max_message_size);
-    let warm = warm_clientapp.then(|| {
-        WarmApp::start(
-            launcher.clone(),
-            Arc::clone(&exchange),
-            cancel.child_token(),
-        )
-    });
-    let mut supernode = SuperNode {
-        flwr_home: flwr_runtime::home::flwr_home(config.flwr_dir.as_deref()),
+    let mut supernode = SuperNode::new(
         config,
-        fleet,
+        signer,
         exchange,
-        launcher,
-        warm,
-        cancel: cancel.clone(),
-        node: None,
-        heartbeat: None,
-        beats_tx,
-        beats_rx,
-        metrics: node_metrics,
-        registrations: 0,
-        runs: Lru::new(MAX_CACHED_RUNS),
-        fabs: Lru::new(MAX_CACHED_FABS),
-        contexts: Lru::new(MAX_CACHED_RUNS),
-    };
-
-    let outcome = {
-        let main = supernode.main_loop();
-        tokio::pin!(main);
-        tokio::select! {
-            outcome = &mut main => outcome,
-            // Nothing asked the ClientAppIo server to stop: without it no ClientApp can be
-            // served, so the SuperNode must fail rather than idle on.
-            ended = &mut io_server => {
-                cancel.cancel();
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut main).await;
-                return Err(NodeError::ClientAppIoStopped(match ended {
-                    Ok(Ok(())) => "it stopped".to_owned(),
-                    Ok(Err(error)) => error.to_string(),
-                    Err(join) => join.to_string(),
-                }));
-            }
-            () = shutdown => {
-                health.set_not_serving().await;
-                tracing::info!("Shutting down: stopping the current ClientApp, if any");
-                cancel.cancel();
-                match tokio::time::timeout(SHUTDOWN_GRACE, &mut main).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        tracing::warn!("main loop did not stop within {SHUTDOWN_GRACE:?}; abandoning it");
-                        Ok(())
-                    }
-                }
-            }
-        }
+        node_metrics,
+        warm_clientapp,
+        CancellationToken::new(),
+    )?;
+    let outcome = match supernode
+        .serve_until(&mut io_server, &health, shutdown)
+        .await
+    {
+        Ending::Loop(outcome) => outcome,
+        Ending::ClientAppIoStopped(error) => return Err(error),
     };
     health.set_not_serving().await;
     supernode.heartbeat = None;
     if outcome.is_ok() {
-        if let Some(node) = supernode.node {
-            let fleet = supernode.fleet.with_cancel(CancellationToken::new());
-            match tokio::time::timeout(DELETE_NODE_BUDGET, fleet.delete_node(&node)).await {
-                Ok(Ok(())) => {
-                    supernode.metrics.registered.set(0);
-                    tracing::info!("Unregistered node {}", node.node_id);
-                }
-                Ok(Err(error)) => tracing::warn!("DeleteNode failed: {error}"),
-                Err(_) => {
-                    tracing::warn!("DeleteNode did not complete within {DELETE_NODE_BUDGET:?}")
-                }
-            }
-        }
+        supernode.unregister().await;
     }
     if let Some(warm) = supernode.warm.take() {
         warm.shutdown(SHUTDOWN_GRACE).await;
@@ -350,6 +242,75 @@ async fn run_node(
         tracing::warn!("ClientAppIo server did not stop within 2 s");
     }
     outcome
+}
+
+/// Logs the start and the security settings: the channel to the SuperLink, node
+/// authentication.
+fn log_start(config: &Config) {
+    tracing::info!("Starting Flower SuperNode");
+    match &config.tls {
+        Tls::Insecure => tracing::warn!(
+            "Option `--insecure` was set. Starting insecure HTTP channel to {}.",
+            config.superlink
+        ),
+        Tls::SystemRoots => tracing::warn!(
+            "Both `--insecure` and `--root-certificates` were not set. Using system certificates."
+        ),
+        Tls::RootCertificates(_) => {}
+    }
+    let Some(keys) = &config.auth else {
+        return;
+    };
+    tracing::info!(
+        "Node authentication enabled with public key {}",
+        keys.public.fingerprint()
+    );
+    if keys.mode == NodeAuthMode::Hardened {
+        tracing::info!(
+            "Node authentication hardened: tokens are bound to method, time and counter \
+             (needs our SuperLink with --node-auth-mode hardened)"
+        );
+    }
+}
+
+/// Binds `--metrics-address`, if given.
+async fn bind_metrics(operations: &Operations) -> Result<Option<TcpListener>, NodeError> {
+    let Some(address) = &operations.metrics_address else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(address.to_string())
+        .await
+        .map_err(|source| NodeError::Metrics {
+            address: address.to_string(),
+            source,
+        })?;
+    Ok(Some(listener))
+}
+
+/// Serves the node's Prometheus metrics on `listener` until `stop` is cancelled; returns the
+/// gRPC counters that the ClientAppIo server updates.
+fn serve_metrics(
+    listener: TcpListener,
+    node_metrics: &NodeMetrics,
+    stop: &CancellationToken,
+) -> (flwr_runtime::metrics::GrpcMetrics, TaskHandle<()>) {
+    let mut metrics = flwr_runtime::metrics::Metrics::new();
+    let grpc = flwr_runtime::metrics::GrpcMetrics::register(metrics.registry_mut());
+    node_metrics.register(metrics.registry_mut());
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
+    }
+    let served = flwr_runtime::metrics::serve(listener, Arc::new(metrics), stop.child_token());
+    (grpc, spawn("metrics", served))
+}
+
+/// How serving ended.
+enum Ending {
+    /// The main loop ended, by itself or after a shutdown: the node's outcome, to be returned
+    /// after unregistering and stopping.
+    Loop(Result<(), NodeError>),
+    /// The ClientAppIo server stopped although nothing asked it to: returned at once.
+    ClientAppIoStopped(NodeError),
 }
 
 /// A run's context as kept across its messages (§11.3).
@@ -462,6 +423,117 @@ struct SuperNode {
 }
 
 impl SuperNode {
+    /// A SuperNode that talks to `config.superlink` through `signer` and hands messages to
+    /// ClientApps through `exchange`; with `warm_clientapp`, the warm ClientApp starts now.
+    fn new(
+        config: Config,
+        signer: Arc<dyn RequestSigner>,
+        exchange: Arc<Exchange>,
+        metrics: NodeMetrics,
+        warm_clientapp: bool,
+        cancel: CancellationToken,
+    ) -> Result<Self, NodeError> {
+        let fleet = Fleet::connect(
+            &config.superlink,
+            &config.tls,
+            signer,
+            config.retry,
+            cancel.clone(),
+        )?
+        .with_max_message_size(config.max_message_size)
+        .with_retry_counter(metrics.retries.clone());
+        let (beats_tx, beats_rx) = mpsc::channel(4);
+        let launcher = Launcher::new(
+            config.clientapp_program.clone(),
+            &config.clientappio_address,
+            config.flwr_dir.clone(),
+        )
+        .with_max_message_size(config.max_message_size);
+        let warm = warm_clientapp.then(|| {
+            WarmApp::start(
+                launcher.clone(),
+                Arc::clone(&exchange),
+                cancel.child_token(),
+            )
+        });
+        Ok(Self {
+            flwr_home: flwr_runtime::home::flwr_home(config.flwr_dir.as_deref()),
+            config,
+            fleet,
+            exchange,
+            launcher,
+            warm,
+            cancel,
+            node: None,
+            heartbeat: None,
+            beats_tx,
+            beats_rx,
+            metrics,
+            registrations: 0,
+            runs: Lru::new(MAX_CACHED_RUNS),
+            fabs: Lru::new(MAX_CACHED_FABS),
+            contexts: Lru::new(MAX_CACHED_RUNS),
+        })
+    }
+
+    /// Runs the main loop until it ends, `shutdown` resolves (the current ClientApp is
+    /// stopped, the loop gets [`SHUTDOWN_GRACE`]) or the ClientAppIo server `io_server` ends.
+    async fn serve_until(
+        &mut self,
+        io_server: &mut TaskHandle<Result<(), tonic::transport::Error>>,
+        health: &Health,
+        shutdown: impl Future<Output = ()>,
+    ) -> Ending {
+        let cancel = self.cancel.clone();
+        let main = self.main_loop();
+        tokio::pin!(main);
+        tokio::select! {
+            outcome = &mut main => Ending::Loop(outcome),
+            // Nothing asked the ClientAppIo server to stop: without it no ClientApp can be
+            // served, so the SuperNode must fail rather than idle on.
+            ended = io_server => {
+                cancel.cancel();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut main).await;
+                Ending::ClientAppIoStopped(NodeError::ClientAppIoStopped(match ended {
+                    Ok(Ok(())) => "it stopped".to_owned(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(join) => join.to_string(),
+                }))
+            }
+            () = shutdown => {
+                health.set_not_serving().await;
+                tracing::info!("Shutting down: stopping the current ClientApp, if any");
+                cancel.cancel();
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut main).await {
+                    Ok(outcome) => Ending::Loop(outcome),
+                    Err(_) => {
+                        tracing::warn!("main loop did not stop within {SHUTDOWN_GRACE:?}; abandoning it");
+                        Ending::Loop(Ok(()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// `DeleteNode` for the registered node, if any, within [`DELETE_NODE_BUDGET`]; a failure
+    /// is logged only (the SuperLink forgets the node when its heartbeats stop).
+    async fn unregister(&self) {
+        let Some(node) = &self.node else {
+            return;
+        };
+        let fleet = self.fleet.with_cancel(CancellationToken::new());
+        match tokio::time::timeout(DELETE_NODE_BUDGET, fleet.delete_node(node)).await {
+            Ok(Ok(())) => {
+                self.metrics.registered.set(0);
+                tracing::info!("Unregistered node {}", node.node_id);
+            }
+            Ok(Err(error)) => tracing::warn!("DeleteNode failed: {error}"),
+            Err(_) => {
+                tracing::warn!("DeleteNode did not complete within {DELETE_NODE_BUDGET:?}")
+            }
+        }
+    }
+
     /// Polls and handles messages until cancelled (`Ok`) or the SuperLink is lost (`Err`).
     async fn main_loop(&mut self) -> Result<(), NodeError> {
         loop {
