@@ -1,4 +1,5 @@
-//! Flower App Bundles (BEHAVIOR.md §10): the FAB hash and the metadata in `pyproject.toml`.
+//! Flower App Bundles (BEHAVIOR.md §10): the FAB hash ([`hash`]), building a FAB the way
+//! `flwr build` writes it ([`FabBuilder`]) and the metadata in `pyproject.toml` ([`FabMetadata`]).
 //!
 //! A FAB is a ZIP archive whose `pyproject.toml` gives
 //! `fab_id = "<[tool.flwr.app].publisher>/<[project].name>"`, `fab_version = [project].version`,
@@ -9,7 +10,7 @@
 //! the messages are the reference's because they become `RunStatus.details`.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Write as _};
 
 use flwr_proto::Scalar;
 use sha2::{Digest, Sha256};
@@ -48,6 +49,89 @@ pub enum FabError {
     /// order and wording.
     #[error("{}", render_list(.0))]
     Validation(Vec<String>),
+    /// [`FabBuilder::build`] could not write the archive (two files with the same name).
+    #[error("cannot write the FAB archive: {0}")]
+    WriteArchive(#[source] zip::result::ZipError),
+}
+
+/// Where a FAB lists its packaged files: one `path,sha256,bits` line per file.
+pub const CONTENT_PATH: &str = ".info/CONTENT";
+
+/// A FAB laid out the way the reference's `flwr build` writes it: `pyproject.toml`, then the
+/// files in the order given, then [`CONTENT_PATH`] listing them ([`content_line`]); every entry
+/// stored uncompressed with the fixed timestamp 2024-10-01 00:00:00 (`FAB_DATE`). The same
+/// files in the same order always give the same bytes, hence the same [`hash`].
+///
+/// Choosing and ordering the files (`flwr build` takes the sorted `.py`, `.toml` and `.md` files
+/// of the app directory) and removing `[tool.flwr.federations]` from `pyproject.toml` are the
+/// caller's.
+#[derive(Clone, Debug, Default)]
+pub struct FabBuilder {
+    pyproject: Vec<u8>,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl FabBuilder {
+    /// A FAB whose `pyproject.toml` is `pyproject`, with no other file yet.
+    pub fn new(pyproject: impl Into<Vec<u8>>) -> Self {
+        Self {
+            pyproject: pyproject.into(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Adds a file at archive path `name` (`/`-separated, relative).
+    #[must_use]
+    pub fn file(mut self, name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        self.push(name, bytes);
+        self
+    }
+
+    /// Adds a file at archive path `name`, in place.
+    pub fn push(&mut self, name: impl Into<String>, bytes: impl Into<Vec<u8>>) {
+        self.files.push((name.into(), bytes.into()));
+    }
+
+    /// The [`CONTENT_PATH`] text: one [`content_line`] per file, in order.
+    pub fn content(&self) -> String {
+        self.files
+            .iter()
+            .map(|(name, bytes)| content_line(name, bytes))
+            .collect()
+    }
+
+    /// The ZIP bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`FabError::WriteArchive`] when a name repeats (`pyproject.toml` or [`CONTENT_PATH`]
+    /// among the files included).
+    pub fn build(&self) -> Result<Vec<u8>, FabError> {
+        // A valid constant date: the fallback is never taken.
+        let stamp = zip::DateTime::from_date_and_time(2024, 10, 1, 0, 0, 0).unwrap_or_default();
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .last_modified_time(stamp);
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let mut add = |name: &str, bytes: &[u8]| -> Result<(), zip::result::ZipError> {
+            writer.start_file(name, options)?;
+            writer.write_all(bytes)?;
+            Ok(())
+        };
+        add("pyproject.toml", &self.pyproject).map_err(FabError::WriteArchive)?;
+        for (name, bytes) in &self.files {
+            add(name, bytes).map_err(FabError::WriteArchive)?;
+        }
+        add(CONTENT_PATH, self.content().as_bytes()).map_err(FabError::WriteArchive)?;
+        let cursor = writer.finish().map_err(FabError::WriteArchive)?;
+        Ok(cursor.into_inner())
+    }
+}
+
+/// The [`CONTENT_PATH`] line for the file `name` holding `bytes`: `name,<sha256 hex>,<bits>\n`,
+/// as `flwr build` writes it.
+pub fn content_line(name: &str, bytes: &[u8]) -> String {
+    format!("{name},{},{}\n", hash(bytes), bytes.len() * 8)
 }
 
 /// What the runtime reads from a FAB's `pyproject.toml`.
@@ -244,7 +328,7 @@ fn render_list(items: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::Write as _;
 
     use flwr_proto::scalar;
 
@@ -269,7 +353,8 @@ nested.key = "x"
 nested.deeper.flag = true
 "#;
 
-    /// A FAB with the given entries, stored uncompressed like `flwr build` does.
+    /// An archive of exactly these entries: one [`FabBuilder`] cannot make (no
+    /// `pyproject.toml`).
     fn zip_of(entries: &[(&str, &str)]) -> Vec<u8> {
         let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
         let options = zip::write::SimpleFileOptions::default()
@@ -282,7 +367,7 @@ nested.deeper.flag = true
     }
 
     fn parse(pyproject: &str) -> Result<FabMetadata, FabError> {
-        FabMetadata::from_fab(&zip_of(&[("pyproject.toml", pyproject)]))
+        FabMetadata::from_fab(&FabBuilder::new(pyproject).build().expect("builds"))
     }
 
     fn sint(v: i64) -> Scalar {
@@ -293,7 +378,10 @@ nested.deeper.flag = true
 
     #[test]
     fn reads_identity_components_and_flattened_config() {
-        let fab = zip_of(&[("pyproject.toml", PYPROJECT), ("miniapp/task.py", "")]);
+        let fab = FabBuilder::new(PYPROJECT)
+            .file("miniapp/task.py", "")
+            .build()
+            .expect("builds");
         let metadata = FabMetadata::from_fab(&fab).expect("valid FAB");
         assert_eq!(metadata.fab_id(), "tester/miniapp");
         assert_eq!(metadata.version, "1.0.0");
@@ -398,5 +486,74 @@ nested.deeper.flag = true
         assert!(error
             .to_string()
             .starts_with("The value for key lr needs to be of type"));
+    }
+
+    #[test]
+    fn builds_like_flwr_build() {
+        let builder = FabBuilder::new(PYPROJECT)
+            .file("miniapp/task.py", "x = 1\n")
+            .file("README.md", "");
+        let fab = builder.build().expect("builds");
+        let mut archive = zip::ZipArchive::new(Cursor::new(&fab)).expect("zip");
+        let names: Vec<&str> = archive.file_names().collect();
+        assert_eq!(
+            names,
+            [
+                "pyproject.toml",
+                "miniapp/task.py",
+                "README.md",
+                CONTENT_PATH
+            ]
+        );
+        for index in 0..archive.len() {
+            let entry = archive.by_index(index).expect("entry");
+            assert_eq!(entry.compression(), zip::CompressionMethod::Stored);
+            let stamp = entry.last_modified().expect("timestamp");
+            let when = (stamp.year(), stamp.month(), stamp.day(), stamp.hour());
+            assert_eq!(when, (2024, 10, 1, 0));
+        }
+        let mut content = String::new();
+        archive
+            .by_name(CONTENT_PATH)
+            .expect("CONTENT")
+            .read_to_string(&mut content)
+            .expect("text");
+        assert_eq!(
+            content,
+            format!(
+                "miniapp/task.py,{},48\nREADME.md,{},0\n",
+                hash(b"x = 1\n"),
+                hash(b"")
+            )
+        );
+        assert_eq!(content, builder.content());
+        assert_eq!(FabMetadata::from_fab(&fab).expect("valid").name, "miniapp");
+        // Deterministic: the same files give the same bytes, hence the same hash.
+        assert_eq!(builder.build().expect("builds"), fab);
+    }
+
+    /// The FAB hash of given files is part of the wire (`fab_hash`, install directory names):
+    /// the builder's bytes must not drift. (Python's `zipfile` writes the same entries and
+    /// length but other header fields, so the reference's hash of the same files differs.)
+    #[test]
+    fn bytes_stay_the_same() {
+        let fab = FabBuilder::new("[project]\nname = \"miniapp\"\n")
+            .file("miniapp/task.py", "x = 1\n")
+            .file("README.md", "")
+            .build()
+            .expect("builds");
+        assert_eq!(
+            (hash(&fab).as_str(), fab.len()),
+            (
+                "05f4377b68fa8c78d90c0ed80018c8d766ffb5e64c068994d46c18dd607091b3",
+                622
+            )
+        );
+    }
+
+    #[test]
+    fn refuses_to_build_a_repeated_name() {
+        let builder = FabBuilder::new(PYPROJECT).file("pyproject.toml", "");
+        assert!(matches!(builder.build(), Err(FabError::WriteArchive(_))));
     }
 }
