@@ -5,7 +5,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sha2::{Digest, Sha256};
+/// The SHA-256 of a FAB as lowercase hex: its `fab_hash`/`hash_str` ([`flwr_core::fab::hash`],
+/// the one definition).
+pub use flwr_core::fab::hash as fab_hash;
 
 use crate::FabStore;
 
@@ -133,11 +135,6 @@ fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, FfsError> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err.into()),
     }
-}
-
-/// The SHA-256 of a FAB as lowercase hex: its `fab_hash`/`hash_str`.
-pub fn fab_hash(content: &[u8]) -> String {
-    hex::encode(Sha256::digest(content))
 }
 
 /// Whether `hash` is exactly 64 lowercase hex characters.
