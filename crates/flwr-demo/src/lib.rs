@@ -72,9 +72,10 @@ pub use error::DemoError;
 pub use report::{RoundMetrics, Summary};
 pub use reporter::{Event, Reporter, Silent};
 
+use crate::credentials::Credentials;
 use crate::error::io_error;
 use crate::exec::{ExecApi, LogFollower, Reopen};
-use crate::federation::{Binaries, Federation, Layout, SuperLinkPorts};
+use crate::federation::{Binaries, Federation, Layout, RogueOutcome, SuperLinkPorts};
 use crate::run_log::{Progress, RunLog};
 
 /// Default number of listed SuperNodes.
@@ -295,17 +296,49 @@ fn demo(
         overrides,
     } = prepared;
 
-    let cancel = &config.cancel;
     let credentials = credentials::generate(dir, config.nodes)?;
     reporter.report(Event::CredentialsWritten {
         listed: config.nodes,
         allow_list: &credentials.allow_list,
     });
+    let layout = layout(dir, config.nodes)?;
+    binaries.link_apps(&layout.bin)?;
 
+    config.cancel.check()?;
+    let (mut federation, rogue) =
+        start_federation(&layout, binaries, &credentials, config, reporter)?;
+    reporter.report(Event::FabBuilt {
+        hash: &fab.hash,
+        bytes: fab.content.len(),
+    });
+
+    let run = run_federated(
+        config,
+        &layout,
+        &credentials,
+        fab,
+        overrides,
+        &mut federation,
+        reporter,
+    )?;
+    let central = train_central(config, reporter)?;
+    federation.stop(|name, exit_code| reporter.report(Event::Stopped { name, exit_code }))?;
+
+    let mut summary = summarize(config, run, &central, &rogue, fab, started);
+    report::write(&mut summary, &config.out_dir)?;
+    reporter.report(Event::OutputsWritten {
+        summary: &summary.summary_path,
+        svg: &summary.curve_path,
+    });
+    Ok(summary)
+}
+
+/// Free loopback ports and the directories of the federation in `dir`.
+fn layout(dir: &Path, nodes: usize) -> Result<Layout, DemoError> {
     // Fleet, ServerAppIo, Exec, then one ClientAppIo port per SuperNode and the rogue's;
     // `free_ports_vec` returns exactly as many as asked for, so the indexing below holds.
-    let ports = flwr_runtime::free_ports_vec(4 + config.nodes + 1)?;
-    let layout = Layout {
+    let ports = flwr_runtime::free_ports_vec(4 + nodes + 1)?;
+    Ok(Layout {
         logs: dir.join("logs"),
         bin: dir.join("bin"),
         homes: dir.join("home"),
@@ -316,11 +349,19 @@ fn demo(
             metrics: ports[3],
         },
         clientappio: ports[4..].to_vec(),
-    };
-    binaries.link_apps(&layout.bin)?;
+    })
+}
 
-    cancel.check()?;
-    let mut federation = Federation::start_superlink(&layout, binaries, &credentials, cancel)?;
+/// Starts the SuperLink, the listed SuperNodes and the rogue one, which must be refused.
+fn start_federation(
+    layout: &Layout,
+    binaries: &Binaries,
+    credentials: &Credentials,
+    config: &DemoConfig,
+    reporter: &mut dyn Reporter,
+) -> Result<(Federation, RogueOutcome), DemoError> {
+    let cancel = &config.cancel;
+    let mut federation = Federation::start_superlink(layout, binaries, credentials, cancel)?;
     reporter.report(Event::SuperLinkStarted {
         fleet: &Layout::address(layout.superlink.fleet),
         exec: &Layout::address(layout.superlink.exec),
@@ -329,7 +370,7 @@ fn demo(
             Layout::address(layout.superlink.metrics)
         ),
     });
-    let rogue = federation.start_supernodes(&layout, binaries, &credentials, cancel)?;
+    let rogue = federation.start_supernodes(layout, binaries, credentials, cancel)?;
     reporter.report(Event::SuperNodesRegistered {
         count: config.nodes,
     });
@@ -337,11 +378,30 @@ fn demo(
         exit_code: rogue.exit_code,
         reason: rogue.reason.as_deref(),
     });
-    reporter.report(Event::FabBuilt {
-        hash: &fab.hash,
-        bytes: fab.content.len(),
-    });
+    Ok((federation, rogue))
+}
 
+/// A federated run that completed.
+struct CompletedRun {
+    run_id: u64,
+    /// Its final `status:sub_status`.
+    status: String,
+    /// What its log said, round by round.
+    log: RunLog,
+}
+
+/// Submits the FAB with `overrides` over the Exec API, follows the run to its end, reporting
+/// its rounds, and fails unless it completed.
+fn run_federated(
+    config: &DemoConfig,
+    layout: &Layout,
+    credentials: &Credentials,
+    fab: &fab::Fab,
+    overrides: &[(&'static str, Scalar)],
+    federation: &mut Federation,
+    reporter: &mut dyn Reporter,
+) -> Result<CompletedRun, DemoError> {
+    let cancel = &config.cancel;
     let ca = std::fs::read(&credentials.ca_cert).map_err(io_error(format!(
         "reading {}",
         credentials.ca_cert.display()
@@ -362,7 +422,7 @@ fn demo(
         let mut follower = Follower {
             log: &mut log,
             reporter: &mut *reporter,
-            federation: &mut federation,
+            federation: &mut *federation,
             cancel,
             rounds,
         };
@@ -386,51 +446,75 @@ fn demo(
             details: status.details,
         });
     }
+    Ok(CompletedRun {
+        run_id,
+        status: status.status,
+        log,
+    })
+}
 
-    let central_epochs = rounds.saturating_mul(config.local_epochs);
+/// The baseline: the same model trained centrally on all partitions.
+struct Central {
+    /// Accuracy on the pooled evaluation data.
+    accuracy: f64,
+    /// As many as the federated run's local epochs in all its rounds.
+    epochs: u64,
+}
+
+/// Trains the baseline for as many epochs as the federated run had.
+fn train_central(config: &DemoConfig, reporter: &mut dyn Reporter) -> Result<Central, DemoError> {
+    let epochs = config.rounds.saturating_mul(config.local_epochs);
     let central = train_centrally(
         config.nodes,
-        usize::try_from(central_epochs).unwrap_or(usize::MAX),
+        usize::try_from(epochs).unwrap_or(usize::MAX),
         config.learning_rate,
     )
     .map_err(|e| DemoError::Central(e.to_string()))?;
     reporter.report(Event::CentralTrained {
         accuracy: central.accuracy,
     });
+    Ok(Central {
+        accuracy: central.accuracy,
+        epochs,
+    })
+}
 
-    federation.stop(|name, exit_code| reporter.report(Event::Stopped { name, exit_code }))?;
-
-    let rounds_metrics: Vec<RoundMetrics> = log
+/// The [`Summary`] of the demo, without the paths of its files yet.
+fn summarize(
+    config: &DemoConfig,
+    run: CompletedRun,
+    central: &Central,
+    rogue: &RogueOutcome,
+    fab: &fab::Fab,
+    started: Instant,
+) -> Summary {
+    let rounds = config.rounds;
+    let rounds_metrics: Vec<RoundMetrics> = run
+        .log
         .history()
         .into_iter()
         .filter(|summary| summary.round <= rounds)
         .map(RoundMetrics::from)
         .collect();
-    let mut summary = Summary {
+    Summary {
         nodes: config.nodes,
         rounds_requested: rounds,
         rounds_completed: u64::try_from(rounds_metrics.len()).unwrap_or(u64::MAX),
         final_accuracy: rounds_metrics.last().and_then(|r| r.eval_accuracy),
         rounds: rounds_metrics,
         central_accuracy: central.accuracy,
-        central_epochs,
+        central_epochs: central.epochs,
         local_epochs: config.local_epochs,
         learning_rate: config.learning_rate,
         rogue_refused: true,
         rogue_exit_code: rogue.exit_code,
-        run_id,
-        run_status: status.status,
+        run_id: run.run_id,
+        run_status: run.status,
         fab_hash: fab.hash.clone(),
         wall_time_seconds: started.elapsed().as_secs_f64(),
         summary_path: PathBuf::new(),
         curve_path: PathBuf::new(),
-    };
-    report::write(&mut summary, &config.out_dir)?;
-    reporter.report(Event::OutputsWritten {
-        summary: &summary.summary_path,
-        svg: &summary.curve_path,
-    });
-    Ok(summary)
+    }
 }
 
 /// Follows the demo's run: round progress to the reporter, health from the federation.
