@@ -1,5 +1,5 @@
 //! Packaging an app directory into a Flower App Bundle the way `flwr build` does
-//! (BEHAVIOR.md §10):
+//! (BEHAVIOR.md §10); this module picks the files, [`FabBuilder`] writes the archive:
 //!
 //! > A ZIP archive. `flwr build` writes, in order: `pyproject.toml` (the project's file
 //! > re-serialised as TOML with `[tool.flwr.federations]` removed), then every file below the
@@ -12,12 +12,10 @@
 //! skipped instead (the example bundles have neither).
 
 use std::fs;
-use std::io::{Cursor, Write as _};
 use std::path::{Path, PathBuf};
 
 use flwr::AppSpec;
-use sha2::{Digest as _, Sha256};
-use zip::write::SimpleFileOptions;
+use flwr_core::fab::{self, FabBuilder};
 
 use crate::error::{io_error, DemoError};
 
@@ -57,41 +55,23 @@ pub fn build(app_dir: &Path) -> Result<Fab, DemoError> {
     // Python sorts the `Path`s, which compares them component by component.
     files.sort_by(|a, b| a.components().cmp(b.components()));
 
-    let archive_error = |e: zip::result::ZipError| bundle_error(format!("writing the ZIP: {e}"));
-    let stamp = zip::DateTime::from_date_and_time(2024, 10, 1, 0, 0, 0)
-        .map_err(|e| bundle_error(format!("FAB timestamp: {e}")))?;
-    let options = SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored)
-        .last_modified_time(stamp);
-    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let mut add = |name: &str, bytes: &[u8]| -> Result<(), DemoError> {
-        zip.start_file(name, options).map_err(archive_error)?;
-        zip.write_all(bytes)
-            .map_err(io_error(format!("adding {name} to the FAB")))
-    };
-    add("pyproject.toml", pyproject.as_bytes())?;
-    let mut listing = String::new();
+    let mut builder = FabBuilder::new(pyproject);
     for relative in &files {
         let path = app_dir.join(relative);
         let bytes = fs::read(&path).map_err(io_error(format!("reading {}", path.display())))?;
-        let name = archive_name(relative);
-        add(&name, &bytes)?;
-        listing.push_str(&format!(
-            "{name},{},{}\n",
-            hex::encode(Sha256::digest(&bytes)),
-            bytes.len() * 8
-        ));
+        builder.push(archive_name(relative), bytes);
     }
-    if listing.is_empty() {
+    if files.is_empty() {
         // An empty CONTENT crashes the reference's installer (BEHAVIOR.md §10).
         return Err(bundle_error(
             "no .py, .toml or .md file besides pyproject.toml".to_owned(),
         ));
     }
-    add(".info/CONTENT", listing.as_bytes())?;
-    let content = zip.finish().map_err(archive_error)?.into_inner();
+    let content = builder
+        .build()
+        .map_err(|e| bundle_error(format!("writing the ZIP: {e}")))?;
     Ok(Fab {
-        hash: hex::encode(Sha256::digest(&content)),
+        hash: fab::hash(&content),
         content,
         spec,
     })
@@ -153,7 +133,7 @@ fn archive_name(relative: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read as _;
+    use std::io::{Cursor, Read as _};
 
     use super::*;
 
@@ -206,7 +186,7 @@ mod tests {
                 panic!("bad line {line:?}");
             };
             let bytes = fs::read(bundle().join(path)).expect("listed file exists");
-            assert_eq!(hash, hex::encode(Sha256::digest(&bytes)));
+            assert_eq!(hash, fab::hash(&bytes));
             assert_eq!(bits, (bytes.len() * 8).to_string());
         }
         assert_eq!(content.lines().count(), names.len() - 2);
