@@ -295,17 +295,7 @@ impl Phases<'_> {
         push_template: Option<&Arc<PushTemplate>>,
     ) -> Result<(usize, Measured), LoadError> {
         let config = self.config;
-        let registration_started = Instant::now();
-        let mut nodes = self
-            .registrar
-            .register_all(
-                config.nodes,
-                config.register_concurrency,
-                registration_started + config.registration_timeout,
-                |_| {},
-            )
-            .await;
-        let registration = registration_started.elapsed();
+        let (mut nodes, registration) = self.register().await;
         if let Some(template) = push_template {
             nodes = prepare_push(nodes, Arc::clone(template)).await?;
         }
@@ -430,17 +420,7 @@ impl Phases<'_> {
         };
         let mut serverappio = push_run::connect(&plan.serverappio).await?;
         let run_id = push_run::start_run(&mut serverappio, "flwr-loadgen/round").await?;
-        let registration_started = Instant::now();
-        let nodes = self
-            .registrar
-            .register_all(
-                config.nodes,
-                config.register_concurrency,
-                registration_started + config.registration_timeout,
-                |_| {},
-            )
-            .await;
-        let registration = registration_started.elapsed();
+        let (nodes, registration) = self.register().await;
         let nodes: Vec<Arc<SimNode>> = nodes.into_iter().map(Arc::new).collect();
         let cpu_start = self.cpu_micros();
         let start = Instant::now();
@@ -458,6 +438,22 @@ impl Phases<'_> {
             hard_stopped: false,
         };
         Ok((nodes.len(), measured, Some(report)))
+    }
+
+    /// Registers the nodes with no loops of their own; the nodes and how long it took.
+    async fn register(&self) -> (Vec<SimNode>, Duration) {
+        let config = self.config;
+        let started = Instant::now();
+        let nodes = self
+            .registrar
+            .register_all(
+                config.nodes,
+                config.register_concurrency,
+                started + config.registration_timeout,
+                |_| {},
+            )
+            .await;
+        (nodes, started.elapsed())
     }
 
     fn cpu_micros(&self) -> Option<u64> {
