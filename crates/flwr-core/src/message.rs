@@ -79,58 +79,61 @@ impl From<Parts> for Message {
 /// `{0, anonymous}`, consumer `{dst_node_id, not anonymous}`; `message_id` and `src_node_id`
 /// are not carried.
 pub fn task_ins(parts: Parts) -> TaskIns {
-    let metadata = parts.metadata;
+    let consumer = named(parts.metadata.dst_node_id);
+    let (group_id, run_id, task) = task_of(parts, anonymous_server(), consumer);
     TaskIns {
         task_id: String::new(),
-        group_id: metadata.group_id,
-        run_id: metadata.run_id,
-        task: Some(Task {
-            producer: Some(Node {
-                node_id: 0,
-                anonymous: true,
-            }),
-            consumer: Some(Node {
-                node_id: metadata.dst_node_id,
-                anonymous: false,
-            }),
-            created_at: metadata.created_at,
-            delivered_at: String::new(),
-            pushed_at: 0.0,
-            ttl: metadata.ttl,
-            ancestry: ancestry(metadata.reply_to_message),
-            task_type: metadata.message_type,
-            recordset: parts.content,
-            error: parts.error,
-        }),
+        group_id,
+        run_id,
+        task: Some(task),
     }
 }
 
 /// The `TaskRes` a SuperNode pushes for a reply (`message_to_taskres`): no task id, producer
 /// `{src_node_id, not anonymous}`, consumer the anonymous ServerApp `{0, anonymous}`.
 pub fn task_res(parts: Parts) -> TaskRes {
-    let metadata = parts.metadata;
+    let producer = named(parts.metadata.src_node_id);
+    let (group_id, run_id, task) = task_of(parts, producer, anonymous_server());
     TaskRes {
         task_id: String::new(),
-        group_id: metadata.group_id,
-        run_id: metadata.run_id,
-        task: Some(Task {
-            producer: Some(Node {
-                node_id: metadata.src_node_id,
-                anonymous: false,
-            }),
-            consumer: Some(Node {
-                node_id: 0,
-                anonymous: true,
-            }),
-            created_at: metadata.created_at,
-            delivered_at: String::new(),
-            pushed_at: 0.0,
-            ttl: metadata.ttl,
-            ancestry: ancestry(metadata.reply_to_message),
-            task_type: metadata.message_type,
-            recordset: parts.content,
-            error: parts.error,
-        }),
+        group_id,
+        run_id,
+        task: Some(task),
+    }
+}
+
+/// The group id, run id and `Task` both directions share; only who sends and who receives
+/// differ.
+fn task_of(parts: Parts, producer: Node, consumer: Node) -> (String, u64, Task) {
+    let metadata = parts.metadata;
+    let task = Task {
+        producer: Some(producer),
+        consumer: Some(consumer),
+        created_at: metadata.created_at,
+        delivered_at: String::new(),
+        pushed_at: 0.0,
+        ttl: metadata.ttl,
+        ancestry: ancestry(metadata.reply_to_message),
+        task_type: metadata.message_type,
+        recordset: parts.content,
+        error: parts.error,
+    };
+    (metadata.group_id, metadata.run_id, task)
+}
+
+/// A SuperNode as a task names it.
+fn named(node_id: u64) -> Node {
+    Node {
+        node_id,
+        anonymous: false,
+    }
+}
+
+/// The ServerApp as a task names it: `{0, anonymous}`.
+fn anonymous_server() -> Node {
+    Node {
+        node_id: 0,
+        anonymous: true,
     }
 }
 
