@@ -1311,18 +1311,10 @@ fn named(node_id: u64) -> Node {
 
 /// A FAB with a valid `pyproject.toml`.
 fn fab() -> Vec<u8> {
-    use std::io::Write as _;
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, text) in [
-        ("pyproject.toml", PYPROJECT),
-        ("crashapp/server_app.py", ""),
-    ] {
-        writer.start_file(name, options).expect("entry");
-        writer.write_all(text.as_bytes()).expect("write");
-    }
-    writer.finish().expect("zip").into_inner()
+    flwr_core::FabBuilder::new(PYPROJECT)
+        .file("crashapp/server_app.py", "")
+        .build()
+        .expect("FAB")
 }
 
 fn now() -> f64 {

@@ -254,18 +254,10 @@ fn status(status: &str, sub_status: &str) -> Option<RunStatus> {
 }
 
 fn fab() -> Vec<u8> {
-    use std::io::Write as _;
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, text) in [
-        ("pyproject.toml", PYPROJECT),
-        ("replicaapp/server_app.py", ""),
-    ] {
-        writer.start_file(name, options).expect("entry");
-        writer.write_all(text.as_bytes()).expect("write");
-    }
-    writer.finish().expect("zip").into_inner()
+    flwr_core::FabBuilder::new(PYPROJECT)
+        .file("replicaapp/server_app.py", "")
+        .build()
+        .expect("FAB")
 }
 
 async fn create_node(replica: &Replica) -> u64 {

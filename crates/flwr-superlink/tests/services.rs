@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -253,14 +252,10 @@ impl Drop for Harness {
 
 /// A FAB with a valid `pyproject.toml`.
 fn fab() -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, text) in [("pyproject.toml", PYPROJECT), ("miniapp/server_app.py", "")] {
-        writer.start_file(name, options).expect("entry");
-        writer.write_all(text.as_bytes()).expect("write");
-    }
-    writer.finish().expect("zip").into_inner()
+    flwr_core::FabBuilder::new(PYPROJECT)
+        .file("miniapp/server_app.py", "")
+        .build()
+        .expect("FAB")
 }
 
 fn now() -> f64 {

@@ -11,7 +11,8 @@
 //!   are `flwr_core::config`'s);
 //! - [`timing`]: retry back-off, heartbeat and idle-poll timing as pure functions;
 //! - [`message`]: `TaskIns` → `Message` → `TaskRes` mapping, reply validation, error replies;
-//! - [`fab`]: FAB installation under the Flower home (hash and metadata are `flwr_core::fab`'s);
+//! - [`install`]: FAB installation under the Flower home (hash, layout and metadata are
+//!   `flwr_core::fab`'s);
 //! - [`signer`]: the seam where node authentication attaches `public-key`/`auth-token`;
 //! - [`fleet`]: the Fleet API client (TLS, message limits, signing, retries);
 //! - [`heartbeat`]: the ping task;
@@ -28,9 +29,9 @@
 mod cache;
 pub mod cli;
 pub mod clientappio;
-pub mod fab;
 pub mod fleet;
 pub mod heartbeat;
+pub mod install;
 pub mod launcher;
 pub mod message;
 pub mod metrics;

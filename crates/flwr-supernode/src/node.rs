@@ -43,9 +43,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Lru;
 use crate::cli::{ClientAppLifetime, Config, Isolation, NodeAuthMode};
 use crate::clientappio::{self, Exchange, Inputs, Outputs};
-use crate::fab;
 use crate::fleet::{CallError, ChannelError, Fleet, Tls};
 use crate::heartbeat::{self, Beat};
+use crate::install;
 use crate::launcher::{LaunchError, Launcher};
 use crate::message::{self, usable_message, validate_reply};
 use crate::metrics::NodeMetrics;
@@ -349,7 +349,7 @@ enum UnusableFab {
     Fab(#[from] flwr_core::FabError),
     /// Installing it was refused (unsafe paths, or files that do not match its listing).
     #[error(transparent)]
-    Install(#[from] fab::InstallError),
+    Install(#[from] install::InstallError),
 }
 
 /// A fetched, verified FAB with its metadata.
@@ -731,7 +731,7 @@ impl SuperNode {
         // Blocking file I/O. A FAB that is unsafe or does not match its listing is refused (and
         // not cached): no ClientApp may run it. A local write failure is only logged because
         // `flwr-clientapp` installs the FAB again itself and reports its own failure.
-        match tokio::task::spawn_blocking(move || fab::install(&content, &home)).await {
+        match tokio::task::spawn_blocking(move || install::install(&content, &home)).await {
             Ok(Ok(dir)) => {
                 tracing::info!("FAB {} installed in {}", metadata.fab_id(), dir.display())
             }

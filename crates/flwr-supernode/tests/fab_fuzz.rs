@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use flwr_core::FabMetadata;
-use flwr_supernode::fab;
+use flwr_supernode::install;
 use proptest::prelude::*;
 
 /// Every path under `dir`, recursively.
@@ -83,7 +83,7 @@ proptest! {
     fn arbitrary_bytes_are_refused_without_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         let home = tempfile::tempdir().expect("tempdir");
         let _ = FabMetadata::from_fab(&bytes);
-        prop_assert!(fab::install(&bytes, home.path()).is_err());
+        prop_assert!(install::install(&bytes, home.path()).is_err());
     }
 
     #[test]
@@ -109,7 +109,7 @@ proptest! {
         let content = archive(&entries);
         let home = tempfile::tempdir().expect("tempdir");
         let _ = FabMetadata::from_fab(&content);
-        let _ = fab::install(&content, home.path());
+        let _ = install::install(&content, home.path());
         let apps = home.path().join("apps");
         for path in files_under(home.path()) {
             prop_assert!(path == apps || path.starts_with(&apps), "{} outside apps", path.display());

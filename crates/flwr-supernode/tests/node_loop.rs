@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{Cursor, Write as _};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,7 +25,6 @@ use flwr_proto::{
 use flwr_supernode::backoff::RetryPolicy;
 use flwr_supernode::signer::Unsigned;
 use flwr_supernode::{ClientAppLifetime, Config, Isolation, NodeError, Tls};
-use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -147,7 +145,7 @@ impl Fleet for MockFleet {
         let run_id = request.into_inner().run_id;
         let hash = self.with(|s| {
             s.get_run_calls += 1;
-            hex(&s.fab)
+            flwr_core::fab::hash(&s.fab)
         });
         if run_id == DENIED_RUN_ID {
             return Err(Status::permission_denied("Run is finished."));
@@ -176,7 +174,7 @@ impl Fleet for MockFleet {
             s.get_fab_calls += 1;
             s.fab.clone()
         });
-        assert_eq!(request.hash_str, hex(&content));
+        assert_eq!(request.hash_str, flwr_core::fab::hash(&content));
         Ok(Response::new(GetFabResponse {
             fab: Some(Fab {
                 hash_str: request.hash_str,
@@ -184,13 +182,6 @@ impl Fleet for MockFleet {
             }),
         }))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn sint(v: i64) -> Scalar {
@@ -205,18 +196,10 @@ fn fab() -> Vec<u8> {
         [tool.flwr.app]\npublisher = \"tester\"\n\n\
         [tool.flwr.app.components]\nserverapp = \"app:server\"\nclientapp = \"app:client\"\n\n\
         [tool.flwr.app.config]\nlocal-epochs = 1\nlr = 0.5\n";
-    let app = "client = None\n";
-    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    zip.start_file("pyproject.toml", options).unwrap();
-    zip.write_all(pyproject.as_bytes()).unwrap();
-    zip.start_file("app.py", options).unwrap();
-    zip.write_all(app.as_bytes()).unwrap();
-    zip.start_file(".info/CONTENT", options).unwrap();
-    let listing = format!("app.py,{},{}\n", hex(app.as_bytes()), app.len() * 8);
-    zip.write_all(listing.as_bytes()).unwrap();
-    zip.finish().unwrap().into_inner()
+    flwr_core::FabBuilder::new(pyproject)
+        .file("app.py", "client = None\n")
+        .build()
+        .unwrap()
 }
 
 fn task_ins(task_id: &str, run_id: u64, round: &str) -> TaskIns {
@@ -515,10 +498,10 @@ async fn messages_replies_context_and_shutdown() {
         assert!(task.recordset.is_some() && task.error.is_none());
     }
     // The FAB was installed where flwr-clientapp looks for it.
-    let installed = home
-        .path()
-        .join("apps")
-        .join(format!("tester.mockapp.1.2.3.{}", &hex(&fab())[..8]));
+    let installed = home.path().join("apps").join(format!(
+        "tester.mockapp.1.2.3.{}",
+        &flwr_core::fab::hash(&fab())[..8]
+    ));
     assert!(installed.join("app.py").is_file(), "{installed:?}");
 
     harness.stop().await.unwrap();

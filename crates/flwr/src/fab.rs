@@ -114,7 +114,9 @@ impl From<FabMetadata> for AppSpec {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Cursor, Write};
+    use std::io::{Cursor, Write as _};
+
+    use flwr_core::FabBuilder;
 
     use super::*;
 
@@ -137,20 +139,19 @@ nested.key = "x"
 nested.deeper.flag = true
 "#;
 
-    fn fab(files: &[(&str, &str)]) -> Vec<u8> {
+    /// A ZIP holding only `README.md`: not a FAB, so not one [`FabBuilder`] makes.
+    fn without_pyproject() -> Vec<u8> {
         let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        for (name, text) in files {
-            writer
-                .start_file(*name, zip::write::SimpleFileOptions::default())
-                .expect("entry");
-            writer.write_all(text.as_bytes()).expect("write");
-        }
+        let options = zip::write::SimpleFileOptions::default();
+        writer.start_file("README.md", options).expect("entry");
+        writer.write_all(b"x").expect("write");
         writer.finish().expect("finish").into_inner()
     }
 
     #[test]
     fn reads_identity_components_and_flattened_config() {
-        let spec = AppSpec::from_fab(&fab(&[("pyproject.toml", PYPROJECT)])).expect("reads");
+        let spec =
+            AppSpec::from_fab(&FabBuilder::new(PYPROJECT).build().expect("FAB")).expect("reads");
         assert_eq!(spec.fab_id, "test/numpyapp");
         assert_eq!(spec.fab_version, "1.0.0");
         assert_eq!(
@@ -178,12 +179,12 @@ nested.deeper.flag = true
     fn bad_fabs_are_errors() {
         assert!(AppSpec::from_fab(b"not a zip").is_err());
         assert!(matches!(
-            AppSpec::from_fab(&fab(&[("README.md", "x")])),
+            AppSpec::from_fab(&without_pyproject()),
             Err(FabError::MissingPyproject)
         ));
         let unnamed = PYPROJECT.replace("name = \"numpyapp\"", "name = 1");
         assert!(matches!(
-            AppSpec::from_fab(&fab(&[("pyproject.toml", &unnamed)])),
+            AppSpec::from_fab(&FabBuilder::new(unnamed).build().expect("FAB")),
             Err(FabError::Validation(_))
         ));
         let listy = PYPROJECT.replace("lr = 0.1", "lr = [0.1]");

@@ -2,7 +2,6 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a subset
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step fails the test
 
-use std::io::{Cursor, Write};
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -17,12 +16,7 @@ pub fn fab(serverapp: &str, clientapp: &str, config: &str) -> Vec<u8> {
          [tool.flwr.app.components]\nserverapp = \"{serverapp}\"\nclientapp = \"{clientapp}\"\n\n\
          [tool.flwr.app.config]\n{config}\n"
     );
-    let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    writer
-        .start_file("pyproject.toml", zip::write::SimpleFileOptions::default())
-        .expect("entry");
-    writer.write_all(pyproject.as_bytes()).expect("write");
-    writer.finish().expect("zip").into_inner()
+    flwr_core::FabBuilder::new(pyproject).build().expect("FAB")
 }
 
 /// Serves `router` on a free loopback port until the returned sender is dropped or fired.

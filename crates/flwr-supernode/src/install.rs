@@ -33,7 +33,7 @@ use flwr_core::fab::{self, FabMetadata};
 pub const MAX_FIELD_LEN: usize = 64;
 
 /// The listing of the packaged files inside a FAB.
-const CONTENT: &str = ".info/CONTENT";
+const CONTENT: &str = fab::CONTENT_PATH;
 
 /// Why a FAB could not be installed. Every message names the FAB (`fab_id`, version and hash
 /// prefix) and, where there is one, the offending entry.
@@ -376,6 +376,8 @@ fn parse_listing<'a>(
 mod tests {
     use std::io::Write as _;
 
+    use flwr_core::FabBuilder;
+
     use super::*;
 
     const PYPROJECT: &str = r#"
@@ -396,27 +398,23 @@ local-epochs = 1
 nested.lr = 0.1
 "#;
 
-    /// A FAB laid out like `flwr build` makes it.
+    /// A FAB laid out like `flwr build` makes it (`files` starts with `pyproject.toml`); with
+    /// `content_override`, the same entries with a forged `.info/CONTENT`.
     fn build(files: &[(&str, &str)], content_override: Option<&str>) -> Vec<u8> {
-        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        let mut listing = String::new();
-        for (name, text) in files {
-            zip.start_file(*name, options).unwrap();
-            zip.write_all(text.as_bytes()).unwrap();
-            if *name != "pyproject.toml" {
-                listing.push_str(&format!(
-                    "{name},{},{}\n",
-                    fab::hash(text.as_bytes()),
-                    text.len() * 8
-                ));
-            }
+        if let Some(listing) = content_override {
+            let mut entries = files.to_vec();
+            entries.push((fab::CONTENT_PATH, listing));
+            return raw(&entries, None);
         }
-        zip.start_file(".info/CONTENT", options).unwrap();
-        zip.write_all(content_override.unwrap_or(&listing).as_bytes())
-            .unwrap();
-        zip.finish().unwrap().into_inner()
+        let [("pyproject.toml", pyproject), rest @ ..] = files else {
+            panic!("pyproject.toml comes first");
+        };
+        rest.iter()
+            .fold(FabBuilder::new(*pyproject), |builder, (name, text)| {
+                builder.file(*name, *text)
+            })
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -557,7 +555,8 @@ nested.lr = 0.1
         assert!(!home.path().join("apps").exists(), "nothing written");
     }
 
-    /// An archive written entry by entry, CONTENT included as given.
+    /// An archive written entry by entry, CONTENT included as given: hostile archives
+    /// [`FabBuilder`] cannot make.
     fn raw(entries: &[(&str, &str)], symlink: Option<(&str, &str)>) -> Vec<u8> {
         let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
         let options = zip::write::SimpleFileOptions::default()
