@@ -60,7 +60,7 @@ use crate::federation::{
 };
 use crate::report::RoundMetrics;
 use crate::run_log::{Progress, RunLog};
-use crate::{fab, Cancel, DemoConfig, Silent, WorkDir};
+use crate::{bundle, Cancel, DemoConfig, Silent, WorkDir};
 
 /// Default round after which a replica is killed.
 pub const DEFAULT_KILL_AFTER_ROUND: u64 = 2;
@@ -476,7 +476,7 @@ pub fn run_ha_with(config: HaConfig, reporter: &mut dyn HaReporter) -> Result<Ha
     // Everything that needs no work directory first, so a bad setup leaves nothing behind.
     let binaries = Binaries::locate(&config.demo.bin_dir)?;
     let haproxy = locate_haproxy(config.haproxy.as_deref())?;
-    let fab = fab::build(&config.demo.app_dir)?;
+    let fab = bundle::build(&config.demo.app_dir)?;
     let overrides = crate::run_config_overrides(&config.demo, &fab.spec.config)?;
     // PostgreSQL lives in a private directory of its own, so it can start before the work
     // directory exists: a machine without it fails here, leaving nothing behind.
@@ -507,7 +507,7 @@ pub fn run_ha_with(config: HaConfig, reporter: &mut dyn HaReporter) -> Result<Ha
 struct Prepared {
     binaries: Binaries,
     haproxy: PathBuf,
-    fab: fab::Fab,
+    fab: bundle::Fab,
     overrides: Vec<(&'static str, flwr_proto::Scalar)>,
 }
 

@@ -29,7 +29,7 @@
 //!
 //! - [`DemoConfig`], [`run`], [`run_with`]: the orchestration (this file);
 //! - [`credentials`]: certificates and keys via `flwr-keygen`;
-//! - [`fab`]: packaging an app directory like `flwr build`;
+//! - [`bundle`]: packaging an app directory like `flwr build`;
 //! - `federation`: the SuperLink and SuperNode processes, the private bin directory, the
 //!   rogue check and the orderly stop;
 //! - `exec`: the Exec API client (`StartRun`, `StreamLogs`, `ListRuns`);
@@ -50,10 +50,10 @@
 //! logs/    superlink.log supernode-<i>.log rogue-supernode.log
 //! ```
 
+pub mod bundle;
 pub mod credentials;
 mod error;
 mod exec;
-pub mod fab;
 mod federation;
 pub mod ha;
 pub mod report;
@@ -252,7 +252,7 @@ pub fn run_with(config: DemoConfig, reporter: &mut dyn Reporter) -> Result<Summa
     config.validate()?;
     // Everything that needs no work directory first, so a bad setup leaves nothing behind.
     let binaries = Binaries::locate(&config.bin_dir)?;
-    let fab = fab::build(&config.app_dir)?;
+    let fab = bundle::build(&config.app_dir)?;
     let overrides = run_config_overrides(&config, &fab.spec.config)?;
     let work = WorkDir::create(config.work_dir.as_deref())?;
     reporter.report(Event::WorkDirReady {
@@ -278,7 +278,7 @@ pub fn run_with(config: DemoConfig, reporter: &mut dyn Reporter) -> Result<Summa
 #[derive(Debug)]
 struct Prepared {
     binaries: Binaries,
-    fab: fab::Fab,
+    fab: bundle::Fab,
     overrides: Vec<(&'static str, Scalar)>,
 }
 
@@ -396,7 +396,7 @@ fn run_federated(
     config: &DemoConfig,
     layout: &Layout,
     credentials: &Credentials,
-    fab: &fab::Fab,
+    fab: &bundle::Fab,
     overrides: &[(&'static str, Scalar)],
     federation: &mut Federation,
     reporter: &mut dyn Reporter,
@@ -485,7 +485,7 @@ fn summarize(
     run: CompletedRun,
     central: &Central,
     rogue: &RogueOutcome,
-    fab: &fab::Fab,
+    fab: &bundle::Fab,
     started: Instant,
 ) -> Summary {
     let rounds = config.rounds;

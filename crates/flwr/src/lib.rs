@@ -18,7 +18,7 @@
 //! - [`server`]: the [`ServerApp`](server::ServerApp) trait, the [`Grid`](server::Grid) over
 //!   ServerAppIo, [`FedAvg`](server::FedAvg), and the ServerAppIo runner
 //!   ([`server::run_serverapp`]).
-//! - [`fab`]: what a Rust app reads from its run's FAB ([`AppSpec`]).
+//! - [`app_spec`]: what a Rust app reads from its run's FAB ([`AppSpec`]).
 //! - [`registry`]: compiled apps by component reference, for either side
 //!   ([`registry::Registry`]).
 //! - [`transport`]: channels and the reference's retry rule.
@@ -109,11 +109,11 @@
 //! # }
 //! ```
 
+pub mod app_spec;
 pub mod client;
 pub mod compat;
 mod context;
 mod error;
-pub mod fab;
 mod message;
 pub mod npy;
 mod record;
@@ -121,9 +121,9 @@ pub mod registry;
 pub mod server;
 pub mod transport;
 
+pub use app_spec::AppSpec;
 pub use context::{Context, Fab, Run, RunStatus};
 pub use error::{AppError, CompatError, ConversionError};
-pub use fab::AppSpec;
 pub use message::{message_type, now, Message, MessageError, Metadata, Payload, DEFAULT_TTL};
 pub use npy::NpyError;
 pub use record::{

@@ -8,9 +8,9 @@ mod runner;
 pub use numpy::{NumPyClient, NumPyClientApp};
 pub use runner::{run_clientapp, ClientAppArgs, ClientAppOptions, RunnerError, DEFAULT_ADDRESS};
 
+use crate::app_spec::AppSpec;
 use crate::context::{Context, Run};
 use crate::error::AppError;
-use crate::fab::AppSpec;
 use crate::message::Message;
 use crate::record::RecordSet;
 use crate::registry::Registry;

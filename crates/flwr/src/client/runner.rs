@@ -22,10 +22,10 @@ use flwr_proto as proto;
 use flwr_proto::client_app_io_client::ClientAppIoClient;
 use tonic::transport::Channel;
 
+use crate::app_spec::AppSpec;
 use crate::client::ClientAppLoader;
 use crate::context::{Context, Fab, Run};
 use crate::error::ConversionError;
-use crate::fab::AppSpec;
 use crate::message::{Message, MessageError};
 use crate::transport::{self, AddressError, RetryPolicy};
 

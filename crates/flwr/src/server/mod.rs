@@ -18,9 +18,9 @@ pub use grid::{Grid, GridError, ServerAppInputs, DEFAULT_ADDRESS};
 pub use logs::{LogTee, LogTeeWriter};
 pub use runner::{run_serverapp, RunnerError, ServerAppArgs, ServerAppOptions};
 
+use crate::app_spec::AppSpec;
 use crate::context::{Context, Run};
 use crate::error::AppError;
-use crate::fab::AppSpec;
 use crate::registry::Registry;
 
 /// A boxed future borrowing its inputs, the return type of [`ServerApp::run`].

@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
+use crate::app_spec::AppSpec;
 use crate::context::{Context, RunStatus};
 use crate::error::AppError;
-use crate::fab::AppSpec;
 use crate::server::grid::{Grid, GridError, ServerAppInputs, DEFAULT_ADDRESS};
 use crate::server::logs::LogTee;
 use crate::server::ServerAppLoader;
