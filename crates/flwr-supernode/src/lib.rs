@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `flower-supernode` flags (clap) and their validation into a [`Config`];
+//! - [`config`]: the `flower-supernode` flags (clap) and their validation into a [`Config`];
 //! - [`node_config`]: `--node-config` from a file or `key=value` pairs (typing and flattening
 //!   are `flwr_core::config`'s);
 //! - [`timing`]: retry back-off, heartbeat and idle-poll timing as pure functions;
@@ -27,8 +27,8 @@
 //! SIGINT or SIGTERM ([`flwr_runtime::signal`]).
 
 mod cache;
-pub mod cli;
 pub mod clientappio;
+pub mod config;
 pub mod fleet;
 pub mod heartbeat;
 pub mod install;
@@ -41,7 +41,7 @@ pub mod signer;
 pub mod timing;
 pub mod warm;
 
-pub use cli::{Cli, ClientAppLifetime, Config, ConfigError, Isolation, Tls};
+pub use config::{Args, ClientAppLifetime, Config, ConfigError, Isolation, Tls};
 pub use node::{run, run_operated, run_with_signer, NodeError, Operations};
 // The module's former name, kept so existing `flwr_supernode::backoff::RetryPolicy` paths work.
 pub use timing as backoff;

@@ -41,8 +41,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Lru;
-use crate::cli::{ClientAppLifetime, Config, Isolation, NodeAuthMode};
 use crate::clientappio::{self, Exchange, Inputs, Outputs};
+use crate::config::{ClientAppLifetime, Config, Isolation, NodeAuthMode};
 use crate::fleet::{CallError, ChannelError, Fleet, Tls};
 use crate::heartbeat::{self, Beat};
 use crate::install;

@@ -155,7 +155,7 @@ async fn expositions(dir: &Path) -> (String, String) {
 
     // The SuperNode's metric names do not depend on reaching a SuperLink: it retries a port
     // where nothing listens while it is scraped.
-    let cli = flwr_supernode::Cli::try_parse_from([
+    let cli = flwr_supernode::Args::try_parse_from([
         "flower-supernode".to_owned(),
         "--insecure".to_owned(),
         "--superlink".to_owned(),

@@ -199,7 +199,7 @@ async fn a_hardened_supernode_works_with_a_hardened_superlink() {
         let _ = link_stopped.await;
     }));
 
-    let cli = flwr_supernode::Cli::try_parse_from([
+    let cli = flwr_supernode::Args::try_parse_from([
         "flower-supernode".to_owned(),
         "--root-certificates".to_owned(),
         path(&pki.ca_cert),

@@ -12,7 +12,7 @@ use flwr_proto::{
     CreateRunRequest, GetNodesRequest, Node, PushTaskInsRequest, RecordSet, RunStatus, Task,
     TaskIns, UpdateRunStatusRequest,
 };
-use flwr_supernode::{Cli, Operations};
+use flwr_supernode::{Args, Operations};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -123,7 +123,7 @@ async fn metrics_count_the_message_and_health_follows_shutdown() {
     }
 
     // The SuperNode, in-process, with metrics and a ClientApp that exits 3.
-    let cli = Cli::try_parse_from([
+    let cli = Args::try_parse_from([
         "flower-supernode".to_owned(),
         "--insecure".to_owned(),
         "--superlink".to_owned(),

@@ -8,13 +8,13 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use flwr_runtime::signal::Signals;
-use flwr_supernode::Cli;
+use flwr_supernode::Args;
 
 /// sysexits.h `EX_USAGE`.
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Args::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help / --version.

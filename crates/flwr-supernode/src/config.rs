@@ -1,7 +1,7 @@
 //! The `flower-supernode` command line (CLI.md §2) and its validation into a [`Config`].
 //!
 //! Flag names, value names and defaults are the reference's; help texts say the same in our own
-//! words. [`Cli::into_config`] reads and checks everything (certificate file, key files,
+//! words. [`Args::into_config`] reads and checks everything (certificate file, key files,
 //! `--node-config`, addresses) before any socket is opened; each failure names its flag.
 
 use std::collections::HashMap;
@@ -61,7 +61,7 @@ pub enum NodeAuthMode {
 #[derive(Debug, Parser)]
 #[command(name = "flower-supernode", version)]
 #[command(group(ArgGroup::new("transport").args(["grpc_rere", "grpc_adapter", "rest"])))]
-pub struct Cli {
+pub struct Args {
     /// (REMOVED) The SuperNode takes its ClientApp from the SuperLink; passing an app directory
     /// is an error.
     #[arg(value_name = "APP", hide = true)]
@@ -313,7 +313,7 @@ pub enum ConfigError {
     NodeConfig(#[from] NodeConfigError),
 }
 
-impl Cli {
+impl Args {
     /// The operator-facing flags (`--metrics-address`), validated.
     ///
     /// # Errors
@@ -456,14 +456,14 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         let cli =
-            Cli::try_parse_from(std::iter::once("flower-supernode").chain(args.iter().copied()))
+            Args::try_parse_from(std::iter::once("flower-supernode").chain(args.iter().copied()))
                 .map_err(|e| e.to_string())?;
         cli.into_config().map_err(|e| e.to_string())
     }
 
     #[test]
     fn clap_definition_is_consistent() {
-        Cli::command().debug_assert();
+        Args::command().debug_assert();
     }
 
     #[test]
