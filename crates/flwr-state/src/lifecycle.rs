@@ -92,9 +92,20 @@ pub enum Timestamp {
     StartingAt,
 }
 
-/// Applies an accepted transition to `run`: replaces its status (details included) and stamps
-/// the matching timestamp with `now_iso`. Does not check [`transition_allowed`].
-pub fn apply_transition(run: &mut flwr_proto::Run, new: RunStatus, now_iso: &str) {
+/// Moves `run` to `new` if [`transition_allowed`]: replaces its status (details included) and
+/// stamps the matching timestamp with `now_iso`. Returns whether it moved; every backend's
+/// `update_run_status` is this on the run it read, then a write of the result.
+pub fn transition(run: &mut flwr_proto::Run, new: RunStatus, now_iso: &str) -> bool {
+    let current = run.status.clone().unwrap_or_default();
+    if !transition_allowed(&current, &new) {
+        return false;
+    }
+    apply_transition(run, new, now_iso);
+    true
+}
+
+/// Applies an accepted transition to `run` (see [`transition`]), without checking it.
+fn apply_transition(run: &mut flwr_proto::Run, new: RunStatus, now_iso: &str) {
     match stamped_timestamp(&new.status) {
         Some(Timestamp::StartingAt) => now_iso.clone_into(&mut run.starting_at),
         Some(Timestamp::RunningAt) => now_iso.clone_into(&mut run.running_at),

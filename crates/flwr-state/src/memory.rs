@@ -9,7 +9,7 @@ use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRe
 use uuid::Uuid;
 
 use crate::content::{Handle, RecordSets};
-use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
+use crate::lifecycle::{pending_status, transition, PENDING};
 use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
     accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
@@ -622,12 +622,7 @@ impl LinkState for InMemoryLinkState {
             .runs
             .get_mut(&run_id)
             .ok_or(StateError::RunNotFound(run_id))?;
-        let current = entry.run.status.clone().unwrap_or_default();
-        if !transition_allowed(&current, &new_status) {
-            return Ok(false);
-        }
-        apply_transition(&mut entry.run, new_status, &now_iso);
-        Ok(true)
+        Ok(transition(&mut entry.run, new_status, &now_iso))
     }
 
     fn federation_options(&self, run_id: u64) -> Result<Option<ConfigsRecord>, StateError> {

@@ -9,7 +9,7 @@ use flwr_proto::{ConfigsRecord, Context, Run, RunStatus, Scalar, TaskIns, TaskRe
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
-use crate::lifecycle::{apply_transition, pending_status, transition_allowed, PENDING};
+use crate::lifecycle::{pending_status, transition, PENDING};
 use crate::link_state::{NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON};
 use crate::task::{
     accept_task_res, distinct_task_ids, expired_for_delivery, expired_for_results,
@@ -677,11 +677,9 @@ impl LinkState for SqliteLinkState {
         let mut connection = self.lock();
         let tx = connection.transaction()?;
         let mut run = load_run(&tx, run_id)?.ok_or(StateError::RunNotFound(run_id))?;
-        let current = run.status.clone().unwrap_or_default();
-        if !transition_allowed(&current, &new_status) {
+        if !transition(&mut run, new_status, &now_iso) {
             return Ok(false);
         }
-        apply_transition(&mut run, new_status, &now_iso);
         let status = run.status.unwrap_or_default();
         tx.prepare_cached(
             "UPDATE run SET starting_at = ?1, running_at = ?2, finished_at = ?3, status = ?4, \

@@ -11,6 +11,41 @@ use std::time::{Duration, Instant};
 use rand::Rng as _;
 use tonic::transport::{Channel, Endpoint};
 
+/// The flags `flwr-serverapp` and `flwr-clientapp` share about their channel, flattened into
+/// [`ServerAppArgs`](crate::server::ServerAppArgs) and
+/// [`ClientAppArgs`](crate::client::ClientAppArgs).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ChannelArgs {
+    /// Use a plaintext channel. Accepted for compatibility: plaintext is the only mode, as in
+    /// the reference (which refuses to start without this flag).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Accepted for compatibility and ignored: a Rust app installs nothing.
+    #[arg(long)]
+    pub flwr_dir: Option<std::path::PathBuf>,
+    /// Largest message in bytes; the SuperLink or SuperNode that starts the app with
+    /// `--grpc-max-message-length` passes its limit in the environment. (Not a Flower 1.14
+    /// flag.)
+    #[arg(
+        long,
+        hide = true,
+        env = flwr_proto::MESSAGE_SIZE_ENV,
+        default_value_t = flwr_proto::MAX_MESSAGE_SIZE as u64,
+        value_parser = clap::value_parser!(u64).range(
+            flwr_proto::MIN_MESSAGE_SIZE as u64..=flwr_proto::MAX_MESSAGE_SIZE_CEILING as u64
+        )
+    )]
+    pub grpc_max_message_length: u64,
+}
+
+impl ChannelArgs {
+    /// `--grpc-max-message-length` in bytes (the parser bounds it by the ceiling).
+    pub fn max_message_size(&self) -> usize {
+        usize::try_from(self.grpc_max_message_length)
+            .unwrap_or(flwr_proto::MAX_MESSAGE_SIZE_CEILING)
+    }
+}
+
 /// The address could not be turned into a gRPC endpoint.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid address {address:?}: {source}")]

@@ -70,7 +70,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Config, IsolationLevel, NoTls, Row};
 
-use crate::lifecycle::{apply_transition, pending_status, transition_allowed};
+use crate::lifecycle::{pending_status, transition};
 use crate::link_state::{
     Change, ChangeSink, FabStore, NodeCounts, TaskCounts, LOG_TIMESTAMP_EPSILON,
 };
@@ -707,11 +707,9 @@ impl PostgresLinkState {
             .await?
             .ok_or(StateError::RunNotFound(run_id))?;
         let mut run = RunRow::read(&row)?.into_run()?;
-        let current = run.status.clone().unwrap_or_default();
-        if !transition_allowed(&current, new_status) {
+        if !transition(&mut run, new_status.clone(), &now_iso) {
             return Ok(false);
         }
-        apply_transition(&mut run, new_status.clone(), &now_iso);
         let status = run.status.unwrap_or_default();
         execute(
             &tx,

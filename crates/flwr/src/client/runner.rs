@@ -27,7 +27,7 @@ use crate::client::ClientAppLoader;
 use crate::context::{Context, Fab, Run};
 use crate::error::ConversionError;
 use crate::message::{Message, MessageError};
-use crate::transport::{self, AddressError, RetryPolicy};
+use crate::transport::{self, AddressError, ChannelArgs, RetryPolicy};
 
 /// The default ClientAppIo address of `flwr-clientapp`.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9094";
@@ -41,25 +41,9 @@ pub struct ClientAppArgs {
     /// Token of the one message to process; without it the app keeps polling for messages.
     #[arg(long)]
     pub token: Option<u64>,
-    /// Use a plaintext channel. Accepted for compatibility: plaintext is the only mode, as in
-    /// the reference (which refuses to start without this flag).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Accepted for compatibility and ignored: a Rust app installs nothing.
-    #[arg(long)]
-    pub flwr_dir: Option<std::path::PathBuf>,
-    /// Largest message in bytes; a SuperNode started with `--grpc-max-message-length` passes
-    /// its limit in the environment. (Not a Flower 1.14 flag.)
-    #[arg(
-        long,
-        hide = true,
-        env = proto::MESSAGE_SIZE_ENV,
-        default_value_t = proto::MAX_MESSAGE_SIZE as u64,
-        value_parser = clap::value_parser!(u64).range(
-            proto::MIN_MESSAGE_SIZE as u64..=proto::MAX_MESSAGE_SIZE_CEILING as u64
-        )
-    )]
-    pub grpc_max_message_length: u64,
+    /// `--insecure`, `--flwr-dir` and the message size limit.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
 }
 
 impl ClientAppArgs {
@@ -67,8 +51,7 @@ impl ClientAppArgs {
     pub fn options(&self) -> ClientAppOptions {
         ClientAppOptions {
             token: self.token,
-            max_message_size: usize::try_from(self.grpc_max_message_length)
-                .unwrap_or(proto::MAX_MESSAGE_SIZE_CEILING),
+            max_message_size: self.channel.max_message_size(),
             ..ClientAppOptions::new(&self.clientappio_api_address)
         }
     }

@@ -19,7 +19,7 @@ use crate::error::AppError;
 use crate::server::grid::{Grid, GridError, ServerAppInputs, DEFAULT_ADDRESS};
 use crate::server::logs::LogTee;
 use crate::server::ServerAppLoader;
-use crate::transport::RetryPolicy;
+use crate::transport::{ChannelArgs, RetryPolicy};
 
 /// Log upload cadence of the reference.
 const LOG_INTERVAL: Duration = Duration::from_millis(200);
@@ -33,25 +33,9 @@ pub struct ServerAppArgs {
     /// Exit after one run (still waits until a run is pending).
     #[arg(long)]
     pub run_once: bool,
-    /// Use a plaintext channel. Accepted for compatibility: plaintext is the only mode, as in
-    /// the reference (which refuses to start without this flag).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Accepted for compatibility and ignored: a Rust app installs nothing.
-    #[arg(long)]
-    pub flwr_dir: Option<std::path::PathBuf>,
-    /// Largest message in bytes; a SuperLink started with `--grpc-max-message-length` passes
-    /// its limit in the environment. (Not a Flower 1.14 flag.)
-    #[arg(
-        long,
-        hide = true,
-        env = flwr_proto::MESSAGE_SIZE_ENV,
-        default_value_t = flwr_proto::MAX_MESSAGE_SIZE as u64,
-        value_parser = clap::value_parser!(u64).range(
-            flwr_proto::MIN_MESSAGE_SIZE as u64..=flwr_proto::MAX_MESSAGE_SIZE_CEILING as u64
-        )
-    )]
-    pub grpc_max_message_length: u64,
+    /// `--insecure`, `--flwr-dir` and the message size limit.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
 }
 
 impl ServerAppArgs {
@@ -59,8 +43,7 @@ impl ServerAppArgs {
     pub fn options(&self) -> ServerAppOptions {
         ServerAppOptions {
             run_once: self.run_once,
-            max_message_size: usize::try_from(self.grpc_max_message_length)
-                .unwrap_or(flwr_proto::MAX_MESSAGE_SIZE_CEILING),
+            max_message_size: self.channel.max_message_size(),
             ..ServerAppOptions::new(&self.serverappio_api_address)
         }
     }
