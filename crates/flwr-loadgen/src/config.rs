@@ -199,15 +199,7 @@ impl fmt::Display for Rpc {
 }
 
 /// How the Fleet connections are secured.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Tls {
-    /// Plaintext (`--insecure`).
-    Insecure,
-    /// TLS trusting the PEM certificates of `--root-certificates`.
-    RootCertificates(Vec<u8>),
-    /// TLS trusting the system's certificate store.
-    SystemRoots,
-}
+pub use flwr_runtime::channel::Tls;
 
 /// Where the node keys come from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use http::Uri;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OnceCell;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Tls;
 
@@ -86,30 +86,14 @@ impl Connections {
                 address: text.clone(),
                 reason: "no address".to_owned(),
             })?;
-        let scheme = if *tls == Tls::Insecure {
-            "http"
-        } else {
-            "https"
-        };
         let fail = |source| ConnectionError::Endpoint {
             address: text.clone(),
             source,
         };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{text}"))
+        let endpoint = tls
+            .endpoint(&text, &address.host_text())
             .map_err(fail)?
             .connect_timeout(CONNECT_TIMEOUT);
-        let tls_config = match tls {
-            Tls::Insecure => None,
-            Tls::RootCertificates(pem) => {
-                Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            }
-            Tls::SystemRoots => Some(ClientTlsConfig::new().with_native_roots()),
-        };
-        if let Some(config) = tls_config {
-            endpoint = endpoint
-                .tls_config(config.domain_name(address.host_text()))
-                .map_err(fail)?;
-        }
         // Only IPv4 loopback has more than one local address to spread over.
         let spread_sources = matches!(target.ip(), IpAddr::V4(ip) if ip.is_loopback());
         Ok(Self {

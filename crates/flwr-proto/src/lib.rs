@@ -8,12 +8,14 @@
 //!   [`fleet_client::FleetClient`], [`fleet_server::FleetServer`]);
 //! - [`canonical`]: the reference's *deterministic* serialization (protobuf upb backend), which
 //!   differs from prost's encoding in map entry layout and order;
+//! - [`FleetRpc`]: the Fleet methods by name and gRPC path (hardened tokens cover the path);
 //! - [`shared`]: prost's encoding in chunks that share large payloads instead of copying them
 //!   (responses carrying a model);
 //! - [`MAX_MESSAGE_SIZE`]: the message size limit every Flower server and channel uses, and the
 //!   bounds of [`MESSAGE_SIZE_FLAG`] that raises or lowers it.
 
 pub mod canonical;
+mod fleet_rpc;
 pub mod shared;
 
 /// Generated prost and tonic code for package `flwr.proto`.
@@ -23,6 +25,7 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/flwr.proto.rs"));
 }
 
+pub use fleet_rpc::FleetRpc;
 pub use generated::*;
 
 /// 512 MiB: the send and receive limit on every gRPC server and channel of the reference, and

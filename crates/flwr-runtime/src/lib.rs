@@ -9,6 +9,7 @@
 //!   and the one way to stop a child's process group (SIGTERM, grace, SIGKILL, reap).
 //! * [`child`]: supervised children with a log file each ([`CommandLine`], [`Proc`]), stopped
 //!   and reaped on drop, and bounded one-shot runs; the demos' servers and the test kit's.
+//! * [`channel`]: a SuperNode's (or load generator's) TLS to the SuperLink ([`channel::Tls`]).
 //! * [`ports`]: free loopback ports for children that are given explicit addresses.
 //! * [`scratch_postgres`]: a throwaway PostgreSQL cluster ([`TempPostgres`]).
 //! * [`task`]: the one spawn helper: named, traced, aborted when its handle drops.
@@ -20,6 +21,7 @@
 //! * [`logging`]: `--log-format text|json`.
 //! * [`RateLimited`]: one log line per interval for events a peer can trigger at will.
 
+pub mod channel;
 pub mod child;
 pub mod clock;
 pub mod health;

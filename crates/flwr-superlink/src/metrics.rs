@@ -35,15 +35,7 @@ use crate::fleet_auth::NodeAuthenticator;
 use crate::service::Stores;
 
 /// The Fleet methods (label values of `method`; anything else counts as `other`).
-pub const FLEET_METHODS: &[&str] = &[
-    "CreateNode",
-    "DeleteNode",
-    "Ping",
-    "PullTaskIns",
-    "PushTaskRes",
-    "GetRun",
-    "GetFab",
-];
+pub const FLEET_METHODS: &[&str] = &flwr_proto::FleetRpc::NAMES;
 /// The ServerAppIo methods.
 pub const SERVERAPPIO_METHODS: &[&str] = &[
     "CreateRun",

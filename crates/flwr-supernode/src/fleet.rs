@@ -37,10 +37,10 @@ use flwr_proto::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataKey, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::signer::{RequestSigner, Rpc, SignError};
+use crate::signer::{FleetRpc, RequestSigner, SignError};
 use crate::timing::{Retry, RetryPolicy, PING_CALL_TIMEOUT, PING_INTERVAL_SECONDS};
 
 /// How long establishing a TCP (and TLS) connection may take before the attempt counts as
@@ -110,15 +110,7 @@ pub struct Pulled {
 }
 
 /// How the Fleet channel is secured.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Tls {
-    /// Plaintext (`--insecure`).
-    Insecure,
-    /// TLS trusting the PEM certificates of `--root-certificates`.
-    RootCertificates(Vec<u8>),
-    /// TLS trusting the system's certificate store.
-    SystemRoots,
-}
+pub use flwr_runtime::channel::Tls;
 
 /// The Fleet channel could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -140,13 +132,13 @@ pub struct ChannelError {
 pub enum CallError {
     /// The shutdown token fired while the call or its back-off was pending.
     #[error("{0} abandoned: shutting down")]
-    Cancelled(Rpc),
+    Cancelled(FleetRpc),
     /// The SuperLink stayed unreachable (or silent past the call's deadline) beyond
     /// `--max-retries` / `--max-wait-time`.
     #[error("{rpc}: gave up after {tries} {} in {:.2} s: {}", if *tries == 1 { "try" } else { "tries" }, elapsed.as_secs_f64(), describe(status))]
     GaveUp {
         /// The RPC.
-        rpc: Rpc,
+        rpc: FleetRpc,
         /// Attempts made.
         tries: u32,
         /// Time since the first attempt.
@@ -158,7 +150,7 @@ pub enum CallError {
     #[error("{rpc} failed: {}", describe(status))]
     Rejected {
         /// The RPC.
-        rpc: Rpc,
+        rpc: FleetRpc,
         /// The status.
         status: Box<Status>,
     },
@@ -167,7 +159,7 @@ pub enum CallError {
     #[error("{rpc}: the SuperLink refused this node {refusals} {} in a row ({}); is the node's public key on its allow-list?", if *refusals == 1 { "time" } else { "times" }, describe(status))]
     Unauthenticated {
         /// The RPC.
-        rpc: Rpc,
+        rpc: FleetRpc,
         /// `UNAUTHENTICATED` answers in a row.
         refusals: u32,
         /// The last status.
@@ -177,7 +169,7 @@ pub enum CallError {
     #[error("{rpc}: run is not running ({})", status.message())]
     RunNotRunning {
         /// The RPC.
-        rpc: Rpc,
+        rpc: FleetRpc,
         /// The status.
         status: Box<Status>,
     },
@@ -250,29 +242,13 @@ impl Fleet {
             target: target.to_string(),
             source,
         };
-        let scheme = if *tls == Tls::Insecure {
-            "http"
-        } else {
-            "https"
-        };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
+        let endpoint = tls
+            .endpoint(&target.to_string(), &target.host_text())
             .map_err(fail)?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let tls_config = match tls {
-            Tls::Insecure => None,
-            Tls::RootCertificates(pem) => {
-                Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            }
-            Tls::SystemRoots => Some(ClientTlsConfig::new().with_native_roots()),
-        };
-        if let Some(config) = tls_config {
-            endpoint = endpoint
-                .tls_config(config.domain_name(target.host_text()))
-                .map_err(fail)?;
-        }
         let client = FleetClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(flwr_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(flwr_proto::MAX_MESSAGE_SIZE);
@@ -342,7 +318,7 @@ impl Fleet {
         };
         let response = self
             .invoke(
-                Rpc::CreateNode,
+                FleetRpc::CreateNode,
                 self.deadlines.control,
                 request,
                 |mut client, request| async move { client.create_node(request).await },
@@ -360,7 +336,7 @@ impl Fleet {
     pub async fn delete_node(&self, node: &Node) -> Result<(), CallError> {
         let request = DeleteNodeRequest { node: Some(*node) };
         self.invoke(
-            Rpc::DeleteNode,
+            FleetRpc::DeleteNode,
             self.deadlines.control,
             request,
             |mut client, request| async move { client.delete_node(request).await },
@@ -387,7 +363,7 @@ impl Fleet {
         let hold_for = self.deadlines.pull_hold;
         let response = self
             .invoke(
-                Rpc::PullTaskIns,
+                FleetRpc::PullTaskIns,
                 self.deadlines.download.saturating_add(hold_for),
                 request,
                 |mut client, mut request| async move {
@@ -419,7 +395,7 @@ impl Fleet {
             .deadlines
             .for_upload(prost::Message::encoded_len(&request));
         self.invoke(
-            Rpc::PushTaskRes,
+            FleetRpc::PushTaskRes,
             deadline,
             request,
             |mut client, request| async move { client.push_task_res(request).await },
@@ -440,7 +416,7 @@ impl Fleet {
         };
         let response = self
             .invoke(
-                Rpc::GetRun,
+                FleetRpc::GetRun,
                 self.deadlines.control,
                 request,
                 |mut client, request| async move { client.get_run(request).await },
@@ -462,7 +438,7 @@ impl Fleet {
         };
         let response = self
             .invoke(
-                Rpc::GetFab,
+                FleetRpc::GetFab,
                 self.deadlines.download,
                 request,
                 |mut client, request| async move { client.get_fab(request).await },
@@ -482,7 +458,7 @@ impl Fleet {
             node: Some(*node),
             ping_interval: PING_INTERVAL_SECONDS,
         };
-        let mut signed = self.sign(Rpc::Ping, &request)?;
+        let mut signed = self.sign(FleetRpc::Ping, &request)?;
         signed.set_timeout(PING_CALL_TIMEOUT);
         let mut client = self.client.clone();
         match tokio::time::timeout(PING_CALL_TIMEOUT, client.ping(signed)).await {
@@ -497,7 +473,7 @@ impl Fleet {
 
     /// Builds the tonic request with the signer's metadata. This is the single place where
     /// every Fleet request passes before it is sent.
-    fn sign<Req>(&self, rpc: Rpc, message: &Req) -> Result<Request<Req>, SignError>
+    fn sign<Req>(&self, rpc: FleetRpc, message: &Req) -> Result<Request<Req>, SignError>
     where
         Req: prost::Message + prost::Name + Clone,
     {
@@ -525,7 +501,7 @@ impl Fleet {
     /// The retry invoker: sign, send under `deadline`, classify, back off (see the module docs).
     async fn invoke<Req, Resp, F, Fut>(
         &self,
-        rpc: Rpc,
+        rpc: FleetRpc,
         deadline: Duration,
         message: Req,
         call: F,

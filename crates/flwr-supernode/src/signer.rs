@@ -25,60 +25,15 @@ use flwr_auth::header::{AUTH_TOKEN_HEADER, PUBLIC_KEY_HEADER};
 use flwr_auth::{PrivateKey, PublicKey, SharedSecret};
 use tonic::metadata::MetadataMap;
 
-/// The Fleet RPCs, named as in `flwr.proto.Fleet`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rpc {
-    /// `CreateNode`.
-    CreateNode,
-    /// `DeleteNode`.
-    DeleteNode,
-    /// `GetFab`.
-    GetFab,
-    /// `GetRun`.
-    GetRun,
-    /// `Ping`.
-    Ping,
-    /// `PullTaskIns`.
-    PullTaskIns,
-    /// `PushTaskRes`.
-    PushTaskRes,
-}
-
-impl Rpc {
-    /// The gRPC path of the method, which hardened tokens cover.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::CreateNode => "/flwr.proto.Fleet/CreateNode",
-            Self::DeleteNode => "/flwr.proto.Fleet/DeleteNode",
-            Self::GetFab => "/flwr.proto.Fleet/GetFab",
-            Self::GetRun => "/flwr.proto.Fleet/GetRun",
-            Self::Ping => "/flwr.proto.Fleet/Ping",
-            Self::PullTaskIns => "/flwr.proto.Fleet/PullTaskIns",
-            Self::PushTaskRes => "/flwr.proto.Fleet/PushTaskRes",
-        }
-    }
-}
-
-impl fmt::Display for Rpc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::CreateNode => "CreateNode",
-            Self::DeleteNode => "DeleteNode",
-            Self::GetFab => "GetFab",
-            Self::GetRun => "GetRun",
-            Self::Ping => "Ping",
-            Self::PullTaskIns => "PullTaskIns",
-            Self::PushTaskRes => "PushTaskRes",
-        })
-    }
-}
+/// The Fleet method a request calls (its path is what hardened tokens cover).
+pub use flwr_proto::FleetRpc;
 
 /// Why a request could not be signed. The request is then not sent.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot sign {rpc} request: {reason}")]
 pub struct SignError {
     /// The RPC being signed.
-    pub rpc: Rpc,
+    pub rpc: FleetRpc,
     /// What went wrong (e.g. no shared secret because `CreateNode` carried no server key).
     pub reason: String,
 }
@@ -95,7 +50,11 @@ pub trait RequestSigner: Send + Sync + fmt::Debug {
     /// # Errors
     ///
     /// When the request cannot be signed; the Fleet client then fails the call locally.
-    fn sign(&self, rpc: Rpc, canonical: &[u8]) -> Result<Vec<(&'static str, String)>, SignError>;
+    fn sign(
+        &self,
+        rpc: FleetRpc,
+        canonical: &[u8],
+    ) -> Result<Vec<(&'static str, String)>, SignError>;
 
     /// Sees the initial metadata of a successful `CreateNode` response.
     fn observe_create_node(&self, _response: &MetadataMap) {}
@@ -110,7 +69,11 @@ impl RequestSigner for Unsigned {
         false
     }
 
-    fn sign(&self, _rpc: Rpc, _canonical: &[u8]) -> Result<Vec<(&'static str, String)>, SignError> {
+    fn sign(
+        &self,
+        _rpc: FleetRpc,
+        _canonical: &[u8],
+    ) -> Result<Vec<(&'static str, String)>, SignError> {
         Ok(Vec::new())
     }
 }
@@ -178,9 +141,13 @@ impl RequestSigner for NodeAuth {
         true
     }
 
-    fn sign(&self, rpc: Rpc, canonical: &[u8]) -> Result<Vec<(&'static str, String)>, SignError> {
+    fn sign(
+        &self,
+        rpc: FleetRpc,
+        canonical: &[u8],
+    ) -> Result<Vec<(&'static str, String)>, SignError> {
         let mut headers = vec![(PUBLIC_KEY_HEADER, self.public_header.clone())];
-        if rpc == Rpc::CreateNode {
+        if rpc == FleetRpc::CreateNode {
             return Ok(headers);
         }
         let secret = self.secret.lock().unwrap_or_else(PoisonError::into_inner);
@@ -249,7 +216,7 @@ mod tests {
     #[test]
     fn unsigned_attaches_nothing() {
         assert!(!Unsigned.needs_canonical());
-        assert!(Unsigned.sign(Rpc::Ping, b"x").unwrap().is_empty());
+        assert!(Unsigned.sign(FleetRpc::Ping, b"x").unwrap().is_empty());
     }
 
     #[test]
@@ -257,10 +224,10 @@ mod tests {
         let (node, node_public) = generate_keypair(Curve::P384);
         let (link, link_public) = generate_keypair(Curve::P384);
         let signer = NodeAuth::new(node, &node_public);
-        let headers = signer.sign(Rpc::CreateNode, b"").unwrap();
+        let headers = signer.sign(FleetRpc::CreateNode, b"").unwrap();
         assert_eq!(headers, vec![("public-key", node_public.header_value())]);
         // Before CreateNode returned a key, nothing else can be signed.
-        assert!(signer.sign(Rpc::Ping, b"req").is_err());
+        assert!(signer.sign(FleetRpc::Ping, b"req").is_err());
         signer.observe_create_node(&MetadataMap::new());
         assert!(!signer.has_secret());
 
@@ -269,7 +236,9 @@ mod tests {
         response.insert("public-key", value);
         signer.observe_create_node(&response);
         assert!(signer.has_secret());
-        let headers = signer.sign(Rpc::PullTaskIns, b"request bytes").unwrap();
+        let headers = signer
+            .sign(FleetRpc::PullTaskIns, b"request bytes")
+            .unwrap();
         assert_eq!(headers.len(), 2);
         assert_eq!(headers[1].0, "auth-token");
         // The SuperLink's side verifies the token over the same bytes.
@@ -287,15 +256,19 @@ mod tests {
         let signer = NodeAuth::hardened(node, &node_public);
         assert!(signer.is_hardened());
         // CreateNode is tokenless, in hardened mode too.
-        let headers = signer.sign(Rpc::CreateNode, b"").unwrap();
+        let headers = signer.sign(FleetRpc::CreateNode, b"").unwrap();
         assert_eq!(headers, vec![("public-key", node_public.header_value())]);
         let mut response = MetadataMap::new();
         let value = MetadataValue::try_from(link_public.header_value().as_str()).unwrap();
         response.insert("public-key", value);
         signer.observe_create_node(&response);
 
-        let first = signer.sign(Rpc::PullTaskIns, b"request bytes").unwrap();
-        let second = signer.sign(Rpc::PullTaskIns, b"request bytes").unwrap();
+        let first = signer
+            .sign(FleetRpc::PullTaskIns, b"request bytes")
+            .unwrap();
+        let second = signer
+            .sign(FleetRpc::PullTaskIns, b"request bytes")
+            .unwrap();
         let names: Vec<&str> = first.iter().map(|(name, _)| *name).collect();
         assert_eq!(
             names,
@@ -334,13 +307,13 @@ mod tests {
     #[test]
     fn rpc_paths_are_the_fleet_services() {
         for rpc in [
-            Rpc::CreateNode,
-            Rpc::DeleteNode,
-            Rpc::GetFab,
-            Rpc::GetRun,
-            Rpc::Ping,
-            Rpc::PullTaskIns,
-            Rpc::PushTaskRes,
+            FleetRpc::CreateNode,
+            FleetRpc::DeleteNode,
+            FleetRpc::GetFab,
+            FleetRpc::GetRun,
+            FleetRpc::Ping,
+            FleetRpc::PullTaskIns,
+            FleetRpc::PushTaskRes,
         ] {
             let expected = format!("/{}/{rpc}", flwr_proto::fleet_server::SERVICE_NAME);
             assert_eq!(rpc.path(), expected);
