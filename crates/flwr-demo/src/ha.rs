@@ -493,12 +493,7 @@ pub fn run_ha_with(config: HaConfig, reporter: &mut dyn HaReporter) -> Result<Ha
         overrides,
     };
     let result = ha_demo(&config, &prepared, postgres, work.path(), started, reporter);
-    if result.is_ok() {
-        work.finish();
-    } else {
-        // Keep the logs of a failed run.
-        work.keep();
-    }
+    work.close(result.is_ok());
     result
 }
 

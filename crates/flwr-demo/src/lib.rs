@@ -265,12 +265,7 @@ pub fn run_with(config: DemoConfig, reporter: &mut dyn Reporter) -> Result<Summa
         overrides,
     };
     let result = demo(&config, &prepared, work.path(), started, reporter);
-    if result.is_ok() {
-        work.finish();
-    } else {
-        // Keep the logs of a failed run.
-        work.keep();
-    }
+    work.close(result.is_ok());
     result
 }
 
@@ -628,17 +623,15 @@ impl WorkDir {
         matches!(self, Self::Temporary(_))
     }
 
-    /// Removes a temporary directory (best effort: a leftover temp dir is harmless).
-    fn finish(self) {
+    /// Ends the demo's use of the directory: a temporary one is removed after a success (best
+    /// effort: a leftover temp dir is harmless) and kept after a failure, for its logs.
+    fn close(self, succeeded: bool) {
         if let Self::Temporary(dir) = self {
-            let _ = dir.close();
-        }
-    }
-
-    /// Leaves a temporary directory in place.
-    fn keep(self) {
-        if let Self::Temporary(dir) = self {
-            let _ = dir.keep();
+            if succeeded {
+                let _ = dir.close();
+            } else {
+                let _ = dir.keep();
+            }
         }
     }
 }

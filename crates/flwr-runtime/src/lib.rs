@@ -10,6 +10,8 @@
 //! * [`child`]: supervised children with a log file each ([`CommandLine`], [`Proc`]), stopped
 //!   and reaped on drop, and bounded one-shot runs; the demos' servers and the test kit's.
 //! * [`channel`]: a SuperNode's (or load generator's) TLS to the SuperLink ([`channel::Tls`]).
+//! * [`cli`]: reading a binary's flags: help and version exit 0, a bad command line is one
+//!   `error: ...` line and exit 64.
 //! * [`ports`]: free loopback ports for children that are given explicit addresses.
 //! * [`scratch_postgres`]: a throwaway PostgreSQL cluster ([`TempPostgres`]).
 //! * [`task`]: the one spawn helper: named, traced, aborted when its handle drops.
@@ -23,6 +25,7 @@
 
 pub mod channel;
 pub mod child;
+pub mod cli;
 pub mod clock;
 pub mod health;
 pub mod home;

@@ -14,10 +14,9 @@ use anyhow::Context as _;
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
 use flwr_demo::{DemoConfig, DemoError, Event, Reporter, Summary};
+use flwr_runtime::cli::EX_USAGE;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// sysexits.h `EX_USAGE`.
-const EX_USAGE: u8 = 64;
 /// The shell's status for a process ended by SIGINT.
 const EX_INTERRUPTED: u8 = 130;
 /// Longest rogue refusal reason shown.
@@ -67,17 +66,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match flwr_runtime::cli::parse::<Args>() {
         Ok(args) => args,
-        Err(error) if !error.use_stderr() => {
-            // --help / --version.
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            let _ = error.print();
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(code) => return code,
     };
     let config = match config(args) {
         Ok(config) => config,

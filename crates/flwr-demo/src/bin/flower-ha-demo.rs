@@ -11,9 +11,8 @@ use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
 use flwr_demo::ha::{HaConfig, HaError, HaEvent, HaReporter, HaSummary, KillTarget};
 use flwr_demo::DemoError;
+use flwr_runtime::cli::EX_USAGE;
 
-/// sysexits.h `EX_USAGE`.
-const EX_USAGE: u8 = 64;
 /// The shell's status for a process ended by SIGINT.
 const EX_INTERRUPTED: u8 = 130;
 /// SIGTERM's number on Linux (HAProxy ends by its default action).
@@ -90,17 +89,9 @@ enum Kill {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match flwr_runtime::cli::parse::<Args>() {
         Ok(args) => args,
-        Err(error) if !error.use_stderr() => {
-            // --help / --version.
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            let _ = error.print();
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(code) => return code,
     };
     let config = match config(args) {
         Ok(config) => config,

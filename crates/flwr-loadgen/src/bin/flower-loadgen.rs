@@ -5,24 +5,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use flwr_loadgen::{Args, Config, LoadError};
-
-/// `EX_USAGE` from sysexits.h: the command was used incorrectly.
-const EX_USAGE: u8 = 64;
+use flwr_runtime::cli::EX_USAGE;
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match flwr_runtime::cli::parse::<Args>() {
         Ok(args) => args,
-        Err(error) if !error.use_stderr() => {
-            // --help and --version.
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            eprintln!("{}", one_line(&error.to_string()));
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(code) => return code,
     };
     let json = args.json;
     let config = match Config::from_args(args) {
@@ -84,19 +73,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// clap's message on one line: its `error: ...` sentence with the argument lines that belong
-/// to it, without the usage and `--help` hints that follow.
-fn one_line(rendered: &str) -> String {
-    let parts: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
-        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
-        .collect();
-    if parts.is_empty() {
-        return "error: invalid arguments (see --help)".to_owned();
-    }
-    parts.join(" ")
 }

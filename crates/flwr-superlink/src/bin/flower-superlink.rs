@@ -6,10 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use flwr_runtime::cli::EX_USAGE;
 use flwr_superlink::{Args, Config, SuperLink};
-
-/// `EX_USAGE` from sysexits.h: the command was used incorrectly.
-const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -6,33 +6,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use flwr_runtime::cli::EX_USAGE;
 use flwr_runtime::signal::Signals;
 use flwr_supernode::Args;
 
-/// sysexits.h `EX_USAGE`.
-const EX_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
-    let cli = match Args::try_parse() {
+    let cli = match flwr_runtime::cli::parse::<Args>() {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
-            // --help / --version.
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            // clap renders "error: ..." (sometimes continued on indented lines), a blank line,
-            // then tips and usage; keep the first paragraph, as one line.
-            let rendered = error.render().to_string();
-            let first: Vec<&str> = rendered
-                .lines()
-                .take_while(|line| !line.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("{}", first.join(" "));
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(code) => return code,
     };
     if let Err(error) = flwr_runtime::logging::init(cli.log_format) {
         eprintln!("error: {error}");
