@@ -36,6 +36,7 @@
 //! - `run_log`: round progress and `[HISTORY]` metrics from the streamed log;
 //! - [`report`]: [`Summary`], `summary.json`, the SVG learning curve;
 //! - [`reporter`]: the [`Reporter`] trait and its [`Event`]s;
+//! - [`flags`]: the flags both demo binaries take ([`flags::CommonFlags`]);
 //! - the thin `flower-demo` binary (clap flags, an indicatif progress bar, the result table);
 //! - [`ha`]: the same federation behind HAProxy on two SuperLink replicas sharing PostgreSQL,
 //!   one of which is killed mid-run (the `flower-ha-demo` binary).
@@ -55,6 +56,7 @@ pub mod credentials;
 mod error;
 mod exec;
 mod federation;
+pub mod flags;
 pub mod ha;
 pub mod report;
 pub mod reporter;

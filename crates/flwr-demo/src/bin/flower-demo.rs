@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::builder::TypedValueParser as _;
 use clap::Parser;
+use flwr_demo::flags::CommonFlags;
 use flwr_demo::{DemoConfig, DemoError, Event, Reporter, Summary};
 use flwr_runtime::cli::EX_USAGE;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,36 +29,12 @@ const REASON_CHARS: usize = 120;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// SuperNodes on the allow-list (one more, unlisted, plays the rogue).
-    #[arg(long, default_value_t = flwr_demo::DEFAULT_NODES,
-          value_parser = clap::value_parser!(u16).range(1..=32).map(usize::from))]
-    nodes: usize,
     /// Rounds of federated training (`num-server-rounds`).
     #[arg(long, default_value_t = flwr_demo::DEFAULT_ROUNDS,
           value_parser = clap::value_parser!(u64).range(1..=100))]
     rounds: u64,
-    /// Local epochs per round on each SuperNode (`local-epochs`); central training runs
-    /// rounds × this many epochs.
-    #[arg(long, default_value_t = flwr_demo::DEFAULT_LOCAL_EPOCHS,
-          value_parser = clap::value_parser!(u64).range(1..=1000))]
-    local_epochs: u64,
-    /// Gradient descent step size (`learning-rate`), federated and central.
-    #[arg(long, default_value_t = flwr_demo::DEFAULT_LEARNING_RATE)]
-    learning_rate: f64,
-    /// Keep credentials, logs and app homes in this directory [default: a temporary
-    /// directory, removed after a successful run and kept after a failure].
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
-    /// Where to write summary.json and learning_curve.svg.
-    #[arg(long, default_value = ".")]
-    out_dir: PathBuf,
-    /// Directory holding flower-superlink, flower-supernode, flwr-rs-serverapp and
-    /// flwr-rs-clientapp [default: the directory of this executable].
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-    /// The app bundle to run [default: crates/flwr-examples/app/logreg of this repository].
-    #[arg(long)]
-    app_dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonFlags,
     /// Give up on the run after this many seconds [default: 30 + 20 per round].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
@@ -101,24 +76,9 @@ fn main() -> ExitCode {
 }
 
 fn config(args: Args) -> anyhow::Result<DemoConfig> {
-    let bin_dir = match args.bin_dir {
-        Some(dir) => dir,
-        None => std::env::current_exe()
-            .context("locating this executable (pass --bin-dir)")?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("the executable has no parent directory (pass --bin-dir)")?,
-    };
-    let mut config = DemoConfig::new(bin_dir);
-    config.nodes = args.nodes;
+    let mut config = DemoConfig::new(args.common.bin_dir()?);
+    args.common.apply(&mut config);
     config.rounds = args.rounds;
-    config.local_epochs = args.local_epochs;
-    config.learning_rate = args.learning_rate;
-    config.work_dir = args.work_dir;
-    config.out_dir = args.out_dir;
-    if let Some(dir) = args.app_dir {
-        config.app_dir = dir;
-    }
     config.run_timeout = args.timeout.map_or_else(
         || DemoConfig::run_timeout_for(args.rounds),
         Duration::from_secs,

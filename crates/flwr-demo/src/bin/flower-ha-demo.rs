@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
+use flwr_demo::flags::CommonFlags;
 use flwr_demo::ha::{HaConfig, HaError, HaEvent, HaReporter, HaSummary, KillTarget};
 use flwr_demo::DemoError;
 use flwr_runtime::cli::EX_USAGE;
@@ -27,10 +26,6 @@ const SIGTERM: i32 = 15;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// SuperNodes (each must take part in every round).
-    #[arg(long, default_value_t = flwr_demo::DEFAULT_NODES,
-          value_parser = clap::value_parser!(u16).range(1..=32).map(usize::from))]
-    nodes: usize,
     /// Rounds of federated training (`num-server-rounds`).
     #[arg(long, default_value_t = flwr_demo::DEFAULT_ROUNDS,
           value_parser = clap::value_parser!(u64).range(2..=100))]
@@ -48,28 +43,8 @@ struct Args {
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     message_delay_ms: u64,
-    /// Local epochs per round on each SuperNode (`local-epochs`).
-    #[arg(long, default_value_t = flwr_demo::DEFAULT_LOCAL_EPOCHS,
-          value_parser = clap::value_parser!(u64).range(1..=1000))]
-    local_epochs: u64,
-    /// Gradient descent step size (`learning-rate`).
-    #[arg(long, default_value_t = flwr_demo::DEFAULT_LEARNING_RATE)]
-    learning_rate: f64,
-    /// Keep credentials, logs, the HAProxy configuration and the database in this directory
-    /// [default: a temporary directory, removed after a successful run and kept after a
-    /// failure].
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
-    /// Where to write ha_summary.json.
-    #[arg(long, default_value = ".")]
-    out_dir: PathBuf,
-    /// Directory holding flower-superlink, flower-supernode, flwr-rs-serverapp and
-    /// flwr-rs-clientapp [default: the directory of this executable].
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-    /// The app bundle to run [default: crates/flwr-examples/app/logreg of this repository].
-    #[arg(long)]
-    app_dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonFlags,
     /// The haproxy program [default: /usr/sbin/haproxy, else haproxy on PATH].
     #[arg(long)]
     haproxy: Option<PathBuf>,
@@ -122,14 +97,6 @@ fn main() -> ExitCode {
 }
 
 fn config(args: Args) -> anyhow::Result<HaConfig> {
-    let bin_dir = match args.bin_dir {
-        Some(dir) => dir,
-        None => std::env::current_exe()
-            .context("locating this executable (pass --bin-dir)")?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("the executable has no parent directory (pass --bin-dir)")?,
-    };
     if args.kill_after_round >= args.rounds {
         anyhow::bail!(
             "--kill-after-round {} must be below --rounds {} (a round must follow the kill)",
@@ -137,16 +104,9 @@ fn config(args: Args) -> anyhow::Result<HaConfig> {
             args.rounds
         );
     }
-    let mut config = HaConfig::new(bin_dir);
-    config.demo.nodes = args.nodes;
+    let mut config = HaConfig::new(args.common.bin_dir()?);
+    args.common.apply(&mut config.demo);
     config.demo.rounds = args.rounds;
-    config.demo.local_epochs = args.local_epochs;
-    config.demo.learning_rate = args.learning_rate;
-    config.demo.work_dir = args.work_dir;
-    config.demo.out_dir = args.out_dir;
-    if let Some(dir) = args.app_dir {
-        config.demo.app_dir = dir;
-    }
     config.kill = match args.kill {
         Kill::Serverapp => KillTarget::ServerApp,
         Kill::Other => KillTarget::Other,
