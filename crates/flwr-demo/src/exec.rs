@@ -2,10 +2,10 @@
 //! `StartRun` with a FAB and run config overrides, `StreamLogs` to follow the run, `ListRuns`
 //! for its final status.
 
-use flwr_core::{RunStatus, SubStatus};
 use std::collections::HashMap;
 use std::time::Duration;
 
+use flwr_core::{RunStatus, SubStatus};
 use flwr_proto::exec_client::ExecClient;
 use flwr_proto::{ConfigsRecord, Fab, ListRunsRequest, Scalar, StartRunRequest, StreamLogsRequest};
 use tokio::time::Instant;

@@ -452,8 +452,12 @@ pub fn code_name(code: i32) -> &'static str {
 }
 
 /// Serves `GET /metrics` from `metrics` on `listener` until `stop` is cancelled; open scrape
-/// connections are closed then. Accept errors are logged and retried after a pause.
+/// connections are closed then. Logs the address first; accept errors are logged and retried
+/// after a pause.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
+    }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Dropping the set (when this function returns) aborts the connections still open.
     let mut connections = JoinSet::new();

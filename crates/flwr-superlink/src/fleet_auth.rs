@@ -65,7 +65,6 @@ use std::{
     convert::Infallible,
     future::Future,
     path::PathBuf,
-    pin::Pin,
     sync::{Arc, Mutex, OnceLock, RwLock},
     task::{Context, Poll},
     time::Duration,
@@ -81,6 +80,7 @@ use flwr_proto::{
     PullTaskInsRequest, PushTaskResRequest,
 };
 use flwr_runtime::RateLimited;
+use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt as _, Full};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -542,8 +542,6 @@ impl<S: NamedService> NamedService for FleetAuth<S> {
     const NAME: &'static str = S::NAME;
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
 impl<S> Service<Request<BoxBody>> for FleetAuth<S>
 where
     S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Infallible>
@@ -554,7 +552,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<BoxBody>, Infallible>>;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

@@ -488,9 +488,6 @@ impl SuperLink {
             auth: self.node_auth.clone(),
             launcher,
         });
-        if let Ok(address) = listener.local_addr() {
-            tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
-        }
         let served = flwr_runtime::metrics::serve(listener, Arc::new(registry), stop.child_token());
         (grpc, task::spawn("metrics", served))
     }

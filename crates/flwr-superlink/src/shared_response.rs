@@ -10,13 +10,13 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use flwr_proto::PullTaskResRequest;
+use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::Full;
@@ -59,8 +59,6 @@ impl<S: NamedService> NamedService for SharedPullTaskRes<S> {
     const NAME: &'static str = S::NAME;
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
 impl<S> Service<Request<BoxBody>> for SharedPullTaskRes<S>
 where
     S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Infallible>
@@ -71,7 +69,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<BoxBody>, Infallible>>;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

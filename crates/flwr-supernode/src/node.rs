@@ -210,14 +210,7 @@ async fn run_node(
         config.isolation
     );
 
-    let mut supernode = SuperNode::new(
-        config,
-        signer,
-        exchange,
-        node_metrics,
-        warm_clientapp,
-        CancellationToken::new(),
-    )?;
+    let mut supernode = SuperNode::new(config, signer, exchange, node_metrics, warm_clientapp)?;
     let outcome = match supernode
         .serve_until(&mut io_server, &health, shutdown)
         .await
@@ -297,9 +290,6 @@ fn serve_metrics(
     let mut metrics = flwr_runtime::metrics::Metrics::new();
     let grpc = flwr_runtime::metrics::GrpcMetrics::register(metrics.registry_mut());
     node_metrics.register(metrics.registry_mut());
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!("Serving Prometheus metrics on http://{address}/metrics");
-    }
     let served = flwr_runtime::metrics::serve(listener, Arc::new(metrics), stop.child_token());
     (grpc, spawn("metrics", served))
 }
@@ -431,8 +421,8 @@ impl SuperNode {
         exchange: Arc<Exchange>,
         metrics: NodeMetrics,
         warm_clientapp: bool,
-        cancel: CancellationToken,
     ) -> Result<Self, NodeError> {
+        let cancel = CancellationToken::new();
         let fleet = Fleet::connect(
             &config.superlink,
             &config.tls,
