@@ -257,21 +257,13 @@ impl Phases<'_> {
             call_timeout: CALL_TIMEOUT,
         };
         let mut tasks = JoinSet::new();
-        let registration_started = Instant::now();
-        let nodes = self
-            .registrar
-            .register_all(
-                config.nodes,
-                config.register_concurrency,
-                registration_started + config.registration_timeout,
-                |node| {
-                    let node = Arc::new(node.clone());
-                    tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
-                    tasks.spawn(cadence::pull_loop(node, shared.clone()));
-                },
-            )
+        let (nodes, registration) = self
+            .register(|node| {
+                let node = Arc::new(node.clone());
+                tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
+                tasks.spawn(cadence::pull_loop(node, shared.clone()));
+            })
             .await;
-        let registration = registration_started.elapsed();
         let cpu_start = self.cpu_micros();
         let start = Instant::now();
         let end = start + config.window;
@@ -295,7 +287,7 @@ impl Phases<'_> {
         push_template: Option<&Arc<PushTemplate>>,
     ) -> Result<(usize, Measured), LoadError> {
         let config = self.config;
-        let (mut nodes, registration) = self.register().await;
+        let (mut nodes, registration) = self.register(|_| {}).await;
         if let Some(template) = push_template {
             nodes = prepare_push(nodes, Arc::clone(template)).await?;
         }
@@ -369,21 +361,13 @@ impl Phases<'_> {
             tracker: Arc::clone(&tracker),
         };
         let mut tasks = JoinSet::new();
-        let registration_started = Instant::now();
-        let nodes = self
-            .registrar
-            .register_all(
-                config.nodes,
-                config.register_concurrency,
-                registration_started + config.registration_timeout,
-                |node| {
-                    let node = Arc::new(node.clone());
-                    tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
-                    tasks.spawn(dispatch::pull_loop(node, pulls.clone()));
-                },
-            )
+        let (nodes, registration) = self
+            .register(|node| {
+                let node = Arc::new(node.clone());
+                tasks.spawn(cadence::ping_loop(Arc::clone(&node), shared.clone()));
+                tasks.spawn(dispatch::pull_loop(node, pulls.clone()));
+            })
             .await;
-        let registration = registration_started.elapsed();
         let pusher = Pusher {
             client: serverappio,
             node_ids: nodes.iter().map(|node| node.node_id).collect(),
@@ -420,7 +404,7 @@ impl Phases<'_> {
         };
         let mut serverappio = push_run::connect(&plan.serverappio).await?;
         let run_id = push_run::start_run(&mut serverappio, "flwr-loadgen/round").await?;
-        let (nodes, registration) = self.register().await;
+        let (nodes, registration) = self.register(|_| {}).await;
         let nodes: Vec<Arc<SimNode>> = nodes.into_iter().map(Arc::new).collect();
         let cpu_start = self.cpu_micros();
         let start = Instant::now();
@@ -440,8 +424,9 @@ impl Phases<'_> {
         Ok((nodes.len(), measured, Some(report)))
     }
 
-    /// Registers the nodes with no loops of their own; the nodes and how long it took.
-    async fn register(&self) -> (Vec<SimNode>, Duration) {
+    /// Registers the nodes, handing each to `on_node` as soon as it is registered (to start its
+    /// loops); the nodes and how long registering took.
+    async fn register(&self, on_node: impl FnMut(&SimNode)) -> (Vec<SimNode>, Duration) {
         let config = self.config;
         let started = Instant::now();
         let nodes = self
@@ -450,7 +435,7 @@ impl Phases<'_> {
                 config.nodes,
                 config.register_concurrency,
                 started + config.registration_timeout,
-                |_| {},
+                on_node,
             )
             .await;
         (nodes, started.elapsed())
